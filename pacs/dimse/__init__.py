@@ -1,0 +1,1 @@
+"""DICOM upper-layer services (DIMSE) of the archive, on pynetdicom."""

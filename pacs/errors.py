@@ -1,0 +1,17 @@
+"""The archive's exception hierarchy: one base class for the whole package."""
+
+
+class PacsError(Exception):
+    """Base class of every error raised by the archive."""
+
+
+class InvalidDicomError(PacsError, ValueError):
+    """The data is not a DICOM object the archive can store (bad bytes, missing or bad UIDs)."""
+
+
+class SOPClassMismatchError(InvalidDicomError):
+    """The data set's SOP Class UID differs from the one the object was sent or filed as."""
+
+
+class StorageError(PacsError):
+    """The object store failed to write, read or delete an object."""

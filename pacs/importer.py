@@ -1,0 +1,78 @@
+"""``pacs import``: load Part-10 files and folders through the ingest path."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from pacs.config import Settings
+from pacs.index.engine import create_index_engine
+from pacs.index.migrate import upgrade
+from pacs.ingest import IngestOutcome, IngestService, Source, StoreStatus
+from pacs.runtime import build_ingest
+
+MEDIA_STORAGE_DIRECTORY = b"1.2.840.10008.1.3.10"
+
+
+def iter_files(paths: list[Path]) -> Iterator[Path]:
+    """Every regular file under ``paths`` (recursively), in a stable order."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            yield path
+        else:
+            raise FileNotFoundError(path)
+
+
+def is_dicomdir(path: Path, head: bytes) -> bool:
+    """True for a DICOMDIR (Media Storage Directory), which indexes files but is not an image."""
+    return path.name.upper() == "DICOMDIR" or MEDIA_STORAGE_DIRECTORY in head[:512]
+
+
+def import_file(ingest: IngestService, path: Path) -> IngestOutcome | None:
+    """Ingest one file; None when it is a DICOMDIR (skipped)."""
+    data = path.read_bytes()
+    if is_dicomdir(path, data):
+        return None
+    return ingest.store_part10(data, Source(channel="import", host="localhost"))
+
+
+def run_import(settings: Settings, paths: list[Path], console: Console | None = None) -> int:
+    """Import ``paths``; print a summary; return 1 if anything was rejected, else 0."""
+    console = console or Console(stderr=True)
+    engine = create_index_engine(settings)
+    upgrade(engine)
+    engine.dispose()
+    ingest = build_ingest(settings)
+    files = list(iter_files(paths))
+    counts: Counter[str] = Counter()
+    rejected: list[tuple[Path, str]] = []
+    with Progress(console=console, transient=True) as progress, ThreadPoolExecutor(4) as pool:
+        task = progress.add_task("importing", total=len(files))
+        for path, outcome in zip(
+            files, pool.map(lambda p: import_file(ingest, p), files), strict=False
+        ):
+            progress.advance(task)
+            if outcome is None:
+                counts["skipped (DICOMDIR)"] += 1
+            elif outcome.status.ok:
+                counts["duplicate" if outcome.status is StoreStatus.DUPLICATE else "stored"] += 1
+            else:
+                counts["rejected"] += 1
+                rejected.append((path, f"{outcome.status}: {outcome.reason}"))
+    table = Table(title=f"pacs import: {len(files)} files")
+    table.add_column("result")
+    table.add_column("files", justify="right")
+    for name in ("stored", "duplicate", "rejected", "skipped (DICOMDIR)"):
+        table.add_row(name, str(counts[name]))
+    console.print(table)
+    for path, reason in rejected:
+        console.print(f"[red]rejected[/red] {path}: {reason}", highlight=False)
+    return 1 if rejected else 0

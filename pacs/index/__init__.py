@@ -1,0 +1,1 @@
+"""The index: patients, studies, series and instances in SQLite or PostgreSQL."""

@@ -1,0 +1,197 @@
+"""Ingest: validate, store durably, index; the same code for every way an object arrives.
+
+Order of work for one object: parse and validate -> digest -> object store ``put`` (durable)
+-> one index transaction -> success. A failure at any step answers a failure and removes what
+this call wrote, so nothing is ever half-stored: an index row always points to a complete
+object. An object written whose index transaction never committed (process killed between the
+two) is an orphan nobody sees; re-sending the instance rewrites the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pacs import metrics
+from pacs.config import DuplicatePolicy
+from pacs.errors import InvalidDicomError, SOPClassMismatchError, StorageError
+from pacs.index.engine import WRITE
+from pacs.index.models import Instance
+from pacs.ingest.attributes import InstanceAttributes, extract, parse_part10
+from pacs.ingest.indexer import delete_instance_row, insert_instance
+from pacs.ingest.source import Source
+from pacs.storage.base import ObjectStore
+from pacs.storage.keys import instance_key
+
+log = logging.getLogger(__name__)
+
+
+class StoreStatus(StrEnum):
+    """How one ingest call ended."""
+
+    STORED = "stored"  # new instance stored and indexed
+    DUPLICATE = "duplicate"  # identical object already stored: idempotent success
+    REPLACED = "replaced"  # different object, same SOP Instance UID, replaced (overwrite policy)
+    CONFLICT_KEPT = "conflict_kept"  # different object refused, first one kept (keep policy)
+    CONFLICT_REJECTED = "conflict_rejected"  # different object refused (reject policy)
+    INVALID = "invalid"  # not a storable DICOM object
+    SOP_CLASS_MISMATCH = "sop_class_mismatch"  # data set is not of the SOP Class it was sent as
+    TOO_LARGE = "too_large"  # larger than max_object_size
+    FAILED = "failed"  # storage or database failure: nothing stored
+
+    @property
+    def ok(self) -> bool:
+        """True when the sender may consider the object archived."""
+        return self in {StoreStatus.STORED, StoreStatus.DUPLICATE, StoreStatus.REPLACED}
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """Result of one ingest call; ``reason`` is safe to log (no patient identifiers)."""
+
+    status: StoreStatus
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    reason: str = ""
+
+
+class IngestService:
+    """Stores Part-10 objects in the object store and indexes them."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        engine: Engine,
+        duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT,
+        max_object_size: int = 2 * 1024**3,
+    ) -> None:
+        self.store = store
+        self.sessions: sessionmaker[Session] = sessionmaker(
+            engine.execution_options(**WRITE), expire_on_commit=False
+        )
+        self.reader: sessionmaker[Session] = sessionmaker(engine)
+        self.duplicate_policy = duplicate_policy
+        self.max_object_size = max_object_size
+
+    def store_part10(self, data: bytes, source: Source) -> IngestOutcome:
+        """Ingest one complete Part-10 object (preamble, file meta, dataset), byte-exact."""
+        started = time.perf_counter()
+        outcome = self._store(data, source)
+        metrics.record_ingest(source.channel, outcome.status, len(data), started)
+        if not outcome.status.ok:
+            log.warning(
+                "%s from %s refused: %s (%s)",
+                outcome.sop_instance_uid or "object",
+                source.ae_title or source.channel,
+                outcome.status,
+                outcome.reason,
+            )
+        return outcome
+
+    def _store(self, data: bytes, source: Source) -> IngestOutcome:
+        if len(data) > self.max_object_size:
+            return IngestOutcome(
+                StoreStatus.TOO_LARGE, reason=f"{len(data)} bytes > {self.max_object_size}"
+            )
+        try:
+            attrs = extract(parse_part10(data))
+        except SOPClassMismatchError as exc:
+            return IngestOutcome(StoreStatus.SOP_CLASS_MISMATCH, reason=str(exc))
+        except InvalidDicomError as exc:
+            return IngestOutcome(StoreStatus.INVALID, reason=str(exc))
+        sha256 = hashlib.sha256(data).hexdigest()
+        known = self._existing(attrs.sop_instance_uid)
+        if known is not None and known.sha256 == sha256:
+            return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
+        if known is not None and self.duplicate_policy is not DuplicatePolicy.OVERWRITE:
+            return self._refuse_conflict(attrs)
+        key = instance_key(
+            attrs.study_instance_uid, attrs.series_instance_uid, attrs.sop_instance_uid, sha256
+        )
+        try:
+            self.store.put(key, data)
+        except StorageError as exc:
+            return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason=str(exc))
+        return self._index(attrs, key, len(data), sha256, source)
+
+    def _index(
+        self, attrs: InstanceAttributes, key: str, size: int, sha256: str, source: Source
+    ) -> IngestOutcome:
+        replaced_key: str | None = None
+        try:
+            with self.sessions.begin() as session:
+                existing = _lock_existing(session, attrs.sop_instance_uid)
+                if existing is not None:
+                    if existing.sha256 == sha256:
+                        return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), "identical")
+                    if self.duplicate_policy is not DuplicatePolicy.OVERWRITE:
+                        self._discard(key)
+                        return self._refuse_conflict(attrs)
+                    replaced_key = existing.object_key
+                    delete_instance_row(session, existing)
+                insert_instance(session, attrs, key, size, sha256, source)
+        except IntegrityError:
+            # A concurrent sender committed the same SOP Instance UID first: decide again.
+            known = self._existing(attrs.sop_instance_uid)
+            if known is not None and known.sha256 == sha256:
+                return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
+            self._discard(key)
+            if known is not None:
+                return self._refuse_conflict(attrs)
+            return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason="index conflict")
+        except Exception as exc:  # database down, disk full, anything: nothing half-stored
+            log.error("index transaction failed: %s", type(exc).__name__)
+            self._discard(key)
+            return IngestOutcome(
+                StoreStatus.FAILED, *_uids(attrs), reason=f"index: {type(exc).__name__}"
+            )
+        if replaced_key is not None:
+            if replaced_key != key:
+                self._discard(replaced_key)
+            log.warning("%s replaced by a different object", attrs.sop_instance_uid)
+            return IngestOutcome(StoreStatus.REPLACED, *_uids(attrs), reason="overwrite policy")
+        return IngestOutcome(StoreStatus.STORED, *_uids(attrs))
+
+    def _existing(self, sop_instance_uid: str) -> Instance | None:
+        with self.reader() as session:
+            return session.scalars(
+                select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
+            ).first()
+
+    def _refuse_conflict(self, attrs: InstanceAttributes) -> IngestOutcome:
+        status = (
+            StoreStatus.CONFLICT_KEPT
+            if self.duplicate_policy is DuplicatePolicy.KEEP
+            else StoreStatus.CONFLICT_REJECTED
+        )
+        reason = "a different object with this SOP Instance UID is stored; the first is kept"
+        return IngestOutcome(status, *_uids(attrs), reason=reason)
+
+    def _discard(self, key: str) -> None:
+        """Delete an object this call wrote, unless an index row refers to it."""
+        try:
+            with self.reader() as session:
+                referenced = session.scalar(
+                    select(Instance.pk).where(Instance.object_key == key).limit(1)
+                )
+            if referenced is None:
+                self.store.delete(key)
+        except (SQLAlchemyError, StorageError) as exc:
+            log.error("could not remove unindexed object %s: %s", key, exc)
+
+
+def _uids(attrs: InstanceAttributes) -> tuple[str, str]:
+    return attrs.sop_instance_uid, attrs.study_instance_uid
+
+
+def _lock_existing(session: Session, sop_instance_uid: str) -> Instance | None:
+    return session.scalars(
+        select(Instance).where(Instance.sop_instance_uid == sop_instance_uid).with_for_update()
+    ).first()
