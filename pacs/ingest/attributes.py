@@ -12,8 +12,8 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.errors import InvalidDicomError as PydicomInvalid
+from pydicom.multival import MultiValue
 
 from pacs.errors import InvalidDicomError, SOPClassMismatchError
 from pacs.storage.keys import require_uid

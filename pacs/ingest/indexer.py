@@ -1,66 +1,116 @@
 """Index writes of one instance: upsert patient/study/series, insert the instance, counters.
 
-Runs inside the caller's write transaction. Inserts use ``ON CONFLICT DO NOTHING`` so that
-concurrent senders of the same study (any number of processes or nodes) converge on one row.
+Runs on the caller's connection inside its write transaction, with SQLAlchemy Core (this is
+the hot path of ingest). Inserts of patient/study/series use ``ON CONFLICT DO NOTHING`` so
+that concurrent senders of one study (any number of processes or nodes) converge on one row.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from pacs.index.models import Instance, Patient, Series, Study, utcnow
 from pacs.ingest.attributes import InstanceAttributes
 from pacs.ingest.source import Source
 
+PATIENT: Table = Patient.__table__  # type: ignore[assignment]
+STUDY: Table = Study.__table__  # type: ignore[assignment]
+SERIES: Table = Series.__table__  # type: ignore[assignment]
+INSTANCE: Table = Instance.__table__  # type: ignore[assignment]
 
-def _insert_ignore(session: Session, table: Table, values: dict[str, Any], key: list[str]) -> None:
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    session.execute(
-        dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=key)
+
+# Statements of the per-instance hot path, built once (only their parameters vary).
+_FIND_INSTANCE = select(
+    INSTANCE.c.pk,
+    INSTANCE.c.series_pk,
+    INSTANCE.c.sha256,
+    INSTANCE.c.object_key,
+    INSTANCE.c.size_bytes,
+).where(INSTANCE.c.sop_instance_uid == bindparam("uid"))
+_FIND_SERIES = select(SERIES.c.pk, SERIES.c.study_pk).where(
+    SERIES.c.series_instance_uid == bindparam("uid")
+)
+_INSERT_INSTANCE = INSTANCE.insert()
+_BUMP_SERIES = (
+    update(SERIES)
+    .where(SERIES.c.pk == bindparam("b_series"))
+    .values(
+        number_of_series_related_instances=SERIES.c.number_of_series_related_instances
+        + bindparam("b_n"),
+        updated_at=bindparam("b_now"),
     )
+)
+_BUMP_STUDY = (
+    update(STUDY)
+    .where(STUDY.c.pk == bindparam("b_study"))
+    .values(
+        number_of_study_related_instances=STUDY.c.number_of_study_related_instances
+        + bindparam("b_n"),
+        size_bytes=STUDY.c.size_bytes + bindparam("b_size"),
+        updated_at=bindparam("b_now"),
+    )
+)
 
 
-def _series_pks(session: Session, series_uid: str) -> tuple[int, int, str] | None:
-    row = session.execute(
-        select(Series.pk, Series.study_pk, Series.modality).where(
-            Series.series_instance_uid == series_uid
-        )
-    ).first()
-    return None if row is None else (row[0], row[1], row[2])
+class StoredInstance(NamedTuple):
+    """What ingest needs to know about an already indexed instance."""
+
+    pk: int
+    series_pk: int
+    sha256: str
+    object_key: str
+    size_bytes: int
 
 
-def _ensure_series(session: Session, a: InstanceAttributes, source: Source) -> tuple[int, int]:
+def find_instance(conn: Connection, sop_instance_uid: str) -> StoredInstance | None:
+    """The indexed instance with this SOP Instance UID, if any."""
+    row = conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid}).first()
+    return None if row is None else StoredInstance(*row)
+
+
+def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any], key: list[str]) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=key))
+
+
+def _series_row(conn: Connection, series_uid: str) -> tuple[int, int] | None:
+    row = conn.execute(_FIND_SERIES, {"uid": series_uid}).first()
+    return None if row is None else (row[0], row[1])
+
+
+def _ensure_series(
+    conn: Connection, a: InstanceAttributes, source: Source, now: datetime
+) -> tuple[int, int]:
     """Return (series_pk, study_pk), creating patient, study and series rows as needed."""
-    found = _series_pks(session, a.series_instance_uid)
+    found = _series_row(conn, a.series_instance_uid)
     if found is not None:
         return found[0], found[1]
     _insert_ignore(
-        session,
-        Patient.__table__,  # type: ignore[arg-type]
+        conn,
+        PATIENT,
         {
             "patient_id": a.patient_id,
             "issuer_of_patient_id": a.issuer_of_patient_id,
             "patient_name": a.patient_name,
             "patient_birth_date": a.patient_birth_date,
             "patient_sex": a.patient_sex,
-            "created_at": utcnow(),
+            "created_at": now,
         },
         ["patient_id", "issuer_of_patient_id"],
     )
-    patient_pk = session.scalar(
-        select(Patient.pk).where(
-            Patient.patient_id == a.patient_id,
-            Patient.issuer_of_patient_id == a.issuer_of_patient_id,
+    patient_pk = conn.scalar(
+        select(PATIENT.c.pk).where(
+            PATIENT.c.patient_id == a.patient_id,
+            PATIENT.c.issuer_of_patient_id == a.issuer_of_patient_id,
         )
     )
-    now = utcnow()
     _insert_ignore(
-        session,
-        Study.__table__,  # type: ignore[arg-type]
+        conn,
+        STUDY,
         {
             "study_instance_uid": a.study_instance_uid,
             "patient_pk": patient_pk,
@@ -77,12 +127,12 @@ def _ensure_series(session: Session, a: InstanceAttributes, source: Source) -> t
         },
         ["study_instance_uid"],
     )
-    study_pk = session.scalar(
-        select(Study.pk).where(Study.study_instance_uid == a.study_instance_uid)
+    study_pk = conn.scalar(
+        select(STUDY.c.pk).where(STUDY.c.study_instance_uid == a.study_instance_uid)
     )
     _insert_ignore(
-        session,
-        Series.__table__,  # type: ignore[arg-type]
+        conn,
+        SERIES,
         {
             "series_instance_uid": a.series_instance_uid,
             "study_pk": study_pk,
@@ -100,78 +150,72 @@ def _ensure_series(session: Session, a: InstanceAttributes, source: Source) -> t
         },
         ["series_instance_uid"],
     )
-    series_pk, study_pk, modality = _series_pks(session, a.series_instance_uid)  # type: ignore[misc]
-    study = session.execute(
-        select(Study.modalities_in_study).where(Study.pk == study_pk).with_for_update()
-    ).scalar_one()
-    modalities = [m for m in study.split("\\") if m]
-    if modality and modality not in modalities:
-        modalities.append(modality)
-    session.execute(
-        update(Study)
-        .where(Study.pk == study_pk)
-        .values(
-            number_of_study_related_series=select(func.count(Series.pk))
-            .where(Series.study_pk == study_pk)
-            .scalar_subquery(),
-            modalities_in_study="\\".join(sorted(modalities))[:256],
-        )
-    )
+    series_pk, study_pk = _series_row(conn, a.series_instance_uid)  # type: ignore[misc]
+    _refresh_study_series(conn, study_pk)
     return series_pk, study_pk
 
 
+def _refresh_study_series(conn: Connection, study_pk: int) -> None:
+    """Recompute NumberOfStudyRelatedSeries and ModalitiesInStudy (row-locked on PostgreSQL)."""
+    conn.execute(select(STUDY.c.pk).where(STUDY.c.pk == study_pk).with_for_update())
+    modalities = conn.scalars(
+        select(SERIES.c.modality).where(SERIES.c.study_pk == study_pk).distinct()
+    ).all()
+    conn.execute(
+        update(STUDY)
+        .where(STUDY.c.pk == study_pk)
+        .values(
+            number_of_study_related_series=select(func.count(SERIES.c.pk))
+            .where(SERIES.c.study_pk == study_pk)
+            .scalar_subquery(),
+            modalities_in_study="\\".join(sorted(m for m in modalities if m))[:256],
+        )
+    )
+
+
 def insert_instance(
-    session: Session, a: InstanceAttributes, key: str, size: int, sha256: str, source: Source
+    conn: Connection, a: InstanceAttributes, key: str, size: int, sha256: str, source: Source
 ) -> None:
     """Insert the instance row and bump the series and study counters."""
-    series_pk, study_pk = _ensure_series(session, a, source)
     now = utcnow()
-    session.execute(
-        Instance.__table__.insert().values(  # type: ignore[attr-defined]
-            sop_instance_uid=a.sop_instance_uid,
-            series_pk=series_pk,
-            sop_class_uid=a.sop_class_uid,
-            instance_number=a.instance_number,
-            transfer_syntax_uid=a.transfer_syntax_uid,
-            rows=a.rows,
-            columns=a.columns,
-            number_of_frames=a.number_of_frames,
-            object_key=key,
-            size_bytes=size,
-            sha256=sha256,
-            source_ae_title=source.ae_title[:16],
-            source_host=source.host[:64],
-            source_organisation=source.organisation[:128],
-            received_at=now,
-        )
+    series_pk, study_pk = _ensure_series(conn, a, source, now)
+    conn.execute(
+        _INSERT_INSTANCE,
+        {
+            "sop_instance_uid": a.sop_instance_uid,
+            "series_pk": series_pk,
+            "sop_class_uid": a.sop_class_uid,
+            "instance_number": a.instance_number,
+            "transfer_syntax_uid": a.transfer_syntax_uid,
+            "rows": a.rows,
+            "columns": a.columns,
+            "number_of_frames": a.number_of_frames,
+            "object_key": key,
+            "size_bytes": size,
+            "sha256": sha256,
+            "source_ae_title": source.ae_title[:16],
+            "source_host": source.host[:64],
+            "source_organisation": source.organisation[:128],
+            "received_at": now,
+        },
     )
-    _bump(session, series_pk, study_pk, +1, size, now)
+    _bump(conn, series_pk, study_pk, +1, size, now)
 
 
-def delete_instance_row(session: Session, instance: Instance) -> None:
-    """Remove an instance row and decrement its series and study counters."""
-    series_pk = instance.series_pk
-    study_pk = session.scalar(select(Series.study_pk).where(Series.pk == series_pk))
-    session.delete(instance)
-    session.flush()
-    _bump(session, series_pk, study_pk or 0, -1, -instance.size_bytes, utcnow())
+def delete_instance(conn: Connection, stored: StoredInstance) -> bool:
+    """Delete an instance row (if it is still the version ``stored``) and decrement counters."""
+    deleted = conn.execute(
+        INSTANCE.delete().where(INSTANCE.c.pk == stored.pk, INSTANCE.c.sha256 == stored.sha256)
+    ).rowcount
+    if deleted != 1:
+        return False
+    study_pk = conn.scalar(select(SERIES.c.study_pk).where(SERIES.c.pk == stored.series_pk))
+    _bump(conn, stored.series_pk, study_pk or 0, -1, -stored.size_bytes, utcnow())
+    return True
 
 
-def _bump(session: Session, series_pk: int, study_pk: int, n: int, size: int, now: Any) -> None:
-    session.execute(
-        update(Series)
-        .where(Series.pk == series_pk)
-        .values(
-            number_of_series_related_instances=Series.number_of_series_related_instances + n,
-            updated_at=now,
-        )
-    )
-    session.execute(
-        update(Study)
-        .where(Study.pk == study_pk)
-        .values(
-            number_of_study_related_instances=Study.number_of_study_related_instances + n,
-            size_bytes=Study.size_bytes + size,
-            updated_at=now,
-        )
-    )
+def _bump(
+    conn: Connection, series_pk: int, study_pk: int, n: int, size: int, now: datetime
+) -> None:
+    conn.execute(_BUMP_SERIES, {"b_series": series_pk, "b_n": n, "b_now": now})
+    conn.execute(_BUMP_STUDY, {"b_study": study_pk, "b_n": n, "b_size": size, "b_now": now})

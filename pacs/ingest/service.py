@@ -17,15 +17,19 @@ from enum import StrEnum
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from pacs import metrics
 from pacs.config import DuplicatePolicy
 from pacs.errors import InvalidDicomError, SOPClassMismatchError, StorageError
 from pacs.index.engine import WRITE
-from pacs.index.models import Instance
 from pacs.ingest.attributes import InstanceAttributes, extract, parse_part10
-from pacs.ingest.indexer import delete_instance_row, insert_instance
+from pacs.ingest.indexer import (
+    INSTANCE,
+    StoredInstance,
+    delete_instance,
+    find_instance,
+    insert_instance,
+)
 from pacs.ingest.source import Source
 from pacs.storage.base import ObjectStore
 from pacs.storage.keys import instance_key
@@ -73,10 +77,8 @@ class IngestService:
         max_object_size: int = 2 * 1024**3,
     ) -> None:
         self.store = store
-        self.sessions: sessionmaker[Session] = sessionmaker(
-            engine.execution_options(**WRITE), expire_on_commit=False
-        )
-        self.reader: sessionmaker[Session] = sessionmaker(engine)
+        self.engine = engine
+        self.writer = engine.execution_options(**WRITE)
         self.duplicate_policy = duplicate_policy
         self.max_object_size = max_object_size
 
@@ -107,7 +109,13 @@ class IngestService:
         except InvalidDicomError as exc:
             return IngestOutcome(StoreStatus.INVALID, reason=str(exc))
         sha256 = hashlib.sha256(data).hexdigest()
-        known = self._existing(attrs.sop_instance_uid)
+        try:
+            with self.engine.connect() as conn:
+                known = find_instance(conn, attrs.sop_instance_uid)
+        except SQLAlchemyError as exc:
+            return IngestOutcome(
+                StoreStatus.FAILED, *_uids(attrs), reason=f"index: {type(exc).__name__}"
+            )
         if known is not None and known.sha256 == sha256:
             return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
         if known is not None and self.duplicate_policy is not DuplicatePolicy.OVERWRITE:
@@ -119,51 +127,47 @@ class IngestService:
             self.store.put(key, data)
         except StorageError as exc:
             return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason=str(exc))
-        return self._index(attrs, key, len(data), sha256, source)
+        return self._index(attrs, key, len(data), sha256, source, replacing=known)
 
     def _index(
-        self, attrs: InstanceAttributes, key: str, size: int, sha256: str, source: Source
+        self,
+        attrs: InstanceAttributes,
+        key: str,
+        size: int,
+        sha256: str,
+        source: Source,
+        replacing: StoredInstance | None,
     ) -> IngestOutcome:
-        replaced_key: str | None = None
         try:
-            with self.sessions.begin() as session:
-                existing = _lock_existing(session, attrs.sop_instance_uid)
-                if existing is not None:
-                    if existing.sha256 == sha256:
-                        return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), "identical")
-                    if self.duplicate_policy is not DuplicatePolicy.OVERWRITE:
-                        self._discard(key)
-                        return self._refuse_conflict(attrs)
-                    replaced_key = existing.object_key
-                    delete_instance_row(session, existing)
-                insert_instance(session, attrs, key, size, sha256, source)
+            with self.writer.begin() as conn:
+                if replacing is not None and not delete_instance(conn, replacing):
+                    raise IntegrityError("replaced row changed meanwhile", None, Exception())
+                insert_instance(conn, attrs, key, size, sha256, source)
         except IntegrityError:
             # A concurrent sender committed the same SOP Instance UID first: decide again.
-            known = self._existing(attrs.sop_instance_uid)
-            if known is not None and known.sha256 == sha256:
-                return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
-            self._discard(key)
-            if known is not None:
-                return self._refuse_conflict(attrs)
-            return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason="index conflict")
+            return self._after_race(attrs, key, sha256)
         except Exception as exc:  # database down, disk full, anything: nothing half-stored
             log.error("index transaction failed: %s", type(exc).__name__)
             self._discard(key)
             return IngestOutcome(
                 StoreStatus.FAILED, *_uids(attrs), reason=f"index: {type(exc).__name__}"
             )
-        if replaced_key is not None:
-            if replaced_key != key:
-                self._discard(replaced_key)
-            log.warning("%s replaced by a different object", attrs.sop_instance_uid)
-            return IngestOutcome(StoreStatus.REPLACED, *_uids(attrs), reason="overwrite policy")
-        return IngestOutcome(StoreStatus.STORED, *_uids(attrs))
+        if replacing is None:
+            return IngestOutcome(StoreStatus.STORED, *_uids(attrs))
+        if replacing.object_key != key:
+            self._discard(replacing.object_key)
+        log.warning("%s replaced by a different object", attrs.sop_instance_uid)
+        return IngestOutcome(StoreStatus.REPLACED, *_uids(attrs), reason="overwrite policy")
 
-    def _existing(self, sop_instance_uid: str) -> Instance | None:
-        with self.reader() as session:
-            return session.scalars(
-                select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
-            ).first()
+    def _after_race(self, attrs: InstanceAttributes, key: str, sha256: str) -> IngestOutcome:
+        with self.engine.connect() as conn:
+            known = find_instance(conn, attrs.sop_instance_uid)
+        if known is not None and known.sha256 == sha256:
+            return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
+        self._discard(key)
+        if known is not None:
+            return self._refuse_conflict(attrs)
+        return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason="index conflict")
 
     def _refuse_conflict(self, attrs: InstanceAttributes) -> IngestOutcome:
         status = (
@@ -177,9 +181,9 @@ class IngestService:
     def _discard(self, key: str) -> None:
         """Delete an object this call wrote, unless an index row refers to it."""
         try:
-            with self.reader() as session:
-                referenced = session.scalar(
-                    select(Instance.pk).where(Instance.object_key == key).limit(1)
+            with self.engine.connect() as conn:
+                referenced = conn.scalar(
+                    select(INSTANCE.c.pk).where(INSTANCE.c.object_key == key).limit(1)
                 )
             if referenced is None:
                 self.store.delete(key)
@@ -189,9 +193,3 @@ class IngestService:
 
 def _uids(attrs: InstanceAttributes) -> tuple[str, str]:
     return attrs.sop_instance_uid, attrs.study_instance_uid
-
-
-def _lock_existing(session: Session, sop_instance_uid: str) -> Instance | None:
-    return session.scalars(
-        select(Instance).where(Instance.sop_instance_uid == sop_instance_uid).with_for_update()
-    ).first()
