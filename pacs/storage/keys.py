@@ -5,13 +5,14 @@ import re
 from pacs.errors import InvalidDicomError
 
 # PS3.5 9.1: components of digits separated by '.', no leading zero in a multi-digit component.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+# Matched with ``fullmatch``: ``$`` would also accept a trailing newline.
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def is_valid_uid(value: object) -> bool:
     """True when ``value`` is a syntactically valid DICOM UID (at most 64 characters)."""
-    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.fullmatch(value))
 
 
 def require_uid(name: str, value: object) -> str:
@@ -35,6 +36,6 @@ def instance_key(study_uid: str, series_uid: str, sop_instance_uid: str, sha256:
         ("SOPInstanceUID", sop_instance_uid),
     ):
         require_uid(name, uid)
-    if not _DIGEST.match(sha256):
+    if not _DIGEST.fullmatch(sha256):
         raise ValueError("sha256 must be 64 lowercase hex digits")
     return f"{study_uid}/{series_uid}/{sop_instance_uid}/{sha256[:16]}.dcm"

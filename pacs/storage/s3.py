@@ -63,10 +63,11 @@ class S3Store:
         return self.prefix + key
 
     def put(self, key: str, data: bytes) -> None:
+        name = self._name(key)  # a bad key is the caller's ValueError, not a StorageError
         try:
             self.client.put_object(
                 self.bucket,
-                self._name(key),
+                name,
                 io.BytesIO(data),
                 length=len(data),
                 content_type="application/dicom",
