@@ -17,18 +17,18 @@ db_app = typer.Typer(help="Index database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory [env PACS_DATA_DIR].")
+    Path | None, typer.Option("--data-dir", help="Data directory \\[env PACS_DATA_DIR].")
 ]
-Host = Annotated[str | None, typer.Option("--host", help="Bind address [env PACS_HOST].")]
+Host = Annotated[str | None, typer.Option("--host", help="Bind address \\[env PACS_HOST].")]
 DicomPort = Annotated[
-    int | None, typer.Option("--dicom-port", help="DICOM port [env PACS_DICOM_PORT].")
+    int | None, typer.Option("--dicom-port", help="DICOM port \\[env PACS_DICOM_PORT].")
 ]
 HttpPort = Annotated[
-    int | None, typer.Option("--http-port", help="HTTP port [env PACS_HTTP_PORT].")
+    int | None, typer.Option("--http-port", help="HTTP port \\[env PACS_HTTP_PORT].")
 ]
 Processes = Annotated[
     int | None,
-    typer.Option("--scp-processes", help="DICOM server processes [env PACS_SCP_PROCESSES]."),
+    typer.Option("--scp-processes", help="DICOM server processes \\[env PACS_SCP_PROCESSES]."),
 ]
 
 

@@ -84,9 +84,13 @@ class Settings(BaseSettings):
     @field_validator("ae_title")
     @classmethod
     def _valid_ae_title(cls, value: str) -> str:
+        """PS3.5 AE VR: 1-16 characters of the default (ASCII) repertoire, no backslash and
+        no control characters; leading and trailing spaces are not significant."""
         value = value.strip()
         if not 0 < len(value) <= 16 or "\\" in value:
             raise ValueError("ae_title must be 1-16 characters without backslash")
+        if not all(" " <= char <= "~" for char in value):
+            raise ValueError("ae_title must be printable ASCII (no control characters)")
         return value
 
     @property

@@ -1,0 +1,163 @@
+"""Settings: every field from ``PACS_<NAME>``, the embedded defaults, validation, CLI flags."""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from pacs.cli import app
+from pacs.config import DuplicatePolicy, FsyncPolicy, Settings
+from pacs.index.engine import create_index_engine
+from pacs.storage import open_store
+from pacs.storage.filesystem import FilesystemStore
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No PACS_* variables, the working directory in tmp_path."""
+    for name in list(os.environ):
+        if name.startswith("PACS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def non_default(name: str, annotation: Any, default: Any) -> tuple[str, Any]:
+    """An environment string for a field and the value it must parse to (never the default)."""
+    if name == "ae_title":
+        return "ARCHIVE_2", "ARCHIVE_2"
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        member = next(m for m in annotation if m != default)
+        return str(member.value), member
+    if annotation is bool:
+        return str(not default).lower(), not default
+    if annotation is int:
+        return str(default + 7), default + 7
+    if annotation is float:
+        return str(default + 0.5), default + 0.5
+    if annotation is Path:
+        return "/srv/pacs-data", Path("/srv/pacs-data")
+    if annotation is str:
+        return f"{name}-from-env", f"{name}-from-env"
+    raise AssertionError(f"add a value for Settings.{name} ({annotation}) to this test")
+
+
+def test_every_field_can_be_set_from_the_environment(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = {}
+    for name, field in Settings.model_fields.items():
+        raw, value = non_default(name, field.annotation, field.default)
+        assert value != field.default
+        monkeypatch.setenv(f"PACS_{name.upper()}", raw)
+        expected[name] = value
+    settings = Settings()
+    assert {name: getattr(settings, name) for name in expected} == expected
+    assert len(expected) >= 25  # the test really iterated over the fields
+
+
+def test_defaults_match_the_design_contract(clean_env: Path) -> None:
+    settings = Settings()
+    assert settings.host == "127.0.0.1"
+    assert settings.dicom_port == 11112
+    assert settings.ae_title == "PACS"
+    assert settings.http_port == 8000
+    assert settings.data_dir == Path("./var")
+    var = (clean_env / "var").resolve()
+    assert settings.resolved_database_url == f"sqlite:///{var / 'index.sqlite3'}"
+    assert settings.resolved_storage_url == (var / "objects").as_uri()
+    assert settings.storage_fsync is FsyncPolicy.ALWAYS
+    assert settings.duplicate_policy is DuplicatePolicy.REJECT
+    assert settings.log_phi is False
+    assert settings.scp_process_count >= 1
+
+    engine = create_index_engine(settings)
+    assert engine.dialect.name == "sqlite"
+    assert engine.url.database == str(var / "index.sqlite3")
+    engine.dispose()
+    store = open_store(settings)
+    assert isinstance(store, FilesystemStore)
+    assert store.root == var / "objects"
+
+
+def test_data_dir_moves_the_embedded_database_and_store(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PACS_DATA_DIR", str(clean_env / "elsewhere"))
+    settings = Settings()
+    assert settings.resolved_database_url.endswith(f"{clean_env}/elsewhere/index.sqlite3")
+    assert settings.resolved_storage_url == (clean_env / "elsewhere" / "objects").as_uri()
+    explicit = Settings(database_url="postgresql+psycopg://db/pacs", storage_url="s3://b/p")
+    assert explicit.resolved_database_url == "postgresql+psycopg://db/pacs"
+    assert explicit.resolved_storage_url == "s3://b/p"
+
+
+@pytest.mark.parametrize(
+    "title", ["", "   ", "A" * 17, "AE\\TITLE", "AE\x01", "AE\tX", "ПАКС", "PACS\x7f"]
+)
+def test_invalid_ae_title_rejected(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, title: str
+) -> None:
+    with pytest.raises(ValidationError, match="ae_title"):
+        Settings(ae_title=title)
+    monkeypatch.setenv("PACS_AE_TITLE", title)
+    with pytest.raises(ValidationError, match="ae_title"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"), [("A", "A"), ("  PACS ", "PACS"), ("X" * 16, "X" * 16)]
+)
+def test_valid_ae_title_accepted(clean_env: Path, title: str, expected: str) -> None:
+    assert Settings(ae_title=title).ae_title == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("dicom_port", "not-a-port"), ("storage_fsync", "sometimes"), ("duplicate_policy", "x")],
+)
+def test_invalid_values_from_the_environment_rejected(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"PACS_{name.upper()}", value)
+    with pytest.raises(ValidationError, match=name):
+        Settings()
+
+
+def test_serve_help_lists_the_flags(clean_env: Path) -> None:
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    for flag in ("--data-dir", "--dicom-port", "--http-port", "--host"):
+        assert flag in result.output
+    for variable in ("PACS_DATA_DIR", "PACS_DICOM_PORT", "PACS_HTTP_PORT", "PACS_HOST"):
+        assert variable in result.output  # the help names the environment variables
+
+
+def test_serve_flags_override_the_environment(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # serve sets it: restore
+    captured: list[tuple[Settings, bool]] = []
+    monkeypatch.setattr("pacs.serve.run_serve", lambda s, http: captured.append((s, http)))
+    env = {"PACS_DICOM_PORT": "104", "PACS_HTTP_PORT": "80", "PACS_AE_TITLE": "FROM_ENV"}
+    args = ["serve", "--data-dir", str(clean_env / "d"), "--dicom-port", "11113"]
+    result = CliRunner().invoke(app, [*args, "--host", "0.0.0.0"], env=env)
+    assert result.exit_code == 0, result.output
+    [(settings, http)] = captured
+    assert http is True
+    assert settings.data_dir == clean_env / "d"
+    assert settings.dicom_port == 11113  # the flag wins over PACS_DICOM_PORT
+    assert settings.host == "0.0.0.0"
+    assert settings.http_port == 80  # no flag: the environment applies
+    assert settings.ae_title == "FROM_ENV"
+    assert (clean_env / "d" / "metrics").is_dir()
