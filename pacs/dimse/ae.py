@@ -7,9 +7,8 @@ from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs.config import Settings
+from pacs.dimse.part10 import IMPLEMENTATION_VERSION_NAME
 from pacs.dimse.policy import AEPolicy
-
-IMPLEMENTATION_VERSION_NAME = "PACS_010"
 
 
 def build_ae(settings: Settings, policy: AEPolicy) -> AE:

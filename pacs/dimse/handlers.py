@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from io import BytesIO
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from pacs import metrics
+from pacs.dimse.part10 import part10
 from pacs.dimse.policy import AEPolicy
 from pacs.ingest import IngestService, Source, StoreStatus
 
@@ -79,7 +82,15 @@ class Handlers:
                 host=host,
                 organisation=self.policy.organisation(title, host),
             )
-            outcome = self.ingest.store_part10(event.encoded_dataset(include_meta=True), source)
+            request = cast(C_STORE, event.request)
+            data = part10(
+                cast(BytesIO, request.DataSet).getvalue(),
+                str(request.AffectedSOPClassUID or ""),
+                str(request.AffectedSOPInstanceUID or ""),
+                str(event.context.transfer_syntax),
+                title,
+            )
+            outcome = self.ingest.store_part10(data, source)
             code = C_STORE_STATUS[outcome.status]
             return _status(code, "" if code == SUCCESS else outcome.reason)
         except Exception:
