@@ -41,3 +41,7 @@ def test_echo_store_and_list(archive: RunningArchive, tmp_path: Path) -> None:
         stored = store.get(row.object_key)
         assert len(stored) == row.size_bytes
         assert stored[-1000:] in sent
+
+    page_html = httpx.get(f"{archive.http}/").text
+    assert "Phantom^Chest" in page_html
+    assert "<td>CT</td>" in page_html

@@ -10,7 +10,7 @@ from pacs import __version__
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.storage import open_store
-from viewer_api.routers import health, studies
+from viewer_api.routers import health, studies, ui
 
 
 def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
@@ -29,4 +29,5 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     app.state.dicom_server = dicom_server
     app.include_router(health.router)
     app.include_router(studies.router)
+    app.include_router(ui.router)
     return app
