@@ -45,8 +45,17 @@ def import_file(ingest: IngestService, path: Path) -> IngestOutcome | None:
 
 
 def run_import(settings: Settings, paths: list[Path], console: Console | None = None) -> int:
-    """Import ``paths``; print a summary; return 1 if anything was rejected, else 0."""
+    """Import ``paths``; print a summary; return 1 if anything was rejected, else 0.
+
+    Returns 2 without importing anything when a path does not exist (a typo should not
+    leave half a folder imported).
+    """
     console = console or Console(stderr=True)
+    missing = [path for path in paths if not path.exists()]
+    if missing:
+        for path in missing:
+            console.print(f"[red]error[/red] no such file or directory: {path}", highlight=False)
+        return 2
     engine = create_index_engine(settings)
     upgrade(engine)
     engine.dispose()
