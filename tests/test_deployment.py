@@ -210,7 +210,10 @@ def test_dockerfile_base_user_and_healthcheck() -> None:
     users = [a for kw, a in stage if kw == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}, "must not run as root"
     healthchecks = [a for kw, a in stage if kw == "HEALTHCHECK"]
-    assert healthchecks and "/health" in healthchecks[-1]
+    assert healthchecks, "HEALTHCHECK missing"
+    _, _, probe = healthchecks[-1].partition(" CMD ")
+    probe_argv = json.loads(probe)  # exec form: no shell in the probe
+    assert any("/health" in part for part in probe_argv), probe_argv
     env = " ".join(a for kw, a in stage if kw == "ENV")
     for name in re.findall(r"\b(PACS_[A-Z0-9_]+)=", env):
         assert name in settings_env_names(), f"Dockerfile sets {name}: not a setting"
