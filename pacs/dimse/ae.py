@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs.config import Settings
-from pacs.dimse.part10 import IMPLEMENTATION_VERSION_NAME
+from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse.policy import AEPolicy
+
+_LOSSLESS_COMPRESSED = [
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 multi-component, lossless only
+    "1.2.840.10008.1.2.4.201",  # HTJ2K lossless only
+    "1.2.840.10008.1.2.4.202",  # HTJ2K lossless only, RPCL
+    JPEGLosslessSV1,
+    "1.2.840.10008.1.2.4.57",  # JPEG lossless, process 14
+    RLELossless,
+    DeflatedExplicitVRLittleEndian,
+]
+_NATIVE = [ExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian]
+
+ACCEPTED_TRANSFER_SYNTAXES: list[str] = [
+    *_LOSSLESS_COMPRESSED,
+    *_NATIVE,
+    *(uid for uid in AllTransferSyntaxes if uid not in _LOSSLESS_COMPRESSED + _NATIVE),
+]
+"""Every transfer syntax pydicom knows, in the order the acceptor prefers when a requestor
+offers several in one presentation context: lossless compressed (keeps the modality's
+encoding and saves space), then native, then lossy (never chosen over a lossless offer)."""
 
 
 def build_ae(settings: Settings, policy: AEPolicy) -> AE:
@@ -18,6 +50,7 @@ def build_ae(settings: Settings, policy: AEPolicy) -> AE:
     as the modality encoded them (no transcoding on ingest).
     """
     ae = AE(ae_title=settings.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.maximum_associations = settings.max_associations
@@ -28,8 +61,8 @@ def build_ae(settings: Settings, policy: AEPolicy) -> AE:
     if not policy.accept_any and policy.titles:
         # unknown titles get A-ASSOCIATE-RJ; a known title from the wrong host is aborted later
         ae.require_calling_aet = policy.titles
-    ae.add_supported_context(Verification, AllTransferSyntaxes)
+    ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax:
-            ae.add_supported_context(context.abstract_syntax, AllTransferSyntaxes)
+            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
     return ae

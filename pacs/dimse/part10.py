@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import struct
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
-
 from pacs import __version__
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
-IMPLEMENTATION_CLASS_UID = str(PYNETDICOM_IMPLEMENTATION_UID)
+IMPLEMENTATION_CLASS_UID = "2.25.60170585607514588047288330990416703603"
+"""The archive's own Implementation Class UID: a UUID-derived UID (PS3.5 B.2), no org root."""
 IMPLEMENTATION_VERSION_NAME = f"PACS_{__version__.replace('.', '')}"[:16]
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from pacs.index.models import Patient, Series, Study
+from pacs.index.models import Patient, Series, Study, as_utc
 from viewer_api.audit import record_access
 from viewer_api.deps import CurrentUser, SessionDep
 
@@ -76,7 +76,7 @@ def _summary(study: Study, patient: Patient) -> dict[str, object]:
         "number_of_series": study.number_of_study_related_series,
         "number_of_instances": study.number_of_study_related_instances,
         "size_bytes": study.size_bytes,
-        "updated_at": study.updated_at,
+        "updated_at": as_utc(study.updated_at),
     }
 
 
