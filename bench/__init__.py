@@ -1,0 +1,1 @@
+"""Benchmarks of the archive (not tests): ``python bench/ingest.py --help``."""
