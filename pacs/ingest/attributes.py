@@ -14,8 +14,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalid
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 from pacs.errors import InvalidDicomError, SOPClassMismatchError
+from pacs.ingest.structure import check_complete, dataset_offset
 from pacs.storage.keys import require_uid
 
 
@@ -76,11 +78,29 @@ def parse_part10(data: bytes) -> Dataset:
     if len(data) < 132 or data[128:132] != b"DICM":
         raise InvalidDicomError("not a DICOM Part-10 object (no 'DICM' prefix after the preamble)")
     try:
-        return dcmread(BytesIO(data), stop_before_pixels=True)
+        ds = dcmread(BytesIO(data), stop_before_pixels=True)
     except (PydicomInvalid, EOFError) as exc:
         raise InvalidDicomError(f"cannot parse DICOM object: {exc}") from exc
     except Exception as exc:  # pydicom raises many types on corrupt data
         raise InvalidDicomError(f"cannot parse DICOM object: {type(exc).__name__}: {exc}") from exc
+    # pydicom accepts a truncated object silently: check that every element is whole
+    implicit, little_endian = ds.original_encoding
+    has_pixels = check_complete(
+        memoryview(data)[dataset_offset(data) :],
+        implicit=bool(implicit),
+        little_endian=little_endian is not False,
+        deflated=_is_deflated(ds.file_meta.get("TransferSyntaxUID")),
+    )
+    if "Rows" in ds and "Columns" in ds and not has_pixels:
+        raise InvalidDicomError("incomplete image: Rows and Columns but no Pixel Data")
+    return ds
+
+
+def _is_deflated(transfer_syntax: UID | None) -> bool:
+    try:
+        return bool(transfer_syntax and transfer_syntax.is_deflated)
+    except ValueError:  # a private transfer syntax pydicom does not know
+        return False
 
 
 def extract(ds: Dataset) -> InstanceAttributes:

@@ -156,8 +156,13 @@ def _ensure_series(
 
 
 def _refresh_study_series(conn: Connection, study_pk: int) -> None:
-    """Recompute NumberOfStudyRelatedSeries and ModalitiesInStudy (row-locked on PostgreSQL)."""
-    conn.execute(select(STUDY.c.pk).where(STUDY.c.pk == study_pk).with_for_update())
+    """Recompute NumberOfStudyRelatedSeries and ModalitiesInStudy (row-locked on PostgreSQL).
+
+    The lock is FOR NO KEY UPDATE (SQLAlchemy's ``key_share=True``): plain FOR UPDATE conflicts
+    with the FOR KEY SHARE lock that the foreign key of a concurrent transaction's new series
+    holds on the study row, so two senders each adding a series to one study deadlocked.
+    """
+    conn.execute(select(STUDY.c.pk).where(STUDY.c.pk == study_pk).with_for_update(key_share=True))
     modalities = conn.scalars(
         select(SERIES.c.modality).where(SERIES.c.study_pk == study_pk).distinct()
     ).all()
@@ -176,9 +181,10 @@ def _refresh_study_series(conn: Connection, study_pk: int) -> None:
 def insert_instance(
     conn: Connection, a: InstanceAttributes, key: str, size: int, sha256: str, source: Source
 ) -> None:
-    """Insert the instance row and bump the series and study counters."""
+    """Bump the study and series counters, then insert the instance row (see ``_bump``)."""
     now = utcnow()
     series_pk, study_pk = _ensure_series(conn, a, source, now)
+    _bump(conn, series_pk, study_pk, +1, size, now)
     conn.execute(
         _INSERT_INSTANCE,
         {
@@ -199,23 +205,30 @@ def insert_instance(
             "received_at": now,
         },
     )
-    _bump(conn, series_pk, study_pk, +1, size, now)
 
 
 def delete_instance(conn: Connection, stored: StoredInstance) -> bool:
-    """Delete an instance row (if it is still the version ``stored``) and decrement counters."""
+    """Delete an instance row (if it is still the version ``stored``) and decrement counters.
+
+    On False the caller must roll back: the counters were already decremented.
+    """
+    study_pk = conn.scalar(select(SERIES.c.study_pk).where(SERIES.c.pk == stored.series_pk))
+    _bump(conn, stored.series_pk, study_pk or 0, -1, -stored.size_bytes, utcnow())
     deleted = conn.execute(
         INSTANCE.delete().where(INSTANCE.c.pk == stored.pk, INSTANCE.c.sha256 == stored.sha256)
     ).rowcount
-    if deleted != 1:
-        return False
-    study_pk = conn.scalar(select(SERIES.c.study_pk).where(SERIES.c.pk == stored.series_pk))
-    _bump(conn, stored.series_pk, study_pk or 0, -1, -stored.size_bytes, utcnow())
-    return True
+    return deleted == 1
 
 
 def _bump(
     conn: Connection, series_pk: int, study_pk: int, n: int, size: int, now: datetime
 ) -> None:
-    conn.execute(_BUMP_SERIES, {"b_series": series_pk, "b_n": n, "b_now": now})
+    """Adjust the counters of a series and its study.
+
+    Every writer takes its locks top down, study row, then series row, then the instance row
+    (insert or delete), as ``_refresh_study_series`` does. Other orders deadlocked on
+    PostgreSQL: a sender that had just refreshed the study against one bumping the series, and
+    two senders of one SOP Instance UID (the unique index entry) against the study row.
+    """
     conn.execute(_BUMP_STUDY, {"b_study": study_pk, "b_n": n, "b_size": size, "b_now": now})
+    conn.execute(_BUMP_SERIES, {"b_series": series_pk, "b_n": n, "b_now": now})
