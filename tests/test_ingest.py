@@ -365,6 +365,18 @@ def deadlocks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_concurrent_ingest_of_one_study(backend: Backend, deadlocks: list[str]) -> None:
     """8 threads at once: some send the same instance, others different ones of one study."""
+    concurrent_rounds(backend, deadlocks)
+
+
+def test_concurrent_ingest_into_the_filesystem_store(
+    db_backend: Backend, deadlocks: list[str]
+) -> None:
+    """The same race on each database with the filesystem store (one directory per series)."""
+    concurrent_rounds(db_backend, deadlocks)
+
+
+def concurrent_rounds(backend: Backend, deadlocks: list[str]) -> None:
+    """Three rounds of 8 threads sending 5 instances (3 of them twice) of a new study."""
     ingest = ingest_for(backend)
     threads = 8
     expected_series: dict[str, int] = {}
