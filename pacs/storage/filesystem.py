@@ -29,10 +29,16 @@ class FilesystemStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root) or path == self.root:
+        """The file of ``key``; checked lexically (no filesystem calls on the hot path)."""
+        parts = key.split("/")
+        if (
+            not key
+            or "\x00" in key
+            or "\\" in key
+            or any(part in ("", ".", "..") for part in parts)
+        ):
             raise ValueError(f"object key escapes the store: {key!r}")
-        return path
+        return self.root.joinpath(*parts)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
