@@ -9,11 +9,13 @@ import socket
 import threading
 from typing import Any
 
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from pacs.config import Settings
+from pacs.dimse import fast_response
 from pacs.dimse.ae import build_ae
 from pacs.dimse.handlers import Handlers
 from pacs.dimse.policy import AEPolicy
@@ -56,6 +58,7 @@ class _RequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         _wake_on_message(assoc)
+        fast_response.install(assoc)
         return assoc
 
 
@@ -84,6 +87,8 @@ class _HandedOverServer(ThreadedAssociationServer):
 def serve_connections(settings: Settings, control: socket.socket) -> None:
     """Run associations for sockets received on ``control`` until the parent goes away."""
     configure_logging(settings)
+    if not settings.log_phi:  # pynetdicom's per-message log handlers print identifiers
+        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     policy = AEPolicy.from_setting(settings.allowed_aes, settings.accept_any_ae)
     handlers = Handlers(build_ingest(settings), policy)
     ae = build_ae(settings, policy)
