@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import socket
 import threading
 from typing import Any
@@ -15,7 +14,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from pacs.config import Settings
-from pacs.dimse import fast_response
+from pacs.dimse import tuning
 from pacs.dimse.ae import build_ae
 from pacs.dimse.handlers import Handlers
 from pacs.dimse.policy import AEPolicy
@@ -25,40 +24,10 @@ from pacs.runtime import build_ingest
 log = logging.getLogger(__name__)
 
 
-_IDLE_WAIT = 0.005
-"""Longest time the association reactor waits for a DIMSE message before its other checks."""
-
-
-def _wake_on_message(assoc: Association) -> None:
-    """Let the acceptor's reactor wake as soon as a DIMSE message is complete.
-
-    pynetdicom's reactor sleeps 1 ms between non-blocking polls of the message queue, which
-    adds up to a millisecond to every C-STORE. Here a non-blocking poll on an empty queue
-    waits on the queue's own condition instead, so a message is served at once; the reactor's
-    release/abort/timeout checks still run at least every ``_IDLE_WAIT`` seconds.
-    """
-    dimse = assoc.dimse
-    messages = dimse.msg_queue
-
-    def get_msg(block: bool = False) -> Any:
-        if not block:
-            with messages.not_empty:
-                if not messages.queue:  # qsize() would take the held mutex again
-                    messages.not_empty.wait(_IDLE_WAIT)
-        try:
-            return messages.get(block=block, timeout=dimse.dimse_timeout)
-        except queue.Empty:
-            return None, None
-
-    dimse.get_msg = get_msg  # type: ignore[method-assign]
-    assoc.dul._run_loop_delay = 0.0005
-
-
 class _RequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        _wake_on_message(assoc)
-        fast_response.install(assoc)
+        tuning.install(assoc)
         return assoc
 
 
