@@ -31,6 +31,7 @@ from pacs.ingest.indexer import (
     insert_instance,
 )
 from pacs.ingest.source import Source
+from pacs.ingest.structure import dataset_offset
 from pacs.storage.base import ObjectStore
 from pacs.storage.keys import instance_key
 
@@ -116,7 +117,7 @@ class IngestService:
             return IngestOutcome(
                 StoreStatus.FAILED, *_uids(attrs), reason=f"index: {type(exc).__name__}"
             )
-        if known is not None and known.sha256 == sha256:
+        if known is not None and self._identical(known, sha256, data, attrs):
             return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
         if known is not None and self.duplicate_policy is not DuplicatePolicy.OVERWRITE:
             return self._refuse_conflict(attrs)
@@ -127,13 +128,13 @@ class IngestService:
             self.store.put(key, data)
         except StorageError as exc:
             return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason=str(exc))
-        return self._index(attrs, key, len(data), sha256, source, replacing=known)
+        return self._index(attrs, key, data, sha256, source, replacing=known)
 
     def _index(
         self,
         attrs: InstanceAttributes,
         key: str,
-        size: int,
+        data: bytes,
         sha256: str,
         source: Source,
         replacing: StoredInstance | None,
@@ -142,10 +143,10 @@ class IngestService:
             with self.writer.begin() as conn:
                 if replacing is not None and not delete_instance(conn, replacing):
                     raise IntegrityError("replaced row changed meanwhile", None, Exception())
-                insert_instance(conn, attrs, key, size, sha256, source)
+                insert_instance(conn, attrs, key, len(data), sha256, source)
         except IntegrityError:
             # A concurrent sender committed the same SOP Instance UID first: decide again.
-            return self._after_race(attrs, key, sha256)
+            return self._after_race(attrs, key, data, sha256)
         except Exception as exc:  # database down, disk full, anything: nothing half-stored
             log.error("index transaction failed: %s", type(exc).__name__)
             self._discard(key)
@@ -159,15 +160,42 @@ class IngestService:
         log.warning("%s replaced by a different object", attrs.sop_instance_uid)
         return IngestOutcome(StoreStatus.REPLACED, *_uids(attrs), reason="overwrite policy")
 
-    def _after_race(self, attrs: InstanceAttributes, key: str, sha256: str) -> IngestOutcome:
+    def _after_race(
+        self, attrs: InstanceAttributes, key: str, data: bytes, sha256: str
+    ) -> IngestOutcome:
         with self.engine.connect() as conn:
             known = find_instance(conn, attrs.sop_instance_uid)
         if known is not None and known.sha256 == sha256:
             return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
         self._discard(key)
+        if known is not None and self._identical(known, sha256, data, attrs):
+            return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
         if known is not None:
             return self._refuse_conflict(attrs)
         return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason="index conflict")
+
+    def _identical(
+        self, known: StoredInstance, sha256: str, data: bytes, attrs: InstanceAttributes
+    ) -> bool:
+        """True when ``data`` is the stored object again, perhaps in another file meta.
+
+        Over DIMSE the archive writes the file meta itself, while a file keeps the one its
+        writer made: one object imported from a file and then received by C-STORE (or the
+        other way round) has two digests, yet it is an identical re-send when the transfer
+        syntax and every byte of the data set agree. The stored object is read only then.
+        """
+        if known.sha256 == sha256:
+            return True
+        try:
+            stored = self.store.get(known.object_key)
+            stored_syntax = parse_part10(stored).file_meta.get("TransferSyntaxUID")
+        except (KeyError, StorageError, InvalidDicomError):
+            return False
+        if stored_syntax != attrs.transfer_syntax_uid:
+            return False
+        return (
+            memoryview(stored)[dataset_offset(stored) :] == memoryview(data)[dataset_offset(data) :]
+        )
 
     def _refuse_conflict(self, attrs: InstanceAttributes) -> IngestOutcome:
         status = (
