@@ -223,13 +223,13 @@ def test_fsync_policy_setting_is_respected(
         return
     # the file, its directory, and the parent of every directory created on the way
     root = store.root
-    assert Path(synced[0]).parent == root / "1.2/1.2.3/1.2.3.4"  # the temporary file
-    expected_dirs = {root, root / "1.2", root / "1.2/1.2.3", root / "1.2/1.2.3/1.2.3.4"}
+    assert Path(synced[0]).parent == root / "1.2/1.2.3"  # the temporary file
+    expected_dirs = {root, root / "1.2", root / "1.2/1.2.3"}
     assert set(synced[1:]) == {str(d) for d in expected_dirs}
     synced.clear()
-    store.put(instance_key("1.2", "1.2.3", "1.2.3.4", "0" * 64), b"data")
+    store.put(instance_key("1.2", "1.2.3", "1.2.3.5", "0" * 64), b"data")
     assert len(synced) == 2  # an existing directory: the file and that directory only
-    assert synced[1] == str(root / "1.2/1.2.3/1.2.3.4")
+    assert synced[1] == str(root / "1.2/1.2.3")
 
 
 def test_filesystem_put_survives_concurrent_pruning(
@@ -276,7 +276,7 @@ def test_open_store_rejects_unknown_scheme(store_backend: Backend) -> None:
 def test_instance_key_layout() -> None:
     digest = hashlib.sha256(b"object").hexdigest()
     key = instance_key("1.2.840.1", "1.2.840.1.2", "1.2.840.1.2.3", digest)
-    assert key == f"1.2.840.1/1.2.840.1.2/1.2.840.1.2.3/{digest[:16]}.dcm"
+    assert key == f"1.2.840.1/1.2.840.1.2/1.2.840.1.2.3.{digest[:16]}.dcm"
 
 
 @pytest.mark.parametrize(
@@ -313,7 +313,7 @@ def test_instance_key_refuses_invalid_uids(uid: str) -> None:
 @pytest.mark.parametrize("uid", ["0", "1.0.2", "1.2.840.10008.1.2.1", "1." + "2" * 62])
 def test_valid_uids_accepted(uid: str) -> None:
     assert is_valid_uid(uid)
-    assert instance_key(uid, uid, uid, DIGEST).startswith(f"{uid}/{uid}/{uid}/")
+    assert instance_key(uid, uid, uid, DIGEST).startswith(f"{uid}/{uid}/{uid}.")
 
 
 @pytest.mark.parametrize("digest", ["", "A" * 64, "a" * 63, "g" * 64, "a" * 64 + "\n", "../x"])

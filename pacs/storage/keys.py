@@ -25,7 +25,10 @@ def require_uid(name: str, value: object) -> str:
 
 
 def instance_key(study_uid: str, series_uid: str, sop_instance_uid: str, sha256: str) -> str:
-    """Key of one stored object version: ``<study>/<series>/<instance>/<sha256[:16]>.dcm``.
+    """Key of one stored object version: ``<study>/<series>/<instance>.<sha256[:16]>.dcm``.
+
+    One directory per series (not per instance) keeps a new object to one file creation and
+    one directory entry, so durable writes cost two fsyncs.
 
     The digest makes every distinct content its own key, so a racing or replacing write never
     clobbers an object another index row points to.
@@ -38,4 +41,4 @@ def instance_key(study_uid: str, series_uid: str, sop_instance_uid: str, sha256:
         require_uid(name, uid)
     if not _DIGEST.fullmatch(sha256):
         raise ValueError("sha256 must be 64 lowercase hex digits")
-    return f"{study_uid}/{series_uid}/{sop_instance_uid}/{sha256[:16]}.dcm"
+    return f"{study_uid}/{series_uid}/{sop_instance_uid}.{sha256[:16]}.dcm"
