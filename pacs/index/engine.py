@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,48 @@ def create_index_engine(settings: Settings) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+class SQLiteWriterQueue:
+    """Queues the SQLite writers of every process on one ``flock``.
+
+    SQLite's own busy handler retries a locked database after sleeping 1, 2, 5, 10, 15 ...
+    ms, so concurrent writers from several DICOM server processes stall each other for many
+    milliseconds; a waiter on ``flock`` (and on the in-process lock) wakes the moment the
+    holder is done, so ``BEGIN IMMEDIATE`` then never waits.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + "-writer")
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold the write turn of this database for the duration of the block."""
+        with self._threads:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+_QUEUES: dict[str, SQLiteWriterQueue] = {}
+_QUEUES_LOCK = threading.Lock()
+
+
+def writer_turn(engine: Engine) -> AbstractContextManager[None]:
+    """Context manager around one write transaction: queues SQLite writers across processes
+    (see ``SQLiteWriterQueue``); PostgreSQL needs nothing (row locks wait properly)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return contextlib.nullcontext()
+    with _QUEUES_LOCK:
+        queue = _QUEUES.setdefault(database, SQLiteWriterQueue(Path(database)))
+    return queue.hold()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

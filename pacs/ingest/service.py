@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from pacs import metrics
 from pacs.config import DuplicatePolicy
 from pacs.errors import InvalidDicomError, SOPClassMismatchError, StorageError
-from pacs.index.engine import WRITE
+from pacs.index.engine import WRITE, writer_turn
 from pacs.ingest.attributes import InstanceAttributes, extract, parse_part10
 from pacs.ingest.indexer import (
     INSTANCE,
@@ -140,7 +140,7 @@ class IngestService:
         replacing: StoredInstance | None,
     ) -> IngestOutcome:
         try:
-            with self.writer.begin() as conn:
+            with writer_turn(self.engine), self.writer.begin() as conn:
                 if replacing is not None and not delete_instance(conn, replacing):
                     raise IntegrityError("replaced row changed meanwhile", None, Exception())
                 insert_instance(conn, attrs, key, len(data), sha256, source)
