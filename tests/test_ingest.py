@@ -22,6 +22,7 @@ from pacs.config import DuplicatePolicy, Settings
 from pacs.errors import StorageError
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.models import Instance, Patient, Series, Study
+from pacs.index.prepared import Prepared
 from pacs.ingest import IngestOutcome, IngestService, Source, StoreStatus
 from pacs.runtime import build_ingest
 from pacs.storage import instance_key, open_store
@@ -485,16 +486,25 @@ def failing_statement(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str
         engine = real(settings)
         engines.append(engine)
 
-        @event.listens_for(engine, "before_cursor_execute")
-        def _fail(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-            sql = " ".join(statement.split()).upper()
-            for prefix, contains in rules:
-                if sql.startswith(prefix) and contains in sql:
-                    raise OperationalError(statement, None, Exception("injected"))
-
+        event.listen(engine, "before_cursor_execute", _fail)
         return engine
 
+    real_prepared = Prepared.execute
+
+    def prepared_execute(self: Prepared, conn: Any, params: dict[str, Any]) -> Any:
+        # the hot-path statements run on the DBAPI cursor, past the engine's events
+        sql, _ = self._compiled.get(conn.dialect.name) or self._compile(conn)
+        _fail(None, None, sql)
+        return real_prepared(self, conn, params)
+
+    def _fail(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sql = " ".join(statement.split()).upper()
+        for prefix, contains in rules:
+            if sql.startswith(prefix) and contains in sql:
+                raise OperationalError(statement, None, Exception("injected"))
+
     monkeypatch.setattr(runtime, "create_index_engine", capture)
+    monkeypatch.setattr(Prepared, "execute", prepared_execute)
     yield lambda prefix, contains: rules.append((prefix.upper(), contains.upper()))
     rules.clear()
     for engine in engines:

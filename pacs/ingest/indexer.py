@@ -1,7 +1,8 @@
 """Index writes of one instance: upsert patient/study/series, insert the instance, counters.
 
-Runs on the caller's connection inside its write transaction, with SQLAlchemy Core (this is
-the hot path of ingest). Inserts of patient/study/series use ``ON CONFLICT DO NOTHING`` so
+Runs on the caller's connection inside its write transaction. The statements every instance
+runs are ``Prepared`` (compiled once, run on the DBAPI cursor); the rarer ones (a new series)
+use SQLAlchemy Core directly. Inserts of patient/study/series use ``ON CONFLICT DO NOTHING`` so
 that concurrent senders of one study (any number of processes or nodes) converge on one row.
 """
 
@@ -14,6 +15,7 @@ from sqlalchemy import Connection, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.index.models import Instance, Patient, Series, Study, utcnow
+from pacs.index.prepared import Prepared, db_timestamp
 from pacs.ingest.attributes import InstanceAttributes
 from pacs.ingest.source import Source
 
@@ -24,18 +26,37 @@ INSTANCE: Table = Instance.__table__  # type: ignore[assignment]
 
 
 # Statements of the per-instance hot path, built once (only their parameters vary).
-_FIND_INSTANCE = select(
-    INSTANCE.c.pk,
-    INSTANCE.c.series_pk,
-    INSTANCE.c.sha256,
-    INSTANCE.c.object_key,
-    INSTANCE.c.size_bytes,
-).where(INSTANCE.c.sop_instance_uid == bindparam("uid"))
-_FIND_SERIES = select(SERIES.c.pk, SERIES.c.study_pk).where(
-    SERIES.c.series_instance_uid == bindparam("uid")
+_FIND_INSTANCE = Prepared(
+    select(
+        INSTANCE.c.pk,
+        INSTANCE.c.series_pk,
+        INSTANCE.c.sha256,
+        INSTANCE.c.object_key,
+        INSTANCE.c.size_bytes,
+    ).where(INSTANCE.c.sop_instance_uid == bindparam("uid"))
 )
-_INSERT_INSTANCE = INSTANCE.insert()
-_BUMP_SERIES = (
+_FIND_SERIES = Prepared(
+    select(SERIES.c.pk, SERIES.c.study_pk).where(SERIES.c.series_instance_uid == bindparam("uid"))
+)
+_INSTANCE_COLUMNS = [
+    "sop_instance_uid",
+    "series_pk",
+    "sop_class_uid",
+    "instance_number",
+    "transfer_syntax_uid",
+    "rows",
+    "columns",
+    "number_of_frames",
+    "object_key",
+    "size_bytes",
+    "sha256",
+    "source_ae_title",
+    "source_host",
+    "source_organisation",
+    "received_at",
+]
+_INSERT_INSTANCE = Prepared(INSTANCE.insert(), column_keys=_INSTANCE_COLUMNS)
+_BUMP_SERIES = Prepared(
     update(SERIES)
     .where(SERIES.c.pk == bindparam("b_series"))
     .values(
@@ -44,7 +65,7 @@ _BUMP_SERIES = (
         updated_at=bindparam("b_now"),
     )
 )
-_BUMP_STUDY = (
+_BUMP_STUDY = Prepared(
     update(STUDY)
     .where(STUDY.c.pk == bindparam("b_study"))
     .values(
@@ -68,7 +89,7 @@ class StoredInstance(NamedTuple):
 
 def find_instance(conn: Connection, sop_instance_uid: str) -> StoredInstance | None:
     """The indexed instance with this SOP Instance UID, if any."""
-    row = conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid}).first()
+    row = _FIND_INSTANCE.execute(conn, {"uid": sop_instance_uid}).fetchone()
     return None if row is None else StoredInstance(*row)
 
 
@@ -78,7 +99,7 @@ def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any], key: 
 
 
 def _series_row(conn: Connection, series_uid: str) -> tuple[int, int] | None:
-    row = conn.execute(_FIND_SERIES, {"uid": series_uid}).first()
+    row = _FIND_SERIES.execute(conn, {"uid": series_uid}).fetchone()
     return None if row is None else (row[0], row[1])
 
 
@@ -185,8 +206,8 @@ def insert_instance(
     now = utcnow()
     series_pk, study_pk = _ensure_series(conn, a, source, now)
     _bump(conn, series_pk, study_pk, +1, size, now)
-    conn.execute(
-        _INSERT_INSTANCE,
+    _INSERT_INSTANCE.execute(
+        conn,
         {
             "sop_instance_uid": a.sop_instance_uid,
             "series_pk": series_pk,
@@ -202,7 +223,7 @@ def insert_instance(
             "source_ae_title": source.ae_title[:16],
             "source_host": source.host[:64],
             "source_organisation": source.organisation[:128],
-            "received_at": now,
+            "received_at": db_timestamp(conn, now),
         },
     )
 
@@ -230,5 +251,6 @@ def _bump(
     PostgreSQL: a sender that had just refreshed the study against one bumping the series, and
     two senders of one SOP Instance UID (the unique index entry) against the study row.
     """
-    conn.execute(_BUMP_STUDY, {"b_study": study_pk, "b_n": n, "b_size": size, "b_now": now})
-    conn.execute(_BUMP_SERIES, {"b_series": series_pk, "b_n": n, "b_now": now})
+    stamp = db_timestamp(conn, now)
+    _BUMP_STUDY.execute(conn, {"b_study": study_pk, "b_n": n, "b_size": size, "b_now": stamp})
+    _BUMP_SERIES.execute(conn, {"b_series": series_pk, "b_n": n, "b_now": stamp})
