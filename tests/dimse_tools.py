@@ -401,10 +401,14 @@ class DicomProxy:
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with RST (SO_LINGER 0): the peer sees the connection drop, not a clean end."""
+    """Close with RST (SO_LINGER 0): the peer sees the connection drop, not a clean end.
+
+    ``shutdown(SHUT_RD)`` first wakes the relay thread blocked in ``recv`` on this socket.
+    """
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
+        sock.shutdown(socket.SHUT_RD)
+    sock.close()
 
 
 # ---------------------------------------------------------------- index and object store
@@ -561,3 +565,20 @@ def pynetdicom_store(
             return [status_of(assoc.send_c_store(item)) for item in items]
     finally:
         assoc.release()
+
+
+# ---------------------------------------------------------------- synthetic objects
+
+
+def part10_bytes(ds: pydicom.Dataset) -> bytes:
+    """``ds`` written as a Part-10 file."""
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def write_part10(path: Path, ds: pydicom.Dataset) -> Path:
+    """Write ``ds`` to ``path`` as a Part-10 file; return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(part10_bytes(ds))
+    return path
