@@ -334,49 +334,18 @@ def test_cyrillic_patient_name(backend: Backend, charset: str, codec: str) -> No
 
 # ---------------------------------------------------------------- concurrency
 
-DEADLOCK = (
-    "BUG pacs/ingest/indexer.py: lock-order deadlock on PostgreSQL -> FAILED. The new-series "
-    "path locks the study row (_refresh_study_series) before it updates the series row "
-    "(_bump); the found-series path updates the series row and then the study row (_bump), "
-    "and inserts the instance before any study lock. Locking the study row (SELECT ... FOR "
-    "UPDATE) right after resolving study_pk, before INSERT INTO instance, on every path fixes "
-    "it (checked: 50 rounds of 8 threads without a deadlock)."
-)
 
-
-@pytest.fixture
-def deadlocks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Deadlocks the database reported to the ingest engines built during the test."""
-    found: list[str] = []
-    real = runtime.create_index_engine
-
-    def watched(settings: Settings) -> Engine:
-        engine = real(settings)
-
-        @event.listens_for(engine, "handle_error")
-        def _record(context: Any) -> None:
-            if type(context.original_exception).__name__ == "DeadlockDetected":
-                found.append(str(context.statement).split("\n")[0][:60])
-
-        return engine
-
-    monkeypatch.setattr(runtime, "create_index_engine", watched)
-    return found
-
-
-def test_concurrent_ingest_of_one_study(backend: Backend, deadlocks: list[str]) -> None:
+def test_concurrent_ingest_of_one_study(backend: Backend) -> None:
     """8 threads at once: some send the same instance, others different ones of one study."""
-    concurrent_rounds(backend, deadlocks)
+    concurrent_rounds(backend)
 
 
-def test_concurrent_ingest_into_the_filesystem_store(
-    db_backend: Backend, deadlocks: list[str]
-) -> None:
+def test_concurrent_ingest_into_the_filesystem_store(db_backend: Backend) -> None:
     """The same race on each database with the filesystem store (one directory per series)."""
-    concurrent_rounds(db_backend, deadlocks)
+    concurrent_rounds(db_backend)
 
 
-def concurrent_rounds(backend: Backend, deadlocks: list[str]) -> None:
+def concurrent_rounds(backend: Backend) -> None:
     """Three rounds of 8 threads sending 5 instances (3 of them twice) of a new study."""
     ingest = ingest_for(backend)
     threads = 8
@@ -408,8 +377,6 @@ def concurrent_rounds(backend: Backend, deadlocks: list[str]) -> None:
         for thread in pool:
             thread.join(timeout=120)
         assert errors == []
-        if deadlocks:  # the known bug, and nothing else, turns into an expected failure
-            pytest.xfail(f"{DEADLOCK} Deadlocked statements: {deadlocks}")
         statuses = Counter(o.status for o in outcomes)
         assert statuses == {StoreStatus.STORED: 5, StoreStatus.DUPLICATE: 3}, [
             (o.status, o.reason) for o in outcomes if not o.status.ok
