@@ -242,6 +242,7 @@ class _PduReader:
         self.commands: list[Any] = []  # decoded command sets, in order
         self.datasets: list[bytes] = []  # complete data sets, in order
         self.partial_data = 0  # bytes of the data set being received
+        self.pdu_types: list[int] = []  # every PDU type seen (0x03 A-ASSOCIATE-RJ, 0x07 A-ABORT)
 
     def feed(self, chunk: bytes) -> None:
         self.buffer += chunk
@@ -252,6 +253,7 @@ class _PduReader:
                 return
             body = bytes(self.buffer[6 : 6 + length])
             del self.buffer[: 6 + length]
+            self.pdu_types.append(pdu_type)
             if pdu_type == 0x04:  # P-DATA-TF
                 self._p_data(body)
 
@@ -292,6 +294,7 @@ class DicomProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self.exchanges: list[StoreExchange] = []
+        self.from_archive: list[_PduReader] = []  # what the archive sent, per connection
         self.cut = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -309,6 +312,10 @@ class DicomProxy:
         for thread in self._threads[1:]:
             thread.join(timeout=30)
 
+    def archive_pdu_types(self) -> list[int]:
+        """Types of the PDUs the archive sent, over all connections."""
+        return [t for reader in self.from_archive for t in reader.pdu_types]
+
     def by_message_id(self) -> dict[int, StoreExchange]:
         """Exchanges of a single-association run, keyed by message id."""
         return {e.message_id: e for e in self.exchanges}
@@ -323,6 +330,7 @@ class DicomProxy:
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             requests, responses = _PduReader(), _PduReader()
+            self.from_archive.append(responses)
             exchanges: list[StoreExchange] = []
             up = threading.Thread(
                 target=self._relay_up, args=(client, server, requests, exchanges), daemon=True
