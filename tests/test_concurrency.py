@@ -45,8 +45,10 @@ def _run_all(port: int, batches: list[list[Path]]) -> None:
     for batch, process in zip(batches, processes, strict=True):
         output, _ = process.communicate(timeout=180)
         result = parse_storescu(process.returncode, output)
-        assert result.returncode == 0, output[-2000:]
+        failed = {p.name: s for p, s in result.statuses.items() if s != "Success"}
+        assert not failed, f"not stored: {failed}"
         assert result.succeeded == set(batch), output[-2000:]
+        assert result.returncode == 0, output[-2000:]
 
 
 def _uid(path: Path) -> str:
