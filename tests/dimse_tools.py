@@ -107,9 +107,10 @@ def classify(path: Path) -> CorpusFile:
 
 
 def corpus_paths() -> list[Path]:
-    """Every file of pydicom's test corpus (with subfolders) and the shared reference objects."""
+    """pydicom's test corpus (with subfolders), highdicom's objects and the blank-UID CT."""
     files = sorted(p for p in PYDICOM_TEST_FILES.rglob("*") if p.is_file())
     files += sorted(HIGHDICOM.glob("*.dcm"))
+    files += sorted(BLANK_UID_CT.iterdir())
     return files
 
 
@@ -185,6 +186,8 @@ def parse_storescu(returncode: int, output: str) -> StorescuResult:
             current = None
         elif m := _IGNORED.match(line):
             result.not_sent[Path(m.group(2))] = m.group(1)
+        elif line.startswith("E: ") and current is not None and current not in result.message_ids:
+            result.not_sent.setdefault(current, line[3:])  # it cannot read or propose the file
     for path in result.message_ids.keys() - result.statuses.keys():
         result.not_sent.setdefault(path, "no response")
     return result

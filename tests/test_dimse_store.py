@@ -74,7 +74,7 @@ def test_dcmtk_sends_the_corpus(
     with DicomProxy(archive.dicom_port) as proxy:
         result = storescu(
             proxy.port,
-            [PYDICOM_TEST_FILES, HIGHDICOM],
+            [PYDICOM_TEST_FILES, HIGHDICOM, BLANK_UID_CT],
             "+sd",
             "+r",
             "-xf",
@@ -120,9 +120,12 @@ def test_dcmtk_sends_the_corpus(
     assert not problems, "\n".join(problems)
     assert set(rows) == success_uids, "index rows that no success acknowledged"
     assert sent_valid >= 100 and sent_invalid >= 3, (sent_valid, sent_invalid)
+    blank = set(_blank_ct())
+    assert not blank & result.succeeded  # storescu refuses them (no SOP Class UID) or fails
     # files storescu itself refuses to send (it cannot parse them or finds no SOP Instance UID)
     refused = sorted(p.name for p in result.not_sent if p in corpus and corpus[p].valid)
     print(f"storescu did not send {len(result.not_sent)} files; valid among them: {refused}")
+    assert len(result.message_ids) + len(result.not_sent) == len(corpus), "unaccounted files"
 
 
 def _pacs_import(backend: Backend, *paths: Path) -> tuple[int, dict[Path, str]]:
