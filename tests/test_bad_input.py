@@ -207,8 +207,8 @@ def test_association_dropped_mid_transfer(archive: RunningArchive, tmp_path: Pat
         assert dataset_part(view.read(uid)) == dataset_part(files[0].read_bytes())
     _assert_still_serving(archive, tmp_path)
     log = archive.log()
-    assert "Connection closed before the entire PDU was received" in log
-    assert "C-STORE handler failed" not in log
+    assert "dropped" in log  # the cut association is logged, without a traceback
+    assert "C-STORE failed" not in log
 
 
 def _store_one(port: int, path: Path) -> tuple[int, str]:

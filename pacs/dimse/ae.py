@@ -43,6 +43,12 @@ offers several in one presentation context: lossless compressed (keeps the modal
 encoding and saves space), then native, then lossy (never chosen over a lossless offer)."""
 
 
+STORAGE_SOP_CLASSES = frozenset(
+    str(cx.abstract_syntax) for cx in AllStoragePresentationContexts if cx.abstract_syntax
+)
+"""Abstract syntaxes the Storage SCP serves (every storage SOP class pynetdicom knows)."""
+
+
 def build_ae(settings: Settings, policy: AEPolicy) -> AE:
     """An acceptor AE configured from ``settings``.
 
@@ -62,7 +68,6 @@ def build_ae(settings: Settings, policy: AEPolicy) -> AE:
         # unknown titles get A-ASSOCIATE-RJ; a known title from the wrong host is aborted later
         ae.require_calling_aet = policy.titles
     ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
-    for context in AllStoragePresentationContexts:
-        if context.abstract_syntax:
-            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+    for sop_class in sorted(STORAGE_SOP_CLASSES):
+        ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
     return ae

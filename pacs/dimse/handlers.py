@@ -1,4 +1,7 @@
-"""DIMSE event handlers. They never raise into the network stack: every outcome is a status."""
+"""pynetdicom event handlers, for associations the lean storage acceptor does not serve.
+
+They never raise into the network stack: every outcome is a status.
+"""
 
 from __future__ import annotations
 
@@ -12,38 +15,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from pacs import metrics
-from pacs.dimse.part10 import part10
 from pacs.dimse.policy import AEPolicy
-from pacs.ingest import IngestService, Source, StoreStatus
+from pacs.dimse.store import SUCCESS, StoreHandler
 
 log = logging.getLogger(__name__)
-
-SUCCESS = 0x0000
-WARNING_COERCION = 0xB000
-FAILURE_DUPLICATE_SOP_INSTANCE = 0x0111
-FAILURE_OUT_OF_RESOURCES = 0xA700
-FAILURE_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-FAILURE_CANNOT_UNDERSTAND = 0xC000
-
-C_STORE_STATUS = {
-    StoreStatus.STORED: SUCCESS,
-    StoreStatus.DUPLICATE: SUCCESS,
-    StoreStatus.REPLACED: SUCCESS,
-    StoreStatus.CONFLICT_KEPT: WARNING_COERCION,
-    StoreStatus.CONFLICT_REJECTED: FAILURE_DUPLICATE_SOP_INSTANCE,
-    StoreStatus.INVALID: FAILURE_CANNOT_UNDERSTAND,
-    StoreStatus.SOP_CLASS_MISMATCH: FAILURE_DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    StoreStatus.TOO_LARGE: FAILURE_OUT_OF_RESOURCES,
-    StoreStatus.FAILED: FAILURE_OUT_OF_RESOURCES,
-}
-
-
-def _status(code: int, comment: str = "") -> Dataset:
-    status = Dataset()
-    status.Status = code
-    if comment:
-        status.ErrorComment = comment[:64]
-    return status
 
 
 def _peer(event: Event) -> tuple[str, str]:
@@ -52,10 +27,10 @@ def _peer(event: Event) -> tuple[str, str]:
 
 
 class Handlers:
-    """Handlers of one DICOM server process, bound to its ingest service and AE policy."""
+    """Handlers of one DICOM worker process, bound to its C-STORE service and AE policy."""
 
-    def __init__(self, ingest: IngestService, policy: AEPolicy) -> None:
-        self.ingest = ingest
+    def __init__(self, store: StoreHandler, policy: AEPolicy) -> None:
+        self.store = store
         self.policy = policy
 
     def on_accepted(self, event: Event) -> None:
@@ -74,28 +49,21 @@ class Handlers:
 
     def on_c_store(self, event: Event) -> Dataset:
         """C-STORE: ingest the bytes as received; success only when durable and indexed."""
-        try:
-            title, host = _peer(event)
-            source = Source(
-                channel="dimse",
-                ae_title=title,
-                host=host,
-                organisation=self.policy.organisation(title, host),
-            )
-            request = cast(C_STORE, event.request)
-            data = part10(
-                cast(BytesIO, request.DataSet).getvalue(),
-                str(request.AffectedSOPClassUID or ""),
-                str(request.AffectedSOPInstanceUID or ""),
-                str(event.context.transfer_syntax),
-                title,
-            )
-            outcome = self.ingest.store_part10(data, source)
-            code = C_STORE_STATUS[outcome.status]
-            return _status(code, "" if code == SUCCESS else outcome.reason)
-        except Exception:
-            log.exception("C-STORE handler failed")
-            return _status(FAILURE_OUT_OF_RESOURCES, "internal error; nothing stored")
+        title, host = _peer(event)
+        request = cast(C_STORE, event.request)
+        code, comment = self.store.store(
+            cast(BytesIO, request.DataSet).getvalue(),
+            str(request.AffectedSOPClassUID or ""),
+            str(request.AffectedSOPInstanceUID or ""),
+            str(event.context.transfer_syntax),
+            title,
+            host,
+        )
+        status = Dataset()
+        status.Status = code
+        if comment:
+            status.ErrorComment = comment
+        return status
 
     def bindings(self) -> list[tuple[Any, Any]]:
         """The (event, handler) pairs to bind on the association server."""

@@ -1,11 +1,11 @@
 """Per-association speed-ups of pynetdicom's acceptor, applied without changing its protocol.
 
-Three costs dominate a C-STORE in an unmodified pynetdicom acceptor besides ingest itself:
+Storage associations are served by the lean ``acceptor``; the rest (query/retrieve, mixed
+proposals) run on pynetdicom, which has two needless costs per message:
 
 - the reactor polls the DIMSE message queue with 1 ms sleeps, so every message waits up to
   a millisecond before it is served;
-- the transport reads PDUs 4 KiB at a time, about 130 ``recv`` calls per 512 KiB slice;
-- responses go through the generic DIMSE encoder (see ``fast_response``).
+- the transport reads PDUs 4 KiB at a time, about 130 ``recv`` calls per 512 KiB slice.
 
 Each fix below replaces one method on one association's own objects, so pynetdicom's shared
 classes and every other association (e.g. our own SCU) stay untouched.
@@ -17,8 +17,6 @@ import queue
 from typing import Any
 
 from pynetdicom.association import Association
-
-from pacs.dimse import fast_response
 
 IDLE_WAIT = 0.005
 """Longest time the reactor waits for a DIMSE message before its release/abort checks."""
@@ -76,4 +74,3 @@ def install(assoc: Association) -> None:
     """Apply every speed-up to a new acceptor association."""
     wake_on_message(assoc)
     read_whole_pdus(assoc)
-    fast_response.install(assoc)

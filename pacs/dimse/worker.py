@@ -1,4 +1,8 @@
-"""One DICOM worker process: a pynetdicom AE serving connections it is handed."""
+"""One DICOM worker process: serves the connections the parent hands over.
+
+Each connection's A-ASSOCIATE-RQ is peeked at (not consumed): a storage association goes to
+the lean ``StorageAcceptor``, anything else to pynetdicom's association server.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from pacs.config import Settings
 from pacs.dimse import tuning
-from pacs.dimse.ae import build_ae
+from pacs.dimse.acceptor import StorageAcceptor, decode_associate_rq, is_storage_request
+from pacs.dimse.ae import STORAGE_SOP_CLASSES, build_ae
 from pacs.dimse.handlers import Handlers
 from pacs.dimse.policy import AEPolicy
+from pacs.dimse.store import StoreHandler
 from pacs.logging import configure_logging
 from pacs.runtime import build_ingest
 
@@ -59,11 +65,12 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     if not settings.log_phi:  # pynetdicom's per-message log handlers print identifiers
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     policy = AEPolicy.from_setting(settings.allowed_aes, settings.accept_any_ae)
-    handlers = Handlers(build_ingest(settings), policy)
+    store = StoreHandler(build_ingest(settings), policy)
+    handlers = Handlers(store, policy)
     ae = build_ae(settings, policy)
     send_lock = threading.Lock()
 
-    def on_closed(_event: Any) -> None:
+    def on_closed(_event: Any = None) -> None:
         with send_lock, contextlib.suppress(OSError):
             control.sendall(b"c")
 
@@ -76,6 +83,23 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         request_handler=_RequestHandler,
     )
     server.daemon_threads = True
+    acceptor = StorageAcceptor(
+        settings.ae_title,
+        ae.supported_contexts,
+        policy,
+        store,
+        settings.network_timeout,
+        settings.max_associations,
+    )
+
+    def serve(conn: socket.socket, host: str, port: int) -> None:
+        request = _peek_associate_rq(conn, settings.acse_timeout)
+        if request is not None and is_storage_request(request, STORAGE_SOP_CLASSES):
+            acceptor.serve(conn, host, on_closed)
+        else:
+            conn.settimeout(None)
+            server.process_request(conn, (host, port))
+
     try:
         with send_lock:
             control.sendall(b"r")
@@ -92,5 +116,28 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
             host, _, port = message.decode().partition("|")
             conn = socket.socket(fileno=fd)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.settimeout(None)
-            server.process_request(conn, (host, int(port or 0)))
+            thread = threading.Thread(
+                target=serve, args=(conn, host, int(port or 0)), name="association", daemon=True
+            )
+            thread.start()
+
+
+_PEEK_LIMIT = 1024 * 1024
+"""A-ASSOCIATE-RQ PDUs longer than this are left to pynetdicom (which will refuse them)."""
+
+
+def _peek_associate_rq(conn: socket.socket, timeout: float) -> Any:
+    """The A-ASSOCIATE primitive of the connection's first PDU, left unread; None if it is
+    not a decodable A-ASSOCIATE-RQ (pynetdicom then answers it as the standard requires)."""
+    try:
+        conn.settimeout(timeout)
+        header = conn.recv(6, socket.MSG_PEEK | socket.MSG_WAITALL)
+        if len(header) < 6 or header[0] != 0x01:
+            return None
+        length = int.from_bytes(header[2:6], "big")
+        if length > _PEEK_LIMIT:
+            return None
+        data = conn.recv(6 + length, socket.MSG_PEEK | socket.MSG_WAITALL)
+        return decode_associate_rq(data) if len(data) == 6 + length else None
+    except Exception:  # timeouts, resets, undecodable PDUs: pynetdicom deals with them
+        return None

@@ -1,0 +1,68 @@
+"""C-STORE service: one received data set -> ingest -> a C-STORE status (PS3.4 B.2.3).
+
+Shared by the lean storage acceptor and the pynetdicom handlers; never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pacs.dimse.part10 import part10
+from pacs.dimse.policy import AEPolicy
+from pacs.ingest import IngestService, Source, StoreStatus
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+WARNING_COERCION = 0xB000
+FAILURE_DUPLICATE_SOP_INSTANCE = 0x0111
+FAILURE_OUT_OF_RESOURCES = 0xA700
+FAILURE_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+FAILURE_CANNOT_UNDERSTAND = 0xC000
+
+C_STORE_STATUS = {
+    StoreStatus.STORED: SUCCESS,
+    StoreStatus.DUPLICATE: SUCCESS,
+    StoreStatus.REPLACED: SUCCESS,
+    StoreStatus.CONFLICT_KEPT: WARNING_COERCION,
+    StoreStatus.CONFLICT_REJECTED: FAILURE_DUPLICATE_SOP_INSTANCE,
+    StoreStatus.INVALID: FAILURE_CANNOT_UNDERSTAND,
+    StoreStatus.SOP_CLASS_MISMATCH: FAILURE_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    StoreStatus.TOO_LARGE: FAILURE_OUT_OF_RESOURCES,
+    StoreStatus.FAILED: FAILURE_OUT_OF_RESOURCES,
+}
+
+
+class StoreHandler:
+    """Ingests C-STORE data sets of one worker process."""
+
+    def __init__(self, ingest: IngestService, policy: AEPolicy) -> None:
+        self.ingest = ingest
+        self.policy = policy
+
+    def store(
+        self,
+        dataset: bytes,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        calling_ae_title: str,
+        host: str,
+    ) -> tuple[int, str]:
+        """Ingest the data set exactly as received; return (status, error comment)."""
+        try:
+            source = Source(
+                channel="dimse",
+                ae_title=calling_ae_title,
+                host=host,
+                organisation=self.policy.organisation(calling_ae_title, host),
+            )
+            data = part10(
+                dataset, sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae_title
+            )
+            outcome = self.ingest.store_part10(data, source)
+            code = C_STORE_STATUS[outcome.status]
+            return code, ("" if code == SUCCESS else outcome.reason[:64])
+        except Exception:
+            log.exception("C-STORE failed")
+            return FAILURE_OUT_OF_RESOURCES, "internal error; nothing stored"
