@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pacs import metrics
@@ -111,12 +111,23 @@ class IngestService:
             return IngestOutcome(StoreStatus.INVALID, reason=str(exc))
         sha256 = hashlib.sha256(data).hexdigest()
         try:
-            with self.engine.connect() as conn:
-                known = find_instance(conn, attrs.sop_instance_uid)
+            # one pooled connection for the duplicate check and the write transaction
+            with self.writer.connect() as conn:
+                return self._store_new(conn, attrs, data, sha256, source)
         except SQLAlchemyError as exc:
             return IngestOutcome(
                 StoreStatus.FAILED, *_uids(attrs), reason=f"index: {type(exc).__name__}"
             )
+
+    def _store_new(
+        self,
+        conn: Connection,
+        attrs: InstanceAttributes,
+        data: bytes,
+        sha256: str,
+        source: Source,
+    ) -> IngestOutcome:
+        known = find_instance(conn, attrs.sop_instance_uid)
         if known is not None and self._identical(known, sha256, data, attrs):
             return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
         if known is not None and self.duplicate_policy is not DuplicatePolicy.OVERWRITE:
@@ -128,10 +139,11 @@ class IngestService:
             self.store.put(key, data)
         except StorageError as exc:
             return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason=str(exc))
-        return self._index(attrs, key, data, sha256, source, replacing=known)
+        return self._index(conn, attrs, key, data, sha256, source, replacing=known)
 
     def _index(
         self,
+        conn: Connection,
         attrs: InstanceAttributes,
         key: str,
         data: bytes,
@@ -140,7 +152,7 @@ class IngestService:
         replacing: StoredInstance | None,
     ) -> IngestOutcome:
         try:
-            with writer_turn(self.engine), self.writer.begin() as conn:
+            with writer_turn(self.engine), conn.begin():
                 if replacing is not None and not delete_instance(conn, replacing):
                     raise IntegrityError("replaced row changed meanwhile", None, Exception())
                 insert_instance(conn, attrs, key, len(data), sha256, source)
