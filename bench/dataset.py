@@ -7,9 +7,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+
+from tests.dicom_factory import ct_slice
 
 MANIFEST = "manifest.json"
 
@@ -40,62 +40,23 @@ class StudySet:
         return [group for group in groups if group]
 
 
-def _slice(
-    study_uid: str, series_uid: str, frame_uid: str, study_no: int, index: int, size: int
-) -> Dataset:
-    """One axial CT slice with int16 HU-like noise (incompressible, like a worst case)."""
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.FrameOfReferenceUID = frame_uid
-    ds.PatientName = f"Bench^Phantom{study_no:03d}"
-    ds.PatientID = f"BENCH-{study_no:04d}"
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "O"
-    ds.StudyDate = "20260101"
-    ds.StudyTime = "120000"
-    ds.AccessionNumber = f"BENCH{study_no:04d}"
-    ds.StudyID = str(study_no)
-    ds.StudyDescription = "CT CHEST BENCH"
-    ds.ReferringPhysicianName = "Referrer^Bench"
-    ds.Modality = "CT"
-    ds.BodyPartExamined = "CHEST"
-    ds.SeriesNumber = 1
-    ds.SeriesDescription = "AXIAL 1mm"
-    ds.InstanceNumber = index + 1
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.ImagePositionPatient = [-0.5 * size, -0.5 * size, float(index)]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = [1.0, 1.0]
-    ds.SliceThickness = 1.0
-    ds.Rows = ds.Columns = size
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.RescaleIntercept = 0
-    ds.RescaleSlope = 1
-    rng = np.random.default_rng(study_no * 100_003 + index)
-    ds.PixelData = rng.integers(-1000, 1000, (size, size), dtype=np.int16).tobytes()
-    return ds
-
-
 def _write_study(folder: Path, study_no: int, slices: int, size: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
     paths = []
     for i in range(slices):
         path = folder / f"{i:04d}.dcm"
-        ds = _slice(study_uid, series_uid, frame_uid, study_no, i, size)
+        ds = ct_slice(
+            study_uid,
+            series_uid,
+            i,
+            size,
+            patient_id=f"BENCH-{study_no:04d}",
+            patient_name=f"Bench^Phantom{study_no:03d}",
+            accession_number=f"BENCH{study_no:04d}",
+            frame_uid=frame_uid,
+            seed=study_no * 100_003 + i,  # incompressible noise, different in every slice
+        )
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths

@@ -16,8 +16,11 @@ def ct_slice(
     size: int = 512,
     patient_id: str = "PHANTOM-1",
     patient_name: str = "Phantom^Chest",
+    accession_number: str = "ACC0001",
+    frame_uid: str | None = None,
+    seed: int | None = None,
 ) -> Dataset:
-    """One axial CT slice (int16 HU-like pixels) of a synthetic series."""
+    """One axial CT slice (int16 HU-like noise, seeded) of a synthetic series."""
     sop_uid = generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -29,14 +32,16 @@ def ct_slice(
     ds.SOPInstanceUID = sop_uid
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
-    ds.FrameOfReferenceUID = generate_uid(prefix=None, entropy_srcs=[study_uid, "frame"])
+    ds.FrameOfReferenceUID = frame_uid or generate_uid(
+        prefix=None, entropy_srcs=[study_uid, "frame"]
+    )
     ds.PatientName = patient_name
     ds.PatientID = patient_id
     ds.PatientBirthDate = "19700101"
     ds.PatientSex = "O"
     ds.StudyDate = "20261125"
     ds.StudyTime = "120000"
-    ds.AccessionNumber = "ACC0001"
+    ds.AccessionNumber = accession_number
     ds.StudyID = "1"
     ds.StudyDescription = "CT CHEST"
     ds.ReferringPhysicianName = "Referrer^Ann"
@@ -58,7 +63,7 @@ def ct_slice(
     ds.PixelRepresentation = 1
     ds.RescaleIntercept = 0
     ds.RescaleSlope = 1
-    rng = np.random.default_rng(index)
+    rng = np.random.default_rng(index if seed is None else seed)
     ds.PixelData = rng.integers(-1000, 1000, (size, size), dtype=np.int16).tobytes()
     return ds
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
+from sqlalchemy.orm import Session
 
 from pacs.index.models import Patient, Series, Study, as_utc
 from viewer_api.audit import record_access
@@ -80,6 +82,21 @@ def _summary(study: Study, patient: Patient) -> dict[str, object]:
     }
 
 
+def recent_studies(
+    session: Session, limit: int, offset: int = 0
+) -> tuple[int, Sequence[Row[Study, Patient]]]:
+    """(number of studies, a page of (study, patient)), newest first; ties broken by pk."""
+    total = session.scalar(select(func.count(Study.pk))) or 0
+    rows = session.execute(
+        select(Study, Patient)
+        .join(Patient, Study.patient_pk == Patient.pk)
+        .order_by(Study.updated_at.desc(), Study.pk.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return total, rows
+
+
 @router.get("")
 def list_studies(
     request: Request,
@@ -89,14 +106,7 @@ def list_studies(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> StudyPage:
     """Stored studies, most recently updated first (stable order: updated_at, pk)."""
-    total = session.scalar(select(func.count(Study.pk))) or 0
-    rows = session.execute(
-        select(Study, Patient)
-        .join(Patient, Study.patient_pk == Patient.pk)
-        .order_by(Study.updated_at.desc(), Study.pk.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
+    total, rows = recent_studies(session, limit, offset)
     record_access(session, request, user, "search")
     items = [StudySummary.model_validate(_summary(s, p)) for s, p in rows]
     return StudyPage(total=total, offset=offset, limit=limit, items=items)

@@ -6,11 +6,10 @@ from html import escape
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import func, select
 
-from pacs.index.models import Patient, Study
 from viewer_api.audit import record_access
 from viewer_api.deps import CurrentUser, SessionDep, SettingsDep
+from viewer_api.routers.studies import recent_studies
 
 router = APIRouter(tags=["ui"])
 
@@ -32,13 +31,7 @@ def index(
     request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
 ) -> HTMLResponse:
     """The 100 most recently updated studies."""
-    total = session.scalar(select(func.count(Study.pk))) or 0
-    rows = session.execute(
-        select(Study, Patient)
-        .join(Patient, Study.patient_pk == Patient.pk)
-        .order_by(Study.updated_at.desc(), Study.pk.desc())
-        .limit(100)
-    ).all()
+    total, rows = recent_studies(session, limit=100)
     record_access(session, request, user, "search")
     cells = "".join(
         "<tr>"
