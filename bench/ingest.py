@@ -540,10 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     summaries = summarise(runs, args.targets, args.modes)
     env = machine()
     command = "python bench/ingest.py" + (f" {' '.join(argv or sys.argv[1:])}".rstrip())
-    busy = float(load_before.split()[0]) > 0.5 or float(load_after.split()[0]) > 2.5
+    # the benchmark itself keeps both cores busy, so only the load before it says anything
+    busy = float(load_before.split()[0]) > 1.0
     load_note = (
-        "Other work (test suites of other agents) ran on the machine during this measurement, "
-        "so the numbers are noisy."
+        "The machine was not idle when the run started, so the numbers may be noisy."
         if busy
         else ""
     )
