@@ -1,4 +1,4 @@
-"""The ``pacs`` command line: serve, scp, import, db."""
+"""The ``pacs`` command line: serve, scp, import, send, ae, db."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pacs.config import Settings
 app = typer.Typer(help="Regional imaging archive.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Index database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+ae_app = typer.Typer(help="Registry of remote AEs (destinations).", no_args_is_help=True)
+app.add_typer(ae_app, name="ae")
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Data directory \\[env PACS_DATA_DIR].")
@@ -93,6 +95,80 @@ def import_(
 
     settings = _settings(data_dir=data_dir)
     sys.exit(run_import(settings, paths))
+
+
+@app.command()
+def send(
+    study_uid: Annotated[str, typer.Argument(help="Study Instance UID.")],
+    title: Annotated[str, typer.Argument(help="Registered remote AE title.")],
+    series: Annotated[
+        str | None, typer.Option("--series", help="Send only this Series Instance UID.")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """C-STORE a stored study to a registered remote AE; exit 1 if any instance failed."""
+    from pacs.sender import run_send
+
+    sys.exit(run_send(_settings(data_dir=data_dir), study_uid, title, series))
+
+
+@ae_app.command("add")
+def ae_add(
+    title: Annotated[str, typer.Argument(help="AE title (1-16 characters).")],
+    host: Annotated[str, typer.Argument(help="Host name or IP address.")],
+    port: Annotated[int, typer.Argument(help="TCP port.")],
+    organisation: Annotated[
+        str, typer.Option("--organisation", help="Organisation it belongs to.")
+    ] = "",
+    description: Annotated[str, typer.Option("--description", help="Free text.")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Register a remote AE (or update the one registered under TITLE)."""
+    from pacs.aes import AESpec, InvalidAEError, migrated_session, put_ae
+
+    try:
+        spec = AESpec(title, host, port, organisation, description)
+    except InvalidAEError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    with migrated_session(_settings(data_dir=data_dir)) as session:
+        entry, created = put_ae(session, spec)
+    verb = "added" if created else "updated"
+    typer.echo(f"{verb} {entry.title} {entry.host}:{entry.port}")
+
+
+@ae_app.command("list")
+def ae_list(data_dir: DataDir = None) -> None:
+    """List the registered remote AEs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pacs.aes import list_aes, migrated_session
+
+    with migrated_session(_settings(data_dir=data_dir)) as session:
+        entries = list_aes(session)
+    table = Table(title=f"remote AEs: {len(entries)}")
+    for column in ("title", "host", "port", "organisation", "description"):
+        table.add_column(column, justify="right" if column == "port" else "left")
+    for e in entries:
+        table.add_row(e.title, e.host, str(e.port), e.organisation, e.description)
+    Console().print(table)
+
+
+@ae_app.command("remove")
+def ae_remove(
+    title: Annotated[str, typer.Argument(help="AE title.")], data_dir: DataDir = None
+) -> None:
+    """Remove a registered remote AE; exit 1 if TITLE is not registered."""
+    from pacs.aes import AERegistryError, migrated_session, remove_ae
+
+    try:
+        with migrated_session(_settings(data_dir=data_dir)) as session:
+            remove_ae(session, title)
+    except AERegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"removed {title.strip()}")
 
 
 @db_app.command("upgrade")

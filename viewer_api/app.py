@@ -10,7 +10,7 @@ from pacs import __version__
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.storage import open_store
-from viewer_api.routers import health, studies, ui
+from viewer_api.routers import aes, health, studies, ui
 
 
 def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
@@ -29,5 +29,6 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     app.state.dicom_server = dicom_server
     app.include_router(health.router)
     app.include_router(studies.router)
+    app.include_router(aes.router)
     app.include_router(ui.router)
     return app

@@ -138,3 +138,18 @@ class AuditEvent(Base):
     query: Mapped[str] = mapped_column(String(1024), default="")
     client_address: Mapped[str] = mapped_column(String(64), default="")
     outcome: Mapped[int] = mapped_column(Integer, default=200)  # HTTP status
+
+
+class RemoteAE(Base):
+    """A known remote Application Entity: a destination for C-STORE (``pacs send``, C-MOVE)."""
+
+    __tablename__ = "remote_ae"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title: Mapped[str] = mapped_column(String(16), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    organisation: Mapped[str] = mapped_column(String(128), default="")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

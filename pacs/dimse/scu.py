@@ -1,0 +1,273 @@
+"""Storage SCU: send stored objects to a remote AE in one association (``pacs send``, C-MOVE).
+
+Each object's data set is sent exactly as stored when the peer accepts its transfer syntax.
+When it does not, but accepts Explicit or Implicit VR Little Endian for the SOP class, the
+object is decoded with pydicom (decompressing pixel data where needed) and sent in that
+syntax; otherwise that object is counted as failed. Nothing here logs patient identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from io import BytesIO
+from typing import Protocol, cast
+
+from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.presentation import PresentationContext
+
+from pacs.config import Settings
+from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacs.errors import PacsError
+
+logger = logging.getLogger(__name__)
+
+NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
+
+
+class SendError(PacsError):
+    """The association could not be set up (peer unreachable, rejected, too many contexts)."""
+
+
+class Peer(Protocol):
+    """Where to send: anything with a title, host and port (e.g. a registry entry)."""
+
+    @property
+    def title(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreItem:
+    """One object to send; ``load`` returns its stored Part-10 bytes."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    load: Callable[[], bytes]
+
+
+class Outcome(StrEnum):
+    """How one C-STORE sub-operation ended."""
+
+    SENT = "sent"
+    WARNING = "warning"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The result of sending one object (``status`` is -1 when no response came)."""
+
+    sop_instance_uid: str
+    outcome: Outcome
+    status: int
+    transfer_syntax_uid: str = ""
+    transcoded: bool = False
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class SendSummary:
+    """Counts over a whole send, plus the per-object results."""
+
+    results: list[ItemResult] = field(default_factory=list)
+
+    def count(self, outcome: Outcome) -> int:
+        """How many objects ended with ``outcome``."""
+        return sum(1 for r in self.results if r.outcome is outcome)
+
+    @property
+    def transcoded(self) -> int:
+        """How many objects were sent in another transfer syntax than stored."""
+        return sum(1 for r in self.results if r.transcoded and r.outcome is not Outcome.FAILED)
+
+
+def split_part10(data: bytes) -> bytes:
+    """The data set of a Part-10 object (after preamble and File Meta group), unchanged."""
+    if data[128:132] != b"DICM":
+        raise ValueError("not a Part-10 object (no DICM prefix)")
+    pos = 132
+    while data[pos : pos + 2] == b"\x02\x00":  # group 0002 is explicit VR little endian
+        if data[pos + 4 : pos + 6] in (b"OB", b"OW", b"UN", b"UT", b"UC", b"UR", b"SQ"):
+            pos += 12 + struct.unpack_from("<I", data, pos + 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", data, pos + 6)[0]
+    return data[pos:]
+
+
+def requested_contexts(items: Iterable[StoreItem]) -> list[PresentationContext]:
+    """Per SOP class: one context per stored transfer syntax, then Explicit and Implicit VR
+    Little Endian each alone (so the peer can accept any of them independently)."""
+    wanted: dict[str, list[str]] = {}
+    for item in items:
+        syntaxes = wanted.setdefault(item.sop_class_uid, [])
+        if item.transfer_syntax_uid not in syntaxes:
+            syntaxes.append(item.transfer_syntax_uid)
+    contexts = []
+    for sop_class, syntaxes in wanted.items():
+        for syntax in [*syntaxes, *(s for s in NATIVE_SYNTAXES if s not in syntaxes)]:
+            contexts.append(build_context(sop_class, [syntax]))
+    if len(contexts) > MAX_CONTEXTS:
+        raise SendError(
+            f"{len(contexts)} presentation contexts needed, at most {MAX_CONTEXTS} per association"
+        )
+    return contexts
+
+
+def choose_syntax(accepted: dict[str, list[str]], item: StoreItem) -> str:
+    """The accepted transfer syntax to send ``item`` in: the stored one if the peer accepted
+    it for the SOP class, else Explicit, else Implicit VR Little Endian; "" if none."""
+    syntaxes = accepted.get(item.sop_class_uid, [])
+    for syntax in (item.transfer_syntax_uid, *NATIVE_SYNTAXES):
+        if syntax in syntaxes:
+            return syntax
+    return ""
+
+
+def transcode(data: bytes, syntax: str) -> bytes:
+    """Decode a Part-10 object and encode its data set in a native ``syntax``."""
+    ds = dcmread(BytesIO(data))
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()
+    target = UID(syntax)
+    encoded = encode(ds, target.is_implicit_VR, target.is_little_endian, target.is_deflated)
+    if encoded is None:
+        raise ValueError(f"cannot encode the data set in {target.name}")
+    return encoded
+
+
+def _classify(status: int) -> Outcome:
+    if status == 0x0000:
+        return Outcome.SENT
+    if status in (0xB000, 0xB006, 0xB007, 0x0107, 0x0116):
+        return Outcome.WARNING
+    return Outcome.FAILED
+
+
+def _send_dataset(
+    assoc: Association, context_id: int, item: StoreItem, dataset: bytes, message_id: int
+) -> int:
+    """Send one C-STORE-RQ carrying ``dataset`` bytes as they are; the response status.
+
+    ``Association.send_c_store`` would decode and re-encode a data set given in memory;
+    this builds the request primitive itself so the stored bytes go out untouched.
+    """
+    req = C_STORE()
+    req.MessageID = message_id
+    req.Priority = 0x0002  # low, as pynetdicom's default
+    req.AffectedSOPClassUID = UID(item.sop_class_uid)
+    req.AffectedSOPInstanceUID = UID(item.sop_instance_uid)
+    req.DataSet = BytesIO(dataset)
+    # pause the reactor while we wait for the response (as send_c_store does)
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(req, context_id)
+        _cx, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    if rsp is None:
+        assoc._handle_no_response()
+        return -1
+    status = assoc._check_received_status(cast(C_STORE, rsp))
+    return int(status.Status) if "Status" in status else -1
+
+
+def _send_one(
+    assoc: Association,
+    contexts: dict[tuple[str, str], int],
+    accepted: dict[str, list[str]],
+    item: StoreItem,
+    message_id: int,
+) -> ItemResult:
+    syntax = choose_syntax(accepted, item)
+    uid = item.sop_instance_uid
+    if not syntax:
+        return ItemResult(uid, Outcome.FAILED, -1, reason="no accepted presentation context")
+    try:
+        data = item.load()
+        transcoded = syntax != item.transfer_syntax_uid
+        dataset = transcode(data, syntax) if transcoded else split_part10(data)
+    except Exception as exc:  # a decoder or store failure fails this object only
+        logger.warning("cannot prepare instance %s: %s", uid, type(exc).__name__)
+        return ItemResult(uid, Outcome.FAILED, -1, syntax, reason=f"cannot prepare: {exc}")
+    if not assoc.is_established:
+        return ItemResult(uid, Outcome.FAILED, -1, syntax, transcoded, "association ended")
+    status = _send_dataset(assoc, contexts[(item.sop_class_uid, syntax)], item, dataset, message_id)
+    outcome = _classify(status)
+    reason = "" if outcome is Outcome.SENT else f"status 0x{status & 0xFFFF:04X}"
+    if status == -1:
+        reason = "no response (association aborted or timed out)"
+    return ItemResult(uid, outcome, status, syntax, transcoded, reason)
+
+
+def build_scu(settings: Settings, items: Sequence[StoreItem]) -> AE:
+    """A requestor AE with the archive's identity and the contexts ``items`` need."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.network_timeout = settings.network_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.acse_timeout = settings.acse_timeout
+    ae.requested_contexts = requested_contexts(items)
+    return ae
+
+
+def send(
+    settings: Settings,
+    peer: Peer,
+    items: Sequence[StoreItem],
+    on_result: Callable[[ItemResult], None] | None = None,
+) -> SendSummary:
+    """C-STORE every item to ``peer`` in one association; never raises for one object.
+
+    Raises :class:`SendError` when the association cannot be established.
+    """
+    summary = SendSummary()
+    if not items:
+        return summary
+    ae = build_scu(settings, items)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.title)
+    if not assoc.is_established:
+        raise SendError(
+            f"association with {peer.title} at {peer.host}:{peer.port} "
+            f"{'rejected' if assoc.is_rejected else 'failed'}"
+        )
+    accepted: dict[str, list[str]] = {}
+    contexts: dict[tuple[str, str], int] = {}
+    for cx in assoc.accepted_contexts:
+        syntax = str(cx.transfer_syntax[0])
+        accepted.setdefault(str(cx.abstract_syntax), []).append(syntax)
+        contexts.setdefault((str(cx.abstract_syntax), syntax), cast(int, cx.context_id))
+    try:
+        for number, item in enumerate(items, start=1):
+            result = _send_one(assoc, contexts, accepted, item, (number - 1) % 0xFFFF + 1)
+            summary.results.append(result)
+            if on_result is not None:
+                on_result(result)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    logger.info(
+        "C-STORE to %s: %d sent, %d warning, %d failed",
+        peer.title,
+        summary.count(Outcome.SENT),
+        summary.count(Outcome.WARNING),
+        summary.count(Outcome.FAILED),
+    )
+    return summary
