@@ -142,7 +142,7 @@ def transcode(data: bytes, syntax: str) -> bytes:
     """Decode a Part-10 object and encode its data set in a native ``syntax``."""
     ds = dcmread(BytesIO(data))
     if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
     target = UID(syntax)
     encoded = encode(ds, target.is_implicit_VR, target.is_little_endian, target.is_deflated)
     if encoded is None:
