@@ -9,8 +9,9 @@ from fastapi import FastAPI
 from pacs import __version__
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
+from pacs.runtime import build_ingest
 from pacs.storage import open_store
-from viewer_api.routers import aes, health, studies, ui
+from viewer_api.routers import aes, dicomweb_stow, health, studies, ui
 
 
 def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
@@ -26,9 +27,11 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
     app.state.store = open_store(settings)
+    app.state.ingest = build_ingest(settings, engine=engine, store=app.state.store)
     app.state.dicom_server = dicom_server
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(aes.router)
     app.include_router(ui.router)
+    app.include_router(dicomweb_stow.router)
     return app

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from pacs.config import Settings
+from pacs.ingest import IngestService
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,12 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_ingest(request: Request) -> IngestService:
+    """The app's one ingest service (the same path as C-STORE); its calls block."""
+    ingest: IngestService = request.app.state.ingest
+    return ingest
+
+
 def get_current_user(request: Request) -> User:
     """The caller. The embedded default trusts the local machine and returns a local admin;
     real authentication (OIDC / tokens) replaces this function, not its callers."""
@@ -44,3 +51,4 @@ def get_current_user(request: Request) -> User:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
+IngestDep = Annotated[IngestService, Depends(get_ingest)]

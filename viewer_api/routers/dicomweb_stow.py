@@ -1,0 +1,151 @@
+"""STOW-RS at ``/dicomweb``: ``POST /studies`` and ``POST /studies/{study}`` (PS3.18 10.5).
+
+The request body (``multipart/related; type="application/dicom"``) is read as it streams in
+and spooled (in memory while small, then on disk); only a complete, well-formed body is
+stored, one part at a time, each through the shared ingest path in the threadpool. The answer
+is a DICOM JSON Store Instances Response with 200 / 202 / 409, or 400 (malformed body),
+415 (another media type). Every request is audited as ``create``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from pacs.ingest import IngestService, Source
+from pacs.storage import is_valid_uid
+from viewer_api.audit import record_access
+from viewer_api.deps import CurrentUser, IngestDep, SessionDep, User
+from viewer_api.multipart import (
+    MultipartError,
+    SpooledPart,
+    boundary_of,
+    parse_media_type,
+    spool_parts,
+)
+from viewer_api.stow import (
+    DICOM_JSON_MEDIA_TYPE,
+    DICOM_MEDIA_TYPE,
+    PartResult,
+    http_status,
+    response_dataset,
+    response_json,
+    store_part,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+SPOOL_IN_MEMORY = 8 * 1024**2  # bytes of a request body kept in memory before spilling to disk
+
+_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"description": "Every instance stored", "content": {DICOM_JSON_MEDIA_TYPE: {}}},
+    202: {"description": "Some failed, or warnings", "content": {DICOM_JSON_MEDIA_TYPE: {}}},
+    400: {"description": "Malformed multipart body or Study Instance UID"},
+    409: {"description": "No instance stored", "content": {DICOM_JSON_MEDIA_TYPE: {}}},
+    415: {"description": "Not multipart/related; type=application/dicom"},
+}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            'multipart/related; type="application/dicom"': {
+                "schema": {"type": "string", "format": "binary"}
+            }
+        },
+    }
+}
+
+
+@router.post("/studies", responses=_RESPONSES, openapi_extra=_BODY)
+async def store_instances(
+    request: Request, session: SessionDep, user: CurrentUser, ingest: IngestDep
+) -> JSONResponse:
+    """Store the instances of the multipart body, of any studies."""
+    return await _stow(request, session, user, ingest, None)
+
+
+@router.post("/studies/{study}", responses=_RESPONSES, openapi_extra=_BODY)
+async def store_study_instances(
+    study: Annotated[str, Path(description="Study Instance UID every instance must have")],
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    ingest: IngestDep,
+) -> JSONResponse:
+    """Store the instances of the multipart body; instances of another study are refused."""
+    return await _stow(request, session, user, ingest, study)
+
+
+async def _stow(
+    request: Request,
+    session: Session,
+    user: User,
+    ingest: IngestService,
+    study: str | None,
+) -> JSONResponse:
+    response = await _answer(request, ingest, study)
+    await run_in_threadpool(record_access, session, request, user, "create", response.status_code)
+    return response
+
+
+async def _answer(request: Request, ingest: IngestService, study: str | None) -> JSONResponse:
+    if study is not None and not is_valid_uid(study):
+        return _error(400, "the Study Instance UID in the path is not a valid UID")
+    media_type, params = parse_media_type(request.headers.get("content-type", ""))
+    if media_type != "multipart/related":
+        return _error(415, 'expected multipart/related; type="application/dicom"')
+    root_type = params.get("type", DICOM_MEDIA_TYPE).lower()
+    if root_type != DICOM_MEDIA_TYPE:
+        return _error(415, f"only type={DICOM_MEDIA_TYPE} is supported")
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+        try:
+            boundary = boundary_of(params)
+            parts = await spool_parts(request.stream(), boundary, ingest.max_object_size, spool)
+        except MultipartError as exc:
+            return _error(400, f"malformed multipart body: {exc}")
+        source = Source(channel="stow", host=request.client.host if request.client else "")
+        results = await run_in_threadpool(_store_all, ingest, parts, spool, source, study)
+    status = http_status(results)
+    stored = sum(1 for r in results if r.stored)
+    log.info("STOW-RS from %s: %d of %d stored", source.host, stored, len(results))
+    base = str(request.base_url).rstrip("/") + "/dicomweb"
+    body = response_json(response_dataset(results, base, study))
+    return JSONResponse(body, status_code=status, media_type=DICOM_JSON_MEDIA_TYPE)
+
+
+def _store_all(
+    ingest: IngestService,
+    parts: list[SpooledPart],
+    spool: tempfile.SpooledTemporaryFile[bytes],
+    source: Source,
+    study: str | None,
+) -> list[PartResult]:
+    """Store the parts one after another (one part's bytes in memory at a time)."""
+    results = []
+    for number, part in enumerate(parts, start=1):
+        data = part.read(spool) if part.kept else None
+        result = store_part(ingest, data, _part_type(part), source, study)
+        if not result.stored:
+            log.warning("STOW-RS part %d refused: %s", number, result.reason)
+        results.append(result)
+    return results
+
+
+def _part_type(part: SpooledPart) -> str:
+    """The part's media type; a part without Content-Type has the body's root type."""
+    encoding = part.headers.get("content-transfer-encoding", "binary").lower()
+    if encoding not in ("binary", "8bit", "7bit"):
+        return ""  # base64 or quoted-printable DICOM: not supported, refused as not DICOM
+    return part.content_type or DICOM_MEDIA_TYPE
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
