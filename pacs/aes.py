@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pacs.config import Settings
 from pacs.errors import PacsError
-from pacs.index.engine import create_index_engine, session_factory
+from pacs.index.engine import WRITE, create_index_engine, session_factory
 from pacs.index.migrate import upgrade
 from pacs.index.models import RemoteAE, utcnow
 
@@ -113,7 +114,27 @@ def list_aes(session: Session) -> Sequence[RemoteAE]:
 
 
 def put_ae(session: Session, spec: AESpec) -> tuple[RemoteAE, bool]:
-    """Create or update the entry for ``spec.title`` and commit; (entry, created)."""
+    """Create or update the entry for ``spec.title`` and commit; (entry, created).
+
+    Two concurrent creations of one title: the loser's insert hits the unique constraint and
+    it updates the winner's row instead.
+    """
+    try:
+        return _put(session, spec)
+    except IntegrityError:
+        session.rollback()
+        return _put(session, spec)
+
+
+def _begin_write(session: Session) -> None:
+    """Start the session's transaction as a write (``BEGIN IMMEDIATE`` on SQLite), so a
+    read-then-write never fails on SQLite's lock upgrade under concurrent writers."""
+    if not session.in_transaction():
+        session.connection(execution_options=WRITE)
+
+
+def _put(session: Session, spec: AESpec) -> tuple[RemoteAE, bool]:
+    _begin_write(session)
     entry = session.scalar(select(RemoteAE).where(RemoteAE.title == spec.title))
     created = entry is None
     if entry is None:
@@ -128,7 +149,14 @@ def put_ae(session: Session, spec: AESpec) -> tuple[RemoteAE, bool]:
 
 def remove_ae(session: Session, title: str) -> None:
     """Delete the entry for ``title`` and commit; raise :class:`UnknownAEError` if none."""
-    session.delete(get_ae(session, title))
+    title = validate_title(title)
+    _begin_write(session)
+    try:
+        entry = get_ae(session, title)
+    except UnknownAEError:
+        session.rollback()  # release the write lock at once
+        raise
+    session.delete(entry)
     session.commit()
 
 

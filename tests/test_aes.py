@@ -211,3 +211,26 @@ def test_http_unknown_and_bad_titles(client: TestClient) -> None:
     assert client.get("/api/aes/NOPE").status_code == 404
     assert client.get(f"/api/aes/{'A' * 17}").status_code == 422
     assert client.delete(f"/api/aes/{'A' * 17}").status_code == 422
+
+
+def test_concurrent_creation_of_one_title(db_backend: Backend) -> None:
+    """Eight writers register one title at once: one creates, the others update, none fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pacs.aes import list_aes, put_ae
+
+    engine = create_index_engine(db_backend.settings)
+    sessions = session_factory(engine)
+
+    def register(port: int) -> bool:
+        with sessions() as session:
+            return put_ae(session, AESpec("RACE", "127.0.0.1", port))[1]
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            created = list(pool.map(register, range(1000, 1008)))
+        assert created.count(True) == 1
+        with sessions() as session:
+            assert [e.title for e in list_aes(session)] == ["RACE"]
+    finally:
+        engine.dispose()
