@@ -269,3 +269,46 @@ def test_send_study_to_orthanc(backend: Backend, orthanc: tuple[int, str]) -> No
         assert syntax == str(dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID)
         tags = httpx.get(f"{base}/instances/{orthanc_id}/simplified-tags").json()
         assert tags["StudyInstanceUID"] == study.study_uid
+
+
+# ---------------------------------------------------------------- compressed objects
+
+
+COMPRESSED = [  # pydicom's test files; the last is 12-bit JPEG Extended, which nothing here decodes
+    "JPEG2000.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "SC_rgb_jpeg_gdcm.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "JPEG-lossy.dcm",
+]
+
+
+def test_compressed_objects_are_decoded_for_an_uncompressed_peer(
+    db_backend: Backend, storescp: tuple[int, Path]
+) -> None:
+    from pydicom.data import get_testdata_file
+
+    port, out = storescp
+    ingest, study = build_ingest(db_backend.settings), generate_uid()
+    originals = {}
+    for name in COMPRESSED:
+        ds = dcmread(str(get_testdata_file(name)))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+        outcome = ingest.store_part10(part10_bytes(ds), SOURCE)
+        assert outcome.status is StoreStatus.STORED, outcome.reason
+        originals[str(ds.SOPInstanceUID)] = ds
+    assert cli(db_backend, "ae", "add", "STORESCP", "127.0.0.1", str(port))[0] == 0
+
+    code, output = cli(db_backend, "send", study, "STORESCP")
+    assert code == 1, output
+    assert summary(output) == {"sent": 4, "warning": 0, "failed": 1, "(transcoded)": 4}, output
+    undecodable = next(uid for uid, ds in originals.items() if ds.BitsStored == 12)
+    del originals[undecodable]
+    assert f"failed {undecodable}: cannot prepare" in output, output
+
+    files = received(out)
+    assert set(files) == set(originals)
+    for uid, original in originals.items():
+        got = dcmread(files[uid])
+        assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert np.array_equal(got.pixel_array, original.pixel_array), uid

@@ -205,7 +205,8 @@ def _send_one(
         dataset = transcode(data, syntax) if transcoded else split_part10(data)
     except Exception as exc:  # a decoder or store failure fails this object only
         logger.warning("cannot prepare instance %s: %s", uid, type(exc).__name__)
-        return ItemResult(uid, Outcome.FAILED, -1, syntax, reason=f"cannot prepare: {exc}")
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return ItemResult(uid, Outcome.FAILED, -1, syntax, reason=f"cannot prepare: {detail}")
     if not assoc.is_established:
         return ItemResult(uid, Outcome.FAILED, -1, syntax, transcoded, "association ended")
     status = _send_dataset(assoc, contexts[(item.sop_class_uid, syntax)], item, dataset, message_id)
