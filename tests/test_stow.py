@@ -91,6 +91,15 @@ def small_ct(study: str | None = None, size: int = 16, **kwargs: Any) -> Dataset
     return ct_slice(study or generate_uid(), generate_uid(), 0, size=size, **kwargs)
 
 
+def audit_events(backend: Backend) -> list[AuditEvent]:
+    engine = create_index_engine(backend.settings)
+    try:
+        with session_factory(engine)() as session:
+            return list(session.scalars(select(AuditEvent).order_by(AuditEvent.pk)))
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
 def client(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
@@ -183,10 +192,7 @@ def test_all_stored_200_and_visible(client: TestClient, backend: Backend) -> Non
     with archive_view(backend.settings) as view:
         rows = view.assert_consistent()
         assert {r.sop_instance_uid for r in rows.values()} == {ds.SOPInstanceUID for ds in cts}
-    engine = create_index_engine(backend.settings)
-    with session_factory(engine)() as session:
-        events = session.scalars(select(AuditEvent).where(AuditEvent.action == "create")).all()
-    engine.dispose()
+    events = [e for e in audit_events(backend) if e.action == "create"]
     assert [(e.resource, e.outcome) for e in events] == [(f"/dicomweb/studies/{study}", 200)]
 
 
@@ -215,9 +221,14 @@ def test_conflict_and_oversize_and_other_media_type(client: TestClient, backend:
     text = post(client, multipart(b"hello", content_type="text/plain"))
     assert text.status_code == 409
     assert failure_reasons(answer(text)) == [0xC000]
+    after = small_ct()  # a part after an oversized one is read from the right place
+    mixed = post(client, multipart(part10(big), part10(after)))
+    assert mixed.status_code == 202
+    assert failure_reasons(answer(mixed)) == [0xA700]
     with archive_view(backend.settings) as view:
-        assert set(view.assert_consistent()) == {first.SOPInstanceUID}
+        assert set(view.assert_consistent()) == {first.SOPInstanceUID, after.SOPInstanceUID}
         assert view.read(first.SOPInstanceUID) == part10(first)
+        assert view.read(after.SOPInstanceUID) == part10(after)
 
 
 @pytest.mark.parametrize("backend", ["sqlite-file"], indirect=True)
@@ -231,10 +242,32 @@ def test_conflict_and_oversize_and_other_media_type(client: TestClient, backend:
         (f"multipart/related; type=application/dicom; boundary=other-{BOUNDARY}", 400),
     ],
 )
-def test_bad_content_type_or_boundary(client: TestClient, content_type: str, status: int) -> None:
+def test_bad_content_type_or_boundary(
+    client: TestClient, backend: Backend, content_type: str, status: int
+) -> None:
     response = post(client, multipart(part10(small_ct())), content_type=content_type)
     assert response.status_code == status
     assert "detail" in response.json()
+    with archive_view(backend.settings) as view:
+        assert view.assert_consistent() == {}
+    assert [(e.action, e.outcome) for e in audit_events(backend)] == [("create", status)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite-file"], indirect=True)
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("application/dicom+xml", 406),
+        ("application/dicom+json;q=0, application/dicom+xml", 406),
+        ("application/dicom+xml, application/dicom+json;q=0.5", 200),
+        ("*/*", 200),
+        ("application/json", 200),
+    ],
+)
+def test_accept_header(client: TestClient, accept: str, status: int) -> None:
+    headers = {"Content-Type": MULTIPART, "Accept": accept}
+    body = multipart(part10(small_ct()))
+    assert client.post("/dicomweb/studies", content=body, headers=headers).status_code == status
 
 
 @pytest.mark.parametrize("backend", ["sqlite-file"], indirect=True)

@@ -4,7 +4,7 @@ The request body (``multipart/related; type="application/dicom"``) is read as it
 and spooled (in memory while small, then on disk); only a complete, well-formed body is
 stored, one part at a time, each through the shared ingest path in the threadpool. The answer
 is a DICOM JSON Store Instances Response with 200 / 202 / 409, or 400 (malformed body),
-415 (another media type). Every request is audited as ``create``.
+406 (Accept excludes DICOM JSON), 415 (another media type). Every request is audited as ``create``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from pacs.ingest import IngestService, Source
 from pacs.storage import is_valid_uid
@@ -50,6 +51,7 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
     202: {"description": "Some failed, or warnings", "content": {DICOM_JSON_MEDIA_TYPE: {}}},
     400: {"description": "Malformed multipart body or Study Instance UID"},
     409: {"description": "No instance stored", "content": {DICOM_JSON_MEDIA_TYPE: {}}},
+    406: {"description": "Accept does not allow application/dicom+json"},
     415: {"description": "Not multipart/related; type=application/dicom"},
 }
 _BODY = {
@@ -99,6 +101,8 @@ async def _stow(
 async def _answer(request: Request, ingest: IngestService, study: str | None) -> JSONResponse:
     if study is not None and not is_valid_uid(study):
         return _error(400, "the Study Instance UID in the path is not a valid UID")
+    if not _accepts_dicom_json(request.headers.get("accept", "")):
+        return _error(406, f"the response is {DICOM_JSON_MEDIA_TYPE}; Accept does not allow it")
     media_type, params = parse_media_type(request.headers.get("content-type", ""))
     if media_type != "multipart/related":
         return _error(415, 'expected multipart/related; type="application/dicom"')
@@ -111,6 +115,8 @@ async def _answer(request: Request, ingest: IngestService, study: str | None) ->
             parts = await spool_parts(request.stream(), boundary, ingest.max_object_size, spool)
         except MultipartError as exc:
             return _error(400, f"malformed multipart body: {exc}")
+        except ClientDisconnect:
+            return _error(400, "the client disconnected before the end of the body")
         source = Source(channel="stow", host=request.client.host if request.client else "")
         results = await run_in_threadpool(_store_all, ingest, parts, spool, source, study)
     status = http_status(results)
@@ -145,6 +151,18 @@ def _part_type(part: SpooledPart) -> str:
     if encoding not in ("binary", "8bit", "7bit"):
         return ""  # base64 or quoted-printable DICOM: not supported, refused as not DICOM
     return part.content_type or DICOM_MEDIA_TYPE
+
+
+def _accepts_dicom_json(accept: str) -> bool:
+    """True when the Accept header (absent, or a list of media ranges) admits DICOM JSON."""
+    if not accept.strip():
+        return True
+    admitted = {DICOM_JSON_MEDIA_TYPE, "application/json", "application/*", "*/*"}
+    for media_range in accept.split(","):
+        media_type, params = parse_media_type(media_range)
+        if media_type in admitted and params.get("q", "1").strip() not in ("0", "0.0", "0.00"):
+            return True
+    return False
 
 
 def _error(status: int, detail: str) -> JSONResponse:
