@@ -85,6 +85,7 @@ class PartResult:
     failure: int | None = None
     warning: int | None = None
     reason: str = ""  # for the log; never contains patient identifiers
+    ingested: bool = False  # True when ingest decided (and logged a refusal itself)
 
     @property
     def stored(self) -> bool:
@@ -116,7 +117,7 @@ def store_part(
         log.exception("STOW-RS ingest failed")
         return PartResult(identity, FAILURE_PROCESSING, reason="internal error")
     failure, warning = OUTCOME_REASONS[outcome.status]
-    return PartResult(identity, failure, warning, f"{outcome.status}: {outcome.reason}")
+    return PartResult(identity, failure, warning, f"{outcome.status}: {outcome.reason}", True)
 
 
 def http_status(results: list[PartResult]) -> int:

@@ -139,7 +139,7 @@ def _store_all(
     for number, part in enumerate(parts, start=1):
         data = part.read(spool) if part.kept else None
         result = store_part(ingest, data, _part_type(part), source, study)
-        if not result.stored:
+        if not result.stored and not result.ingested:
             log.warning("STOW-RS part %d refused: %s", number, result.reason)
         results.append(result)
     return results
