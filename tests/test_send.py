@@ -312,3 +312,56 @@ def test_compressed_objects_are_decoded_for_an_uncompressed_peer(
         got = dcmread(files[uid])
         assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         assert np.array_equal(got.pixel_array, original.pixel_array), uid
+
+
+# ---------------------------------------------------------------- the SCU as C-MOVE will use it
+
+
+def test_scu_move_originator_and_cancel(db_backend: Backend) -> None:
+    from pacs.dimse.scu import MoveOriginator, Outcome, send
+    from pacs.index.engine import create_index_engine, session_factory
+    from pacs.index.models import RemoteAE
+    from pacs.sender import study_items
+    from pacs.storage import open_store
+
+    study = ingest_study(db_backend)
+    engine = create_index_engine(db_backend.settings)
+    with session_factory(engine)() as session:
+        items = study_items(session, open_store(db_backend.settings), study.study_uid)
+    engine.dispose()
+    seen: list[tuple[str, str, int]] = []
+
+    def on_store(event: evt.Event) -> int:
+        request = event.request
+        seen.append(
+            (
+                str(request.AffectedSOPInstanceUID),
+                str(request.MoveOriginatorApplicationEntityTitle),
+                int(request.MoveOriginatorMessageID),
+            )
+        )
+        return 0x0000
+
+    peer_ae = AE(ae_title="MOVEDEST")
+    peer_ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = free_port()
+    server = peer_ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+
+    try:
+        result = send(
+            db_backend.settings,
+            RemoteAE(title="MOVEDEST", host="127.0.0.1", port=port),
+            items,
+            originator=MoveOriginator("MOVESCU", 7),
+            cancelled=lambda: len(seen) >= 2,
+        )
+    finally:
+        server.shutdown()
+    assert result.cancelled and result.total == 5 and result.remaining == 3
+    assert [r.outcome for r in result.results] == [Outcome.SENT, Outcome.SENT]
+    assert [(uid, aet, mid) for uid, aet, mid in seen] == [
+        (items[0].sop_instance_uid, "MOVESCU", 7),
+        (items[1].sop_instance_uid, "MOVESCU", 7),
+    ]

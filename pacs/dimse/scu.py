@@ -80,11 +80,26 @@ class ItemResult:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class MoveOriginator:
+    """The C-MOVE on whose behalf the C-STOREs are sent (PS3.7 9.3.1.1)."""
+
+    ae_title: str
+    message_id: int
+
+
 @dataclass(slots=True)
 class SendSummary:
-    """Counts over a whole send, plus the per-object results."""
+    """Counts over a whole send, plus the per-object results (in sending order)."""
 
+    total: int = 0
     results: list[ItemResult] = field(default_factory=list)
+    cancelled: bool = False
+
+    @property
+    def remaining(self) -> int:
+        """Objects not attempted (the send was cancelled or the association ended)."""
+        return self.total - len(self.results)
 
     def count(self, outcome: Outcome) -> int:
         """How many objects ended with ``outcome``."""
@@ -159,7 +174,12 @@ def _classify(status: int) -> Outcome:
 
 
 def _send_dataset(
-    assoc: Association, context_id: int, item: StoreItem, dataset: bytes, message_id: int
+    assoc: Association,
+    context_id: int,
+    item: StoreItem,
+    dataset: bytes,
+    message_id: int,
+    originator: MoveOriginator | None,
 ) -> int:
     """Send one C-STORE-RQ carrying ``dataset`` bytes as they are; the response status.
 
@@ -172,6 +192,9 @@ def _send_dataset(
     req.AffectedSOPClassUID = UID(item.sop_class_uid)
     req.AffectedSOPInstanceUID = UID(item.sop_instance_uid)
     req.DataSet = BytesIO(dataset)
+    if originator is not None:
+        req.MoveOriginatorApplicationEntityTitle = originator.ae_title
+        req.MoveOriginatorMessageID = originator.message_id
     # pause the reactor while we wait for the response (as send_c_store does)
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
@@ -194,6 +217,7 @@ def _send_one(
     accepted: dict[str, list[str]],
     item: StoreItem,
     message_id: int,
+    originator: MoveOriginator | None,
 ) -> ItemResult:
     syntax = choose_syntax(accepted, item)
     uid = item.sop_instance_uid
@@ -209,7 +233,8 @@ def _send_one(
         return ItemResult(uid, Outcome.FAILED, -1, syntax, reason=f"cannot prepare: {detail}")
     if not assoc.is_established:
         return ItemResult(uid, Outcome.FAILED, -1, syntax, transcoded, "association ended")
-    status = _send_dataset(assoc, contexts[(item.sop_class_uid, syntax)], item, dataset, message_id)
+    context_id = contexts[(item.sop_class_uid, syntax)]
+    status = _send_dataset(assoc, context_id, item, dataset, message_id, originator)
     outcome = _classify(status)
     reason = "" if outcome is Outcome.SENT else f"status 0x{status & 0xFFFF:04X}"
     if status == -1:
@@ -234,12 +259,16 @@ def send(
     peer: Peer,
     items: Sequence[StoreItem],
     on_result: Callable[[ItemResult], None] | None = None,
+    originator: MoveOriginator | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> SendSummary:
     """C-STORE every item to ``peer`` in one association; never raises for one object.
 
-    Raises :class:`SendError` when the association cannot be established.
+    ``on_result`` is called after each object; ``cancelled`` is polled before each one and
+    stops the send when true (C-CANCEL of a C-MOVE). Raises :class:`SendError` when the
+    association cannot be established.
     """
-    summary = SendSummary()
+    summary = SendSummary(total=len(items))
     if not items:
         return summary
     ae = build_scu(settings, items)
@@ -257,7 +286,11 @@ def send(
         contexts.setdefault((str(cx.abstract_syntax), syntax), cast(int, cx.context_id))
     try:
         for number, item in enumerate(items, start=1):
-            result = _send_one(assoc, contexts, accepted, item, (number - 1) % 0xFFFF + 1)
+            if cancelled is not None and cancelled():
+                summary.cancelled = True
+                break
+            message_id = (number - 1) % 0xFFFF + 1
+            result = _send_one(assoc, contexts, accepted, item, message_id, originator)
             summary.results.append(result)
             if on_result is not None:
                 on_result(result)
