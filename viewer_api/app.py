@@ -27,7 +27,8 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
     app.state.store = open_store(settings)
-    app.state.ingest = build_ingest(settings, engine=engine, store=app.state.store)
+    # STOW-RS ingest has its own engine: its connections commit in group-commit mode
+    app.state.ingest = build_ingest(settings, store=app.state.store)
     app.state.dicom_server = dicom_server
     app.include_router(health.router)
     app.include_router(studies.router)

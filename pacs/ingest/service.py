@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from pacs import metrics
 from pacs.config import DuplicatePolicy
 from pacs.errors import InvalidDicomError, SOPClassMismatchError, StorageError
-from pacs.index.engine import WRITE, writer_turn
+from pacs.index.engine import WRITE, wal_group_commit, writer_turn
 from pacs.ingest.attributes import InstanceAttributes, extract, parse_part10
 from pacs.ingest.indexer import (
     INSTANCE,
@@ -76,10 +76,13 @@ class IngestService:
         engine: Engine,
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT,
         max_object_size: int = 2 * 1024**3,
+        durable_commits: bool = True,
     ) -> None:
         self.store = store
         self.engine = engine
         self.writer = engine.execution_options(**WRITE)
+        # SQLite: commit without a sync under the write lock, flush the WAL before answering
+        self._flush_commits = wal_group_commit(engine) if durable_commits else None
         self.duplicate_policy = duplicate_policy
         self.max_object_size = max_object_size
 
@@ -165,6 +168,13 @@ class IngestService:
             return IngestOutcome(
                 StoreStatus.FAILED, *_uids(attrs), reason=f"index: {type(exc).__name__}"
             )
+        if self._flush_commits is not None:
+            try:
+                self._flush_commits()
+            except OSError as exc:  # committed but maybe not durable: the sender must retry
+                return IngestOutcome(
+                    StoreStatus.FAILED, *_uids(attrs), reason=f"index flush: {exc.strerror}"
+                )
         if replacing is None:
             return IngestOutcome(StoreStatus.STORED, *_uids(attrs))
         if replacing.object_key != key:
