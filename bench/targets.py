@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.procmon import process_tree
+from tests.orthanc import write_orthanc_config
 
 NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -315,24 +316,7 @@ class OrthancTarget(NamespacedTarget):
 
     def start(self, parallel: bool) -> None:
         self.port = 4242
-        storage = self.root / "storage"
-        config = {
-            "Name": "bench",
-            "StorageDirectory": str(storage),
-            "IndexDirectory": str(storage),
-            "DicomAet": self.ae_title,
-            "DicomPort": self.port,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": False,
-            "DicomCheckModalityHost": False,
-            "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True,
-            "Plugins": [],
-        }
-        path = self.root / "orthanc.json"
-        path.write_text(json.dumps(config, indent=2))
+        path = write_orthanc_config(self.root, "bench", self.ae_title, self.port, self.http_port)
         self.process = self.popen_in_netns(["Orthanc", str(path)])
         self.wait_ready()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
 import subprocess
@@ -32,6 +31,7 @@ from pacs.runtime import build_ingest
 from tests.conftest import Backend, free_port, require_tool
 from tests.dicom_factory import ct_slice
 from tests.dimse_tools import archive_view, dataset_part, part10_bytes
+from tests.orthanc import write_orthanc_config
 
 SOURCE = Source(channel="import")
 
@@ -217,24 +217,7 @@ def orthanc(tmp_path: Path) -> Iterator[tuple[int, str]]:
     """Orthanc from Debian with a temporary configuration: (DICOM port, HTTP base URL)."""
     binary = require_tool("Orthanc")
     dicom_port, http_port = free_port(), free_port()
-    storage = tmp_path / "orthanc"
-    config = {
-        "Name": "test",
-        "StorageDirectory": str(storage),
-        "IndexDirectory": str(storage),
-        "DicomAet": "ORTHANC",
-        "DicomPort": dicom_port,
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False,
-        "DicomCheckModalityHost": False,
-        "DicomAlwaysAllowEcho": True,
-        "DicomAlwaysAllowStore": True,
-        "Plugins": [],
-    }
-    path = tmp_path / "orthanc.json"
-    path.write_text(json.dumps(config))
+    path = write_orthanc_config(tmp_path / "orthanc", "test", "ORTHANC", dicom_port, http_port)
     log = (tmp_path / "orthanc.log").open("wb")
     process = subprocess.Popen(
         [binary, str(path)],
