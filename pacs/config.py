@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     dicom_port: int = Field(11112, description="DICOM (DIMSE) port.")
     ae_title: str = Field("PACS", description="The archive's own AE title.")
     http_port: int = Field(8000, description="HTTP port (DICOMweb, FHIR, API, UI).")
+    public_base_url: str | None = Field(
+        None,
+        description=(
+            "URL clients reach the HTTP API at (behind a proxy); DICOMweb RetrieveURLs are "
+            "built from it. Default: the URL of each request."
+        ),
+    )
     scp_processes: int = Field(
         0, description="DICOM server processes sharing the port; 0 = one per CPU core."
     )

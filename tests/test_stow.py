@@ -181,6 +181,23 @@ def test_mixed_parts_answer_202(client: TestClient, backend: Backend) -> None:
         assert set(view.assert_consistent()) == {good.SOPInstanceUID}
 
 
+def test_retrieve_urls_use_the_public_base_url(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    app = create_app(backend.with_settings(public_base_url="https://pacs.example.org/"))
+    study = generate_uid()
+    with TestClient(app) as proxied:
+        response = post(proxied, multipart(part10(small_ct(study))), f"/dicomweb/studies/{study}")
+    app.state.engine.dispose()
+    assert response.status_code == 200
+    ds = answer(response)
+    assert ds.RetrieveURL == f"https://pacs.example.org/dicomweb/studies/{study}"
+    assert ds.ReferencedSOPSequence[0].RetrieveURL.startswith(
+        f"https://pacs.example.org/dicomweb/studies/{study}/series/"
+    )
+
+
 def test_all_stored_200_and_visible(client: TestClient, backend: Backend) -> None:
     study = generate_uid()
     cts = [small_ct(study), small_ct(study)]

@@ -122,7 +122,8 @@ async def _answer(request: Request, ingest: IngestService, study: str | None) ->
     status = http_status(results)
     stored = sum(1 for r in results if r.stored)
     log.info("STOW-RS from %s: %d of %d stored", source.host, stored, len(results))
-    base = str(request.base_url).rstrip("/") + "/dicomweb"
+    public = request.app.state.settings.public_base_url
+    base = (public or str(request.base_url)).rstrip("/") + "/dicomweb"
     body = response_json(response_dataset(results, base, study))
     return JSONResponse(body, status_code=status, media_type=DICOM_JSON_MEDIA_TYPE)
 
