@@ -112,6 +112,21 @@ def send(
     sys.exit(run_send(_settings(data_dir=data_dir), study_uid, title, series))
 
 
+@app.command()
+def retrieve(
+    study_uid: Annotated[str, typer.Argument(help="Study Instance UID.")],
+    source: Annotated[str, typer.Option("--from", help="Registered remote AE to pull from.")],
+    series: Annotated[
+        str | None, typer.Option("--series", help="Retrieve only this Series Instance UID.")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """C-MOVE a study from a registered remote AE into this archive (pacs serve must run)."""
+    from pacs.retriever import run_retrieve
+
+    sys.exit(run_retrieve(_settings(data_dir=data_dir), study_uid, source, series))
+
+
 @ae_app.command("add")
 def ae_add(
     title: Annotated[str, typer.Argument(help="AE title (1-16 characters).")],

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from pacs.runtime import build_ingest
 from tests.conftest import Backend, free_port, require_tool
 from tests.dicom_factory import ct_slice
 from tests.dimse_tools import archive_view, dataset_part, part10_bytes
-from tests.orthanc import write_orthanc_config
+from tests.orthanc import running_orthanc, stop, wait_for_port
 
 SOURCE = Source(channel="import")
 
@@ -81,26 +79,6 @@ def summary(output: str) -> dict[str, int]:
         if len(words) == 2 and words[0] in ("sent", "warning", "failed", "(transcoded)"):
             counts[words[0]] = int(words[1])
     return counts
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"peer exited {process.returncode}"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # ---------------------------------------------------------------- DCMTK storescp
@@ -217,21 +195,8 @@ def orthanc(tmp_path: Path) -> Iterator[tuple[int, str]]:
     """Orthanc from Debian with a temporary configuration: (DICOM port, HTTP base URL)."""
     binary = require_tool("Orthanc")
     dicom_port, http_port = free_port(), free_port()
-    path = write_orthanc_config(tmp_path / "orthanc", "test", "ORTHANC", dicom_port, http_port)
-    log = (tmp_path / "orthanc.log").open("wb")
-    process = subprocess.Popen(
-        [binary, str(path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )
-    base = f"http://127.0.0.1:{http_port}"
-    try:
-        wait_for_port(dicom_port, process, timeout=60)
-        wait_for_port(http_port, process, timeout=60)
+    with running_orthanc(binary, tmp_path / "orthanc", dicom_port, http_port) as base:
         yield dicom_port, base
-    finally:
-        stop(process)
 
 
 def test_send_study_to_orthanc(backend: Backend, orthanc: tuple[int, str]) -> None:
