@@ -32,7 +32,7 @@ from pacs import metrics
 from pacs.dimse import pdu
 from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse.policy import AEPolicy
-from pacs.dimse.store import StoreHandler
+from pacs.dimse.store import FAILURE_OUT_OF_RESOURCES, StoreHandler
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class _Message:
     context_id: int
     command: dict[int, int | str]
     fragments: list[memoryview] = field(default_factory=list)
+    size: int = 0
+    too_large: bool = False  # fragments beyond the size limit are read and dropped
 
 
 class StorageAcceptor:
@@ -195,7 +197,12 @@ class StorageAcceptor:
                 elif message is None or context_id != message.context_id:
                     raise pdu.ProtocolError("data set fragment without its command")
                 else:
-                    message.fragments.append(data)
+                    message.size += len(data)
+                    if message.size > self.store.ingest.max_object_size:
+                        message.too_large = True
+                        message.fragments.clear()
+                    else:
+                        message.fragments.append(data)
                     if last:
                         self._answer(sock, message, contexts, title, host)
                         message = None
@@ -215,6 +222,18 @@ class StorageAcceptor:
         sop_class = str(command.get(pdu.AFFECTED_SOP_CLASS_UID, abstract_syntax))
         if field_ == pdu.C_ECHO_RQ:
             response = pdu.encode_response(pdu.C_ECHO_RSP, message_id, sop_class, SUCCESS)
+        elif field_ == pdu.C_STORE_RQ and message.too_large:
+            limit = self.store.ingest.max_object_size
+            metrics.REJECTED.labels("dimse").inc()
+            log.warning("C-STORE from %s refused: %d bytes > %d", title, message.size, limit)
+            response = pdu.encode_response(
+                pdu.C_STORE_RSP,
+                message_id,
+                sop_class,
+                FAILURE_OUT_OF_RESOURCES,
+                str(command.get(pdu.AFFECTED_SOP_INSTANCE_UID, "")),
+                f"object larger than {limit} bytes; nothing stored",
+            )
         elif field_ == pdu.C_STORE_RQ and message.fragments:
             sop_instance = str(command.get(pdu.AFFECTED_SOP_INSTANCE_UID, ""))
             dataset = b"".join(message.fragments)
