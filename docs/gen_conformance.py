@@ -61,15 +61,28 @@ def implementation(ae: AE) -> str:
     )
 
 
+def _role(uid: str) -> str:
+    if uid == Verification:
+        return "SCP (Verification)"
+    name = UID(uid).name
+    if "Query/Retrieve" in name:  # "... Information Model - FIND" (MOVE, GET)
+        return f"SCP (Query/Retrieve {name.rsplit(' - ', 1)[-1]})"
+    return "SCP (Storage)"
+
+
 def sop_classes(ae: AE) -> str:
     """Every SOP class the archive accepts as SCP, with its role."""
     rows = ["| SOP Class | SOP Class UID | Role |", "|---|---|---|"]
     uids = sorted({str(cx.abstract_syntax) for cx in ae.supported_contexts}, key=_uid_order)
     for uid in uids:
-        role = "SCP (Verification)" if uid == Verification else "SCP (Storage)"
-        rows.append(f"| {UID(uid).name} | `{uid}` | {role} |")
+        rows.append(f"| {UID(uid).name} | `{uid}` | {_role(uid)} |")
     rows.append("")
-    rows.append(f"{len(uids) - 1} Storage SOP Classes and the Verification SOP Class.")
+    storage = sum(_role(uid) == "SCP (Storage)" for uid in uids)
+    others = len(uids) - storage - 1
+    rows.append(
+        f"{storage} Storage SOP Classes, {others} Query/Retrieve SOP Classes"
+        " and the Verification SOP Class."
+    )
     return "\n".join(rows)
 
 

@@ -17,6 +17,7 @@ from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs.config import Settings
+from pacs.dimse.find import FIND_SOP_CLASSES
 from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse.policy import AEPolicy
 
@@ -68,6 +69,8 @@ def build_ae(settings: Settings, policy: AEPolicy) -> AE:
         # unknown titles get A-ASSOCIATE-RJ; a known title from the wrong host is aborted later
         ae.require_calling_aet = policy.titles
     ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
+    for sop_class in FIND_SOP_CLASSES:
+        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for sop_class in sorted(STORAGE_SOP_CLASSES):
         ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
     return ae

@@ -15,6 +15,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from pacs import metrics
+from pacs.dimse.find import FindService
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.store import SUCCESS, StoreHandler
 
@@ -32,6 +33,7 @@ class Handlers:
     def __init__(self, store: StoreHandler, policy: AEPolicy) -> None:
         self.store = store
         self.policy = policy
+        self.find: FindService | None = None
 
     def on_accepted(self, event: Event) -> None:
         """Abort an association whose (title, address) pair is not on the allow-list."""
@@ -71,4 +73,5 @@ class Handlers:
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_C_ECHO, self.on_c_echo),
             (evt.EVT_C_STORE, self.on_c_store),
+            *([(evt.EVT_C_FIND, self.find.on_c_find)] if self.find else []),
         ]

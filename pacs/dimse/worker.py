@@ -21,9 +21,11 @@ from pacs.config import Settings
 from pacs.dimse import tuning
 from pacs.dimse.acceptor import StorageAcceptor, decode_associate_rq, is_storage_request
 from pacs.dimse.ae import STORAGE_SOP_CLASSES, build_ae
+from pacs.dimse.find import FindService
 from pacs.dimse.handlers import Handlers
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.store import StoreHandler
+from pacs.index.engine import create_index_engine, session_factory
 from pacs.logging import configure_logging
 from pacs.runtime import build_ingest
 
@@ -67,6 +69,7 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     policy = AEPolicy.from_setting(settings.allowed_aes, settings.accept_any_ae)
     store = StoreHandler(build_ingest(settings), policy)
     handlers = Handlers(store, policy)
+    handlers.find = FindService(session_factory(create_index_engine(settings)))
     ae = build_ae(settings, policy)
     send_lock = threading.Lock()
 

@@ -1,0 +1,161 @@
+"""Run a C-FIND / QIDO-RS identifier against the index and build the response identifiers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from sqlalchemy import Select, distinct, func, select
+from sqlalchemy.orm import Session
+
+from pacs.index.models import Instance, Patient, Series, Study
+from pacs.query.errors import QueryError
+from pacs.query.keys import COMPUTED, ENTITIES, KEYS, LEVELS, UNIQUE_KEYS, QueryModel
+from pacs.query.matching import condition, values_of
+
+_SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet"}
+
+
+def find(session: Session, identifier: Dataset, model: QueryModel) -> Iterator[Dataset]:
+    """The response identifiers of every match of ``identifier`` under ``model``.
+
+    Raises ``QueryError`` for an identifier that does not fit the model (an unknown level,
+    a missing higher-level unique key, an unparseable value).
+    """
+    level = query_level(identifier, model)
+    statement = build_select(identifier, level, model)
+    _unicode_lower(session)
+    for row in session.execute(statement):
+        yield response(session, identifier, level, row)
+
+
+def query_level(identifier: Dataset, model: QueryModel) -> str:
+    """The identifier's QueryRetrieveLevel, checked against ``model``."""
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    if level not in LEVELS:
+        raise QueryError(f"unknown QueryRetrieveLevel {level!r}")
+    if model is QueryModel.STUDY_ROOT and level == "PATIENT":
+        raise QueryError("the Study Root model has no PATIENT level")
+    return level
+
+
+def _required(level: str, model: QueryModel) -> list[str]:
+    """Unique keys of the levels above ``level`` that a hierarchical query must carry."""
+    above = LEVELS[: LEVELS.index(level)]
+    if model is QueryModel.STUDY_ROOT:
+        above = tuple(name for name in above if name != "PATIENT")
+    return [UNIQUE_KEYS[name] for name in above]
+
+
+def build_select(identifier: Dataset, level: str, model: QueryModel) -> Select[Any]:
+    """The select of the entities of ``level`` (and those above) matching ``identifier``."""
+    for keyword in _required(level, model):
+        if not values_of(identifier.get(keyword)):
+            raise QueryError(f"{keyword} is required at the {level} level")
+    depth = LEVELS.index(level)
+    entities = [ENTITIES[name] for name in LEVELS[: depth + 1]]
+    statement: Select[Any] = select(*entities)
+    if depth >= 1:
+        statement = statement.join(Study, Study.patient_pk == Patient.pk)
+    if depth >= 2:
+        statement = statement.join(Series, Series.study_pk == Study.pk)
+    if depth >= 3:
+        statement = statement.join(Instance, Instance.series_pk == Series.pk)
+    for element in identifier:
+        keyword = element.keyword
+        key = KEYS.get(keyword)
+        if key is None or LEVELS.index(key.level) > depth or element.VR == "SQ":
+            continue
+        where = condition(key, element.value)
+        if where is not None:
+            statement = statement.where(where)
+    return statement.order_by(*(entity.pk for entity in entities))
+
+
+def response(session: Session, identifier: Dataset, level: str, row: Any) -> Dataset:
+    """The response identifier of one match: exactly the requested keys, plus the level."""
+    found = {type(entity).__name__: entity for entity in row}
+    out = Dataset()
+    for element in identifier:
+        keyword = element.keyword or keyword_for_tag(element.tag)
+        if keyword in _SKIP or element.tag.group == 0x0000:
+            continue
+        value = _value(session, keyword, found)
+        if value is None:
+            vr = element.VR
+            out.add(DataElement(element.tag, vr, Sequence() if vr == "SQ" else None))
+        else:
+            out.add(DataElement(element.tag, dictionary_VR(element.tag), value))
+    out.QueryRetrieveLevel = level
+    if any(_non_ascii(elem.value) for elem in out):
+        out.SpecificCharacterSet = "ISO_IR 192"
+    elif "SpecificCharacterSet" in identifier:
+        out.SpecificCharacterSet = ""
+    return out
+
+
+def _value(session: Session, keyword: str, found: dict[str, Any]) -> Any:
+    key = KEYS.get(keyword)
+    if key is not None:
+        entity = found.get(key.column.class_.__name__)
+        if entity is None:
+            return None
+        value = getattr(entity, key.column.key)
+        if value is None or value == "":
+            return None
+        if key.kind == "int":
+            return str(value)
+        if key.kind == "list":
+            return value.split("\\")
+        return value
+    if keyword in COMPUTED:
+        return _computed(session, keyword, found)
+    return None
+
+
+def _computed(session: Session, keyword: str, found: dict[str, Any]) -> Any:
+    if keyword == "SOPClassesInStudy":
+        study = found.get("Study")
+        if study is None:
+            return None
+        rows = session.scalars(
+            select(Instance.sop_class_uid)
+            .distinct()
+            .join(Series, Instance.series_pk == Series.pk)
+            .where(Series.study_pk == study.pk)
+            .order_by(Instance.sop_class_uid)
+        ).all()
+        return list(rows) or None
+    patient = found.get("Patient")
+    if patient is None:
+        return None
+    counted = {
+        "NumberOfPatientRelatedStudies": func.count(distinct(Study.pk)),
+        "NumberOfPatientRelatedSeries": func.sum(Study.number_of_study_related_series),
+        "NumberOfPatientRelatedInstances": func.sum(Study.number_of_study_related_instances),
+    }[keyword]
+    total = session.scalar(select(counted).where(Study.patient_pk == patient.pk))
+    return str(int(total or 0))
+
+
+def _non_ascii(value: Any) -> bool:
+    return any(not str(item).isascii() for item in values_of(value))
+
+
+def _unicode_lower(session: Session) -> None:
+    """On SQLite, replace the ASCII-only built-in ``lower()`` by Python's, so that PN
+    matching is case-insensitive for Cyrillic names too (PostgreSQL's is already)."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    raw = connection.connection.dbapi_connection
+    if raw is not None:
+        raw.create_function("lower", 1, _lower, deterministic=True)
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value

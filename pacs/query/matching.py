@@ -1,0 +1,97 @@
+"""PS3.4 C.2.2.2 matching of one key value, as a SQLAlchemy condition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.multival import MultiValue
+from sqlalchemy import ColumnElement, String, and_, func, literal, or_
+
+from pacs.query.errors import QueryError
+from pacs.query.keys import Key
+
+ESCAPE = "!"
+"""Escape character of the LIKE patterns built from DICOM wildcards."""
+
+
+def has_wildcard(value: str) -> bool:
+    """Whether ``value`` uses the DICOM wildcards ``*`` or ``?``."""
+    return "*" in value or "?" in value
+
+
+def like_pattern(value: str) -> str:
+    """A LIKE pattern matching ``value``'s DICOM wildcards, every other character literal."""
+    out = []
+    for char in value:
+        if char in (ESCAPE, "%", "_"):
+            out.append(ESCAPE + char)
+        elif char == "*":
+            out.append("%")
+        elif char == "?":
+            out.append("_")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def values_of(raw: Any) -> list[str]:
+    """The values of a data element's value as strings (a MultiValue gives several)."""
+    if raw is None:
+        return []
+    items = list(raw) if isinstance(raw, MultiValue | list | tuple) else [raw]
+    texts = (i.decode("ascii", "replace") if isinstance(i, bytes) else str(i) for i in items)
+    return [text.strip() for text in texts if text.strip()]
+
+
+def condition(key: Key, raw: Any) -> ColumnElement[bool] | None:
+    """The condition ``raw`` (a request element's value) puts on ``key``; None: universal."""
+    values = values_of(raw)
+    if not values or values == ["*"]:
+        return None
+    if len(values) > 1:
+        return or_(*(_single(key, value) for value in values))
+    return _single(key, values[0])
+
+
+def _single(key: Key, value: str) -> ColumnElement[bool]:
+    column = key.column
+    if key.kind == "int":
+        try:
+            return column == int(value)  # type: ignore[no-any-return]
+        except ValueError as exc:
+            raise QueryError(f"not an integer: {value!r}") from exc
+    if key.kind in ("date", "time") and "-" in value:
+        return _range(column, value, key.kind)
+    if key.kind == "list":
+        column = literal("\\", String) + column + literal("\\", String)
+        pattern = "%\\" + like_pattern(value) + "\\%"
+        return column.like(pattern, escape=ESCAPE)  # type: ignore[no-any-return]
+    if key.kind == "pn":
+        column = func.lower(column)
+        value = value.lower()
+    if key.kind == "time" and not has_wildcard(value):
+        return column.like(like_pattern(value) + "%", escape=ESCAPE)  # type: ignore[no-any-return]
+    if has_wildcard(value):
+        return column.like(like_pattern(value), escape=ESCAPE)  # type: ignore[no-any-return]
+    return column == value  # type: ignore[no-any-return]
+
+
+def _range(column: Any, value: str, kind: str) -> ColumnElement[bool]:
+    low, _, high = value.partition("-")
+    low, high = _compact(low, kind), _compact(high, kind)
+    if not low and not high:
+        raise QueryError(f"empty range: {value!r}")
+    parts = [column != ""]
+    if low:
+        parts.append(column >= low)
+    if high:
+        parts.append(column <= high + "~")  # '~' sorts after digits and '.': prefixes included
+    return and_(*parts)
+
+
+def _compact(text: str, kind: str) -> str:
+    text = text.strip().replace(".", "") if kind == "date" else text.strip().replace(":", "")
+    allowed = "0123456789" if kind == "date" else "0123456789."
+    if any(char not in allowed for char in text):
+        raise QueryError(f"not a {kind}: {text!r}")
+    return text
