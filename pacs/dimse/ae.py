@@ -50,6 +50,15 @@ STORAGE_SOP_CLASSES = frozenset(
 """Abstract syntaxes the Storage SCP serves (every storage SOP class pynetdicom knows)."""
 
 
+RETRIEVE_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.2.1.2",  # Patient Root Query/Retrieve Information Model - MOVE
+    "1.2.840.10008.5.1.4.1.2.2.2",  # Study Root Query/Retrieve Information Model - MOVE
+    "1.2.840.10008.5.1.4.1.2.1.3",  # Patient Root Query/Retrieve Information Model - GET
+    "1.2.840.10008.5.1.4.1.2.2.3",  # Study Root Query/Retrieve Information Model - GET
+)
+"""Abstract syntaxes of the Query/Retrieve SCP's MOVE and GET services."""
+
+
 def build_ae(settings: Settings, policy: AEPolicy) -> AE:
     """An acceptor AE configured from ``settings``.
 
@@ -72,5 +81,10 @@ def build_ae(settings: Settings, policy: AEPolicy) -> AE:
     for sop_class in FIND_SOP_CLASSES:
         ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for sop_class in sorted(STORAGE_SOP_CLASSES):
-        ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
+        # SCP/SCU role selection accepted: a C-GET requestor takes the Storage SCP role
+        ae.add_supported_context(
+            sop_class, ACCEPTED_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+        )
+    for sop_class in RETRIEVE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     return ae

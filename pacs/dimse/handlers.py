@@ -17,6 +17,7 @@ from pynetdicom.events import Event
 from pacs import metrics
 from pacs.dimse.find import FindService
 from pacs.dimse.policy import AEPolicy
+from pacs.dimse.retrieve import RetrieveService
 from pacs.dimse.store import SUCCESS, StoreHandler
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,13 @@ def _peer(event: Event) -> tuple[str, str]:
 class Handlers:
     """Handlers of one DICOM worker process, bound to its C-STORE service and AE policy."""
 
-    def __init__(self, store: StoreHandler, policy: AEPolicy) -> None:
+    def __init__(
+        self, store: StoreHandler, policy: AEPolicy, retrieve: RetrieveService | None = None
+    ) -> None:
         self.store = store
         self.policy = policy
         self.find: FindService | None = None
+        self.retrieve = retrieve
 
     def on_accepted(self, event: Event) -> None:
         """Abort an association whose (title, address) pair is not on the allow-list."""
@@ -74,4 +78,14 @@ class Handlers:
             (evt.EVT_C_ECHO, self.on_c_echo),
             (evt.EVT_C_STORE, self.on_c_store),
             *([(evt.EVT_C_FIND, self.find.on_c_find)] if self.find else []),
+            *self._retrieve_bindings(),
+        ]
+
+    def _retrieve_bindings(self) -> list[tuple[Any, Any]]:
+        """C-MOVE and C-GET, when this process serves retrieves."""
+        if self.retrieve is None:
+            return []
+        return [
+            (evt.EVT_C_MOVE, self.retrieve.on_c_move),
+            (evt.EVT_C_GET, self.retrieve.on_c_get),
         ]

@@ -24,6 +24,7 @@ from pacs.dimse.ae import STORAGE_SOP_CLASSES, build_ae
 from pacs.dimse.find import FindService
 from pacs.dimse.handlers import Handlers
 from pacs.dimse.policy import AEPolicy
+from pacs.dimse.retrieve import RetrieveService
 from pacs.dimse.store import StoreHandler
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.logging import configure_logging
@@ -66,9 +67,12 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     configure_logging(settings)
     if not settings.log_phi:  # pynetdicom's per-message log handlers print identifiers
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+        pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False  # C-FIND/MOVE/GET identifiers
     policy = AEPolicy.from_setting(settings.allowed_aes, settings.accept_any_ae)
-    store = StoreHandler(build_ingest(settings), policy)
-    handlers = Handlers(store, policy)
+    ingest = build_ingest(settings)
+    store = StoreHandler(ingest, policy)
+    retrieve = RetrieveService(session_factory(ingest.engine), ingest.store)
+    handlers = Handlers(store, policy, retrieve)
     handlers.find = FindService(session_factory(create_index_engine(settings)))
     ae = build_ae(settings, policy)
     send_lock = threading.Lock()
