@@ -203,11 +203,11 @@ def requested_contexts_safe(items: list[StoreItem]) -> list[Any]:
 def _prepare(item: StoreItem, accepted: dict[str, list[str]]) -> Dataset | Any:
     """The data set to send: decoded as stored, or decompressed when the peer accepted only
     a native syntax; a bare marker (counted as failed) when it cannot be prepared."""
+    syntax = choose_syntax(accepted, item)
+    if not syntax:
+        return _failed(item)
     try:
         ds = dcmread(BytesIO(item.load()))
-        syntax = choose_syntax(accepted, item)
-        if not syntax:
-            return _failed(item)
         if syntax != item.transfer_syntax_uid:
             if ds.file_meta.TransferSyntaxUID.is_compressed:
                 ds.decompress(generate_instance_uid=False)
