@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -27,7 +26,8 @@ from pacs.runtime import build_ingest
 from tests.conftest import RunningArchive, free_port, require_tool
 from tests.dicom_factory import write_ct_series
 from tests.dimse_tools import archive_view, dataset_part, part10_bytes, storescu
-from tests.orthanc import running_orthanc, stop, wait_for_port
+from tests.orthanc import running_orthanc
+from tests.storescp import running_storescp
 
 
 @dataclass
@@ -65,22 +65,10 @@ def register(archive: RunningArchive, title: str, port: int) -> None:
 
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """DCMTK storescp writing what it receives bit-preserving."""
-    binary = require_tool("storescp")
-    out, port = tmp_path / "received", free_port()
-    out.mkdir()
-    log = (tmp_path / "storescp.log").open("wb")
-    process = subprocess.Popen(
-        [binary, "-aet", "STORESCP", "+B", "-od", str(out), str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )
-    try:
-        wait_for_port(port, process)
+    """DCMTK storescp on a free port: (port, folder of received files)."""
+    port = free_port()
+    with running_storescp(require_tool("storescp"), tmp_path / "storescp", port) as out:
         yield port, out
-    finally:
-        stop(process)
 
 
 def received(folder: Path) -> dict[str, bytes]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,8 @@ from pacs.runtime import build_ingest
 from tests.conftest import Backend, free_port, require_tool
 from tests.dicom_factory import ct_slice
 from tests.dimse_tools import archive_view, dataset_part, part10_bytes
-from tests.orthanc import running_orthanc, stop, wait_for_port
+from tests.orthanc import running_orthanc
+from tests.storescp import running_storescp
 
 SOURCE = Source(channel="import")
 
@@ -86,23 +85,10 @@ def summary(output: str) -> dict[str, int]:
 
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """DCMTK storescp (uncompressed syntaxes only, its default) writing what it receives
-    bit-preserving; listens on all interfaces of a free port (storescp cannot bind one)."""
-    binary = require_tool("storescp")
-    out, port = tmp_path / "storescp", free_port()
-    out.mkdir()
-    log = (tmp_path / "storescp.log").open("wb")
-    process = subprocess.Popen(
-        [binary, "-aet", "STORESCP", "+B", "-od", str(out), str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )
-    try:
-        wait_for_port(port, process)
+    """DCMTK storescp on a free port: (port, folder of received files)."""
+    port = free_port()
+    with running_storescp(require_tool("storescp"), tmp_path / "storescp", port) as out:
         yield port, out
-    finally:
-        stop(process)
 
 
 def received(folder: Path) -> dict[str, Path]:
