@@ -23,7 +23,8 @@ from pacs.cli import app
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.migrate import alembic_config, current_revision, upgrade
-from pacs.index.models import Base, Patient, Study
+from pacs.index.models import Patient, Study
+from pacs.index.tables import metadata
 from pacs.ingest import Source, StoreStatus
 from pacs.runtime import build_ingest
 from tests.conftest import Backend, require
@@ -69,7 +70,7 @@ def schema_diff(url: str) -> list[object]:
             context = MigrationContext.configure(
                 conn, opts={"compare_type": True, "compare_server_default": True}
             )
-            return list(compare_metadata(context, Base.metadata))
+            return list(compare_metadata(context, metadata))
     finally:
         engine.dispose()
 

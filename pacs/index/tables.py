@@ -1,0 +1,11 @@
+"""Every index table in one metadata, for migrations and schema checks.
+
+Tables of other concerns (jobs, study lifecycle, FHIR resources, AI results) live in their own
+modules on the same ``Base``; each such module is imported here so nothing is missed.
+"""
+
+from __future__ import annotations
+
+from pacs.index.models import Base
+
+metadata = Base.metadata
