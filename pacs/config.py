@@ -10,7 +10,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +27,13 @@ class FsyncPolicy(StrEnum):
 
     ALWAYS = "always"  # file and directory fsynced before success: survives power loss
     NEVER = "never"  # OS page cache only: survives a process crash, not a power cut
+
+
+class PnMatching(StrEnum):
+    """How a C-FIND / QIDO-RS Person Name key matches the ``^`` components of a name."""
+
+    WHOLE = "whole"  # the key matches the whole name string (PS3.4 C.2.2.2.1, literal '^')
+    COMPONENTS = "components"  # each key component matches the same component; missing = any
 
 
 class Settings(BaseSettings):
@@ -85,8 +92,57 @@ class Settings(BaseSettings):
     duplicate_policy: DuplicatePolicy = Field(
         DuplicatePolicy.REJECT, description="Different object with a stored SOP Instance UID."
     )
+    pn_component_matching: PnMatching = Field(
+        PnMatching.WHOLE,
+        description=(
+            "C-FIND/QIDO-RS Person Name matching: 'whole' (the key matches the whole name) or "
+            "'components' (each '^' component matches its own; components left out match any)."
+        ),
+    )
+    qido_max_limit: int = Field(
+        1000, ge=1, description="Most QIDO-RS results per response; a larger limit is clamped."
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed by CORS ('*' any); empty: CORS off."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     log_phi: bool = Field(False, description="Allow patient identifiers in logs (never default).")
+    inference_lung_model: str = Field("lung-seg", description="Registry name of the lung model.")
+    inference_lung_model_version: str | None = Field(
+        None, description="Version of the lung model; default the newest registered."
+    )
+    inference_min_slices: int = Field(10, ge=2, description="Fewest slices a volume may have.")
+    inference_slice_spacing_tolerance: float = Field(
+        0.05, gt=0, description="Largest relative deviation of a slice step from the median step."
+    )
+    inference_max_gantry_tilt_degrees: float = Field(
+        0.5, ge=0, description="Largest angle between the slice normal and the slice steps."
+    )
+    inference_orientation_tolerance: float = Field(
+        1e-3, gt=0, description="Largest difference of direction cosines between slices."
+    )
+    inference_emphysema_threshold_hu: float = Field(
+        -950.0, description="Emphysema index: share of lung voxels below this HU."
+    )
+    inference_ggo_min_hu: float = Field(-750.0, description="Ground-glass band lower bound (HU).")
+    inference_ggo_max_hu: float = Field(
+        -300.0, description="Ground-glass band upper bound = consolidation lower bound (HU)."
+    )
+    inference_consolidation_max_hu: float = Field(
+        100.0, description="Consolidation band upper bound (HU, inclusive)."
+    )
+    inference_vessel_max_diameter_mm: float = Field(
+        5.0, gt=0, description="Dense lung structures thinner than this are vessels, excluded."
+    )
+    inference_vessel_halo_mm: float = Field(
+        1.0, ge=0, description="Partial-volume rim around vessels excluded from the bands."
+    )
+    inference_ct1_min_percent: float = Field(
+        0.5, ge=0, description="Involvement % from which the grade is CT-1 (below: CT-0)."
+    )
+    inference_ct2_min_percent: float = Field(25.0, description="Involvement % where CT-2 starts.")
+    inference_ct3_min_percent: float = Field(50.0, description="Involvement % where CT-3 starts.")
+    inference_ct4_min_percent: float = Field(75.0, description="Involvement % where CT-4 starts.")
 
     @field_validator("ae_title")
     @classmethod
@@ -99,6 +155,24 @@ class Settings(BaseSettings):
         if not all(" " <= char <= "~" for char in value):
             raise ValueError("ae_title must be printable ASCII (no control characters)")
         return value
+
+    @model_validator(mode="after")
+    def _increasing_grade_bounds(self) -> Settings:
+        """CT-1..CT-4 start at strictly increasing involvement percentages."""
+        bounds = self.ct_grade_bounds
+        if list(bounds) != sorted(set(bounds)):
+            raise ValueError("inference_ct1..ct4_min_percent must be strictly increasing")
+        return self
+
+    @property
+    def ct_grade_bounds(self) -> tuple[float, float, float, float]:
+        """Involvement % at which CT-1, CT-2, CT-3 and CT-4 start."""
+        return (
+            self.inference_ct1_min_percent,
+            self.inference_ct2_min_percent,
+            self.inference_ct3_min_percent,
+            self.inference_ct4_min_percent,
+        )
 
     @property
     def resolved_database_url(self) -> str:
