@@ -6,6 +6,8 @@ modules on the same ``Base``; each such module is imported here so nothing is mi
 
 from __future__ import annotations
 
+from pacs import changes  # noqa: F401  (change_event)
 from pacs.index.models import Base
+from pacs.metadata import records  # noqa: F401  (instance_metadata)
 
 metadata = Base.metadata

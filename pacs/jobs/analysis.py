@@ -1,0 +1,62 @@
+"""What an analysis run by a job receives and returns (the contract with analysis authors).
+
+An analysis is a callable ``(AnalysisContext) -> AnalysisResult`` registered by name in
+``pacs.jobs.registry``. It must be idempotent: run again for the same study version (after a
+crash, a lease expiry or an operator retry) it replaces, never duplicates, its outputs, for
+example by deriving its output UIDs from the study UID, the study version and the model version.
+Objects it stores with ``ctx.ingest`` should use ``ctx.source`` (channel ``analysis``), so that
+derived objects do not re-open the study they were derived from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from pacs.config import Settings
+from pacs.ingest import IngestService, Source
+from pacs.jobs import JobError
+from pacs.storage.base import ObjectStore
+
+ANALYSIS_CHANNEL = "analysis"
+"""``Source.channel`` of objects stored by analyses: they never re-open a study."""
+
+
+class JobCancelled(JobError):
+    """An operator cancelled the job; raised by ``AnalysisContext.heartbeat``."""
+
+
+@dataclass(frozen=True)
+class AnalysisContext:
+    """Everything a running analysis may use.
+
+    ``heartbeat()`` extends the job's lease; call it at least every ``job_lease_seconds / 3``
+    during long work. It raises ``JobCancelled`` once an operator cancelled the job (the
+    analysis should let it propagate) and ``JobError`` if the lease was lost to another worker.
+    """
+
+    job_id: int
+    analysis: str
+    study_instance_uid: str
+    series_instance_uids: list[str]
+    study_version: int
+    settings: Settings
+    engine: Engine
+    store: ObjectStore
+    ingest: IngestService
+    heartbeat: Callable[[], None]
+    source: Source = field(default_factory=lambda: Source(channel=ANALYSIS_CHANNEL))
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """What an analysis produced: the SOP Instance UIDs it stored and a JSON summary."""
+
+    output_sop_instance_uids: list[str]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+Analysis = Callable[[AnalysisContext], AnalysisResult]
