@@ -1,0 +1,163 @@
+"""Lung quantification: volumes, emphysema index, ground-glass and consolidation shares, grade.
+
+Method (every number comes from ``Bands``, i.e. the settings ``PACS_INFERENCE_*``):
+
+- lung = the segmentation's labels 1 (right) and 2 (left); volumes = voxel count x voxel volume.
+- emphysema index (LAA-950) = % of lung voxels below ``emphysema_hu``.
+- vessels: lung voxels at or above ``ggo_max_hu`` (dense) that a morphological opening with an
+  in-plane disc of ``vessel_max_diameter_mm`` removes, i.e. thin (tubular in cross-section)
+  dense structures; blobs that survive the opening are consolidation. Vessels, a rim of
+  ``vessel_halo_mm`` around them (partial volume looks like ground glass) and voxels denser
+  than ``consolidation_max_hu`` are not parenchyma.
+- ground-glass = parenchyma in ``[ggo_min_hu, ggo_max_hu)``, consolidation = parenchyma in
+  ``[ggo_max_hu, consolidation_max_hu]``; both as % of the parenchyma.
+- involvement = ground-glass % + consolidation %; the CT grade is CT-0 below ``grade_bounds[0]``,
+  then CT-1 ``[b0, b1)``, CT-2 ``[b1, b2)``, CT-3 ``[b2, b3)``, CT-4 ``>= b3``.
+
+Only the bounding box of the lungs is processed; masks are uint8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from inference.errors import InferenceError
+from pacs.config import Settings
+
+RIGHT_LUNG, LEFT_LUNG = 1, 2  # labels of the lung segmentation
+GROUND_GLASS, CONSOLIDATION = 1, 2  # labels of ``Quantification.findings``
+GRADES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
+
+
+@dataclass(frozen=True, slots=True)
+class Bands:
+    """The thresholds of the quantification (HU, mm, %)."""
+
+    emphysema_hu: float = -950.0
+    ggo_min_hu: float = -750.0
+    ggo_max_hu: float = -300.0
+    consolidation_max_hu: float = 100.0
+    vessel_max_diameter_mm: float = 5.0
+    vessel_halo_mm: float = 1.0
+    grade_bounds: tuple[float, float, float, float] = (0.5, 25.0, 50.0, 75.0)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Bands:
+        """The bands configured in ``settings``."""
+        return cls(
+            emphysema_hu=settings.inference_emphysema_threshold_hu,
+            ggo_min_hu=settings.inference_ggo_min_hu,
+            ggo_max_hu=settings.inference_ggo_max_hu,
+            consolidation_max_hu=settings.inference_consolidation_max_hu,
+            vessel_max_diameter_mm=settings.inference_vessel_max_diameter_mm,
+            vessel_halo_mm=settings.inference_vessel_halo_mm,
+            grade_bounds=settings.ct_grade_bounds,
+        )
+
+
+@dataclass
+class Quantification:
+    """Measurements of one chest CT and the finding masks behind them.
+
+    ``findings`` is a (z, y, x) uint8 array of the whole volume: 1 ground-glass,
+    2 consolidation, 0 elsewhere.
+    """
+
+    right_lung_volume_ml: float
+    left_lung_volume_ml: float
+    emphysema_index_percent: float
+    ground_glass_percent: float
+    consolidation_percent: float
+    involvement_percent: float
+    ct_severity_grade: str
+    findings: np.ndarray
+
+    def measurements(self) -> dict[str, Any]:
+        """The measurements under the names of the ``ai_result`` contract."""
+        return {
+            "right_lung_volume_ml": round(float(self.right_lung_volume_ml), 1),
+            "left_lung_volume_ml": round(float(self.left_lung_volume_ml), 1),
+            "emphysema_index_percent": round(float(self.emphysema_index_percent), 2),
+            "ground_glass_percent": round(float(self.ground_glass_percent), 2),
+            "consolidation_percent": round(float(self.consolidation_percent), 2),
+            "involvement_percent": round(float(self.involvement_percent), 2),
+            "ct_severity_grade": self.ct_severity_grade,
+        }
+
+
+def severity_grade(involvement_percent: float, bounds: tuple[float, float, float, float]) -> str:
+    """CT-0..CT-4 of an involvement percentage (each bound starts the next grade)."""
+    return GRADES[sum(involvement_percent >= bound for bound in bounds)]
+
+
+def quantify(hu: sitk.Image, lungs: sitk.Image, bands: Bands) -> Quantification:
+    """Measure a CT volume (HU) with its lung segmentation (1 right, 2 left)."""
+    if hu.GetSize() != lungs.GetSize():
+        raise InferenceError(f"segmentation size {lungs.GetSize()} != volume {hu.GetSize()}")
+    labels = sitk.GetArrayViewFromImage(lungs)
+    values = sitk.GetArrayViewFromImage(hu)
+    findings = np.zeros(labels.shape, dtype=np.uint8)
+    voxel_ml = float(np.prod(hu.GetSpacing())) / 1000.0
+    box = _bounding_box(labels > 0)
+    if box is None:
+        raise InferenceError("the lung segmentation is empty")
+    labels, values = labels[box], values[box]
+    lung = labels > 0
+    right = int(np.count_nonzero(labels == RIGHT_LUNG))
+    left = int(np.count_nonzero(labels == LEFT_LUNG))
+    lung_voxels = right + left
+    emphysema = int(np.count_nonzero(lung & (values < bands.emphysema_hu)))
+
+    spacing = hu.GetSpacing()
+    dense = lung & (values >= bands.ggo_max_hu)
+    blobs = _in_plane(dense, "opening", bands.vessel_max_diameter_mm, spacing)
+    vessels = dense & ~blobs
+    if bands.vessel_halo_mm > 0 and vessels.any():
+        rim = _in_plane(vessels, "dilate", 2 * bands.vessel_halo_mm, spacing)
+        vessels = rim & ~blobs
+    parenchyma = lung & ~vessels & (values <= bands.consolidation_max_hu)
+    ggo = parenchyma & (values >= bands.ggo_min_hu) & (values < bands.ggo_max_hu)
+    consolidation = parenchyma & (values >= bands.ggo_max_hu)
+    parenchyma_voxels = max(1, int(np.count_nonzero(parenchyma)))
+    ggo_percent = 100.0 * np.count_nonzero(ggo) / parenchyma_voxels
+    consolidation_percent = 100.0 * np.count_nonzero(consolidation) / parenchyma_voxels
+    cropped = findings[box]
+    cropped[ggo] = GROUND_GLASS
+    cropped[consolidation] = CONSOLIDATION
+    involvement = ggo_percent + consolidation_percent
+    return Quantification(
+        right_lung_volume_ml=right * voxel_ml,
+        left_lung_volume_ml=left * voxel_ml,
+        emphysema_index_percent=100.0 * emphysema / lung_voxels,
+        ground_glass_percent=ggo_percent,
+        consolidation_percent=consolidation_percent,
+        involvement_percent=involvement,
+        ct_severity_grade=severity_grade(involvement, bands.grade_bounds),
+        findings=findings,
+    )
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def _in_plane(mask: np.ndarray, operation: str, diameter_mm: float, spacing: Any) -> np.ndarray:
+    """Binary ``opening`` or ``dilate`` of ``mask`` with an in-plane disc of ~``diameter_mm``."""
+    radius = [max(1, round((diameter_mm / s - 1) / 2)) for s in spacing[:2]] + [0]
+    image = sitk.GetImageFromArray(mask.view(np.uint8))
+    if operation == "opening":
+        result = sitk.BinaryMorphologicalOpening(image, radius, sitk.sitkBall, 0, 1)
+    else:
+        result = sitk.BinaryDilate(image, radius, sitk.sitkBall, 0, 1)
+    return sitk.GetArrayViewFromImage(result).astype(bool)

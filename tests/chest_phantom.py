@@ -1,0 +1,121 @@
+"""Synthetic chest CT phantoms with known lungs, vessels and involvement, for tests and bench.
+
+A phantom is an axial volume in HU (int16, z-y-x) with: air outside, a soft-tissue body
+ellipse, two lung ellipsoids (right lung on the image left, as in radiological display:
+patient right = -x in LPS), thin vessels running along z, and a lesion region occupying a
+chosen share of the lung parenchyma (the dependent, posterior part: ground glass above,
+consolidation below), plus optional emphysema (bullae below -950 HU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from tests.dicom_factory import ct_slice
+
+GGO_HU, CONSOLIDATION_HU, LUNG_HU, TISSUE_HU, VESSEL_HU = -550, -20, -860, 40, 60
+
+
+@dataclass
+class Phantom:
+    """A phantom volume and its truth (labels: 1 right lung, 2 left lung)."""
+
+    hu: np.ndarray  # (z, y, x) int16
+    lungs: np.ndarray  # (z, y, x) uint8
+    spacing: tuple[float, float, float]  # (x, y, z) mm
+    involvement_percent: float  # lesion share of the parenchyma (lung minus vessels)
+    emphysema_percent: float  # bullae share of the lung
+
+
+def chest_phantom(
+    size: int = 128,
+    slices: int = 60,
+    involvement: float = 0.0,
+    emphysema: float = 0.0,
+    spacing: tuple[float, float, float] | None = None,
+    seed: int = 0,
+) -> Phantom:
+    """A chest phantom with ``involvement`` (0..1) of the parenchyma affected."""
+    rng = np.random.default_rng(seed)
+    pixel = 350.0 / size
+    spacing = spacing or (pixel, pixel, 300.0 / slices)
+    z, y, x = np.meshgrid(
+        (np.arange(slices) + 0.5) / slices * 2 - 1,
+        (np.arange(size) + 0.5) / size * 2 - 1,
+        (np.arange(size) + 0.5) / size * 2 - 1,
+        indexing="ij",
+    )
+    hu = np.full(z.shape, -1000, dtype=np.int16)
+    hu[(x / 0.95) ** 2 + (y / 0.7) ** 2 <= 1] = TISSUE_HU
+    lungs = np.zeros(z.shape, dtype=np.uint8)
+    for label, centre in ((1, -0.42), (2, 0.42)):
+        inside = ((x - centre) / 0.33) ** 2 + (y / 0.5) ** 2 + (z / 1.15) ** 2 <= 1
+        lungs[inside] = label
+    lung = lungs > 0
+    hu[lung] = LUNG_HU
+    vessels = np.zeros(z.shape, dtype=bool)
+    for vx, vy in rng.uniform(-0.6, 0.6, (24, 2)):
+        vessels |= ((x - vx) ** 2 + (y - vy * 0.7) ** 2) <= (0.9 * 2 / size) ** 2
+    vessels &= lung
+    parenchyma = lung & ~vessels
+    lesion = _dependent_share(parenchyma, y, involvement)
+    ggo = lesion & (z < np.quantile(z[lesion], 0.5)) if lesion.any() else lesion
+    hu[lesion] = CONSOLIDATION_HU
+    hu[ggo] = GGO_HU
+    bullae = _dependent_share(parenchyma & ~lesion, -y, emphysema)
+    hu[bullae] = -990
+    hu[vessels & ~lesion] = VESSEL_HU
+    noise = rng.normal(0, 12, z.shape).astype(np.int16)
+    hu = np.where(hu > -1000, hu + noise, hu).astype(np.int16)
+    return Phantom(
+        hu=hu,
+        lungs=lungs,
+        spacing=spacing,
+        involvement_percent=100.0 * np.count_nonzero(lesion) / np.count_nonzero(parenchyma),
+        emphysema_percent=100.0 * np.count_nonzero(bullae) / np.count_nonzero(lung),
+    )
+
+
+def _dependent_share(region: np.ndarray, depth: np.ndarray, share: float) -> np.ndarray:
+    """The ``share`` of ``region`` with the largest ``depth`` (posterior = +y in LPS)."""
+    if share <= 0:
+        return np.zeros(region.shape, dtype=bool)
+    cut = np.quantile(depth[region], 1 - share)
+    return region & (depth >= cut)
+
+
+def phantom_series(
+    phantom: Phantom,
+    study_uid: str | None = None,
+    shuffle_seed: int | None = None,
+    **patient: str,
+) -> list[Dataset]:
+    """The phantom as a CT series (stored values = HU + 1024, intercept -1024).
+
+    With ``shuffle_seed`` the InstanceNumbers are a random permutation of the slice order.
+    """
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    frame_uid = generate_uid()
+    slices, rows, columns = phantom.hu.shape
+    sx, sy, sz = phantom.spacing
+    numbers = np.arange(slices)
+    if shuffle_seed is not None:
+        numbers = np.random.default_rng(shuffle_seed).permutation(slices)
+    datasets = []
+    for k in range(slices):
+        ds = ct_slice(study_uid, series_uid, k, size=rows, frame_uid=frame_uid, **patient)
+        ds.SeriesDescription = "CHEST 128"
+        ds.InstanceNumber = int(numbers[k]) + 1
+        ds.ImagePositionPatient = [-0.5 * columns * sx, -0.5 * rows * sy, -150.0 + k * sz]
+        ds.PixelSpacing = [sy, sx]
+        ds.SliceThickness = sz
+        ds.RescaleIntercept = -1024
+        ds.PixelRepresentation = 0
+        ds.PixelData = (phantom.hu[k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
+        datasets.append(ds)
+    return datasets
