@@ -17,7 +17,9 @@ from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from pacs.config import PnMatching, Settings
 from pacs.query import QueryError, QueryModel, find
+from pacs.query.matching import DEFAULT_OPTIONS, MatchOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,19 @@ def _failure(code: int, comment: str) -> tuple[Dataset, None]:
     return status, None
 
 
+def match_options(settings: Settings) -> MatchOptions:
+    """The C-FIND matching options the settings choose (``PACS_PN_COMPONENT_MATCHING``)."""
+    return MatchOptions(pn_matching=PnMatching(settings.pn_component_matching))
+
+
 class FindService:
     """Answers C-FIND requests from the index, with one session per request."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], options: MatchOptions = DEFAULT_OPTIONS
+    ) -> None:
         self.sessions = sessions
+        self.options = options
 
     def on_c_find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
         """EVT_C_FIND: one pending response per match, then success (or cancel/failure)."""
@@ -67,7 +77,7 @@ class FindService:
         matches = 0
         try:
             with self.sessions() as session:
-                for match in find(session, identifier, model):
+                for match in find(session, identifier, model, options=self.options):
                     if event.is_cancelled:
                         log.info("C-FIND cancelled after %d matches", matches)
                         yield CANCEL, None

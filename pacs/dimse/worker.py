@@ -21,7 +21,7 @@ from pacs.config import Settings
 from pacs.dimse import tuning
 from pacs.dimse.acceptor import StorageAcceptor, decode_associate_rq, is_storage_request
 from pacs.dimse.ae import STORAGE_SOP_CLASSES, build_ae
-from pacs.dimse.find import FindService
+from pacs.dimse.find import FindService, match_options
 from pacs.dimse.handlers import Handlers
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.retrieve import RetrieveService
@@ -73,7 +73,9 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     store = StoreHandler(ingest, policy)
     retrieve = RetrieveService(session_factory(ingest.engine), ingest.store)
     handlers = Handlers(store, policy, retrieve)
-    handlers.find = FindService(session_factory(create_index_engine(settings)))
+    handlers.find = FindService(
+        session_factory(create_index_engine(settings)), match_options(settings)
+    )
     ae = build_ae(settings, policy)
     send_lock = threading.Lock()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -15,19 +16,36 @@ from sqlalchemy.orm import Session
 from pacs.index.models import Instance, Patient, Series, Study
 from pacs.query.errors import QueryError
 from pacs.query.keys import COMPUTED, ENTITIES, KEYS, LEVELS, UNIQUE_KEYS, QueryModel
-from pacs.query.matching import condition, values_of
+from pacs.query.matching import DEFAULT_OPTIONS, MatchOptions, condition, values_of
 
 _SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet"}
+_BINARY_INTS = {"US", "UL", "SS", "SL", "SV", "UV"}  # binary VRs take ints, not strings
 
 
-def find(session: Session, identifier: Dataset, model: QueryModel) -> Iterator[Dataset]:
-    """The response identifiers of every match of ``identifier`` under ``model``.
+def find(
+    session: Session,
+    identifier: Dataset,
+    model: QueryModel,
+    *,
+    options: MatchOptions = DEFAULT_OPTIONS,
+    hierarchical: bool = True,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Iterator[Dataset]:
+    """The response identifiers of every match of ``identifier`` under ``model``, in a
+    stable order (primary keys from the top level down).
 
+    ``hierarchical=False`` (QIDO-RS ``/series``, ``/instances``) drops the requirement of
+    unique keys above the query level; ``limit``/``offset`` page through the matches.
     Raises ``QueryError`` for an identifier that does not fit the model (an unknown level,
     a missing higher-level unique key, an unparseable value).
     """
     level = query_level(identifier, model)
-    statement = build_select(identifier, level, model)
+    statement = build_select(identifier, level, model, options, hierarchical=hierarchical)
+    if limit is not None:
+        statement = statement.limit(limit)
+    if offset:
+        statement = statement.offset(offset)
     _unicode_lower(session)
     for row in session.execute(statement):
         yield response(session, identifier, level, row)
@@ -51,9 +69,16 @@ def _required(level: str, model: QueryModel) -> list[str]:
     return [UNIQUE_KEYS[name] for name in above]
 
 
-def build_select(identifier: Dataset, level: str, model: QueryModel) -> Select[Any]:
+def build_select(
+    identifier: Dataset,
+    level: str,
+    model: QueryModel,
+    options: MatchOptions = DEFAULT_OPTIONS,
+    *,
+    hierarchical: bool = True,
+) -> Select[Any]:
     """The select of the entities of ``level`` (and those above) matching ``identifier``."""
-    for keyword in _required(level, model):
+    for keyword in _required(level, model) if hierarchical else ():
         if not values_of(identifier.get(keyword)):
             raise QueryError(f"{keyword} is required at the {level} level")
     depth = LEVELS.index(level)
@@ -70,7 +95,7 @@ def build_select(identifier: Dataset, level: str, model: QueryModel) -> Select[A
         key = KEYS.get(keyword)
         if key is None or LEVELS.index(key.level) > depth or element.VR == "SQ":
             continue
-        where = condition(key, element.value)
+        where = condition(key, element.value, options)
         if where is not None:
             statement = statement.where(where)
     return statement.order_by(*(entity.pk for entity in entities))
@@ -89,13 +114,30 @@ def response(session: Session, identifier: Dataset, level: str, row: Any) -> Dat
             vr = element.VR
             out.add(DataElement(element.tag, vr, Sequence() if vr == "SQ" else None))
         else:
-            out.add(DataElement(element.tag, dictionary_VR(element.tag), value))
+            vr = dictionary_VR(element.tag)
+            out.add(DataElement(element.tag, vr, int(value) if vr in _BINARY_INTS else value))
     out.QueryRetrieveLevel = level
     if any(_non_ascii(elem.value) for elem in out):
-        out.SpecificCharacterSet = "ISO_IR 192"
+        out.SpecificCharacterSet = response_character_set(identifier, out)
     elif "SpecificCharacterSet" in identifier:
         out.SpecificCharacterSet = ""
     return out
+
+
+def response_character_set(identifier: Dataset, out: Dataset) -> str:
+    """The request's own single-byte character set when it can encode every value of the
+    response (a workstation asking in ISO_IR 144 gets ISO_IR 144 back), else UTF-8."""
+    requested = [str(v).strip() for v in values_of(identifier.get("SpecificCharacterSet"))]
+    codec = python_encoding.get(requested[0]) if len(requested) == 1 else None
+    if codec is None or requested[0] == "ISO_IR 192":
+        return "ISO_IR 192"
+    try:
+        for element in out:
+            for item in values_of(element.value):
+                item.encode(codec)
+    except UnicodeEncodeError:
+        return "ISO_IR 192"
+    return requested[0]
 
 
 def _value(session: Session, keyword: str, found: dict[str, Any]) -> Any:

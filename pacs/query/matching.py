@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.multival import MultiValue
-from sqlalchemy import ColumnElement, String, and_, func, literal, or_
+from sqlalchemy import ColumnElement, String, and_, func, literal, or_, true
 
+from pacs.config import PnMatching
 from pacs.query.errors import QueryError
 from pacs.query.keys import Key
 
 ESCAPE = "!"
 """Escape character of the LIKE patterns built from DICOM wildcards."""
+
+
+@dataclass(frozen=True)
+class MatchOptions:
+    """Matching choices beyond PS3.4 C.2.2.2: PN component matching (``PACS_PN_COMPONENT_
+    MATCHING``) and QIDO-RS ``fuzzymatching`` (every word of the key is a prefix of a word
+    of the name, case-insensitively)."""
+
+    pn_matching: PnMatching = PnMatching.WHOLE
+    fuzzy: bool = False
+
+
+DEFAULT_OPTIONS = MatchOptions()
+
+_NAME_SEPARATORS = re.compile(r"[\^= ]+")
 
 
 def has_wildcard(value: str) -> bool:
@@ -43,17 +61,19 @@ def values_of(raw: Any) -> list[str]:
     return [text.strip() for text in texts if text.strip()]
 
 
-def condition(key: Key, raw: Any) -> ColumnElement[bool] | None:
+def condition(
+    key: Key, raw: Any, options: MatchOptions = DEFAULT_OPTIONS
+) -> ColumnElement[bool] | None:
     """The condition ``raw`` (a request element's value) puts on ``key``; None: universal."""
     values = values_of(raw)
     if not values or values == ["*"]:
         return None
     if len(values) > 1:
-        return or_(*(_single(key, value) for value in values))
-    return _single(key, values[0])
+        return or_(*(_single(key, value, options) for value in values))
+    return _single(key, values[0], options)
 
 
-def _single(key: Key, value: str) -> ColumnElement[bool]:
+def _single(key: Key, value: str, options: MatchOptions) -> ColumnElement[bool]:
     column = key.column
     if key.kind == "int":
         try:
@@ -67,8 +87,7 @@ def _single(key: Key, value: str) -> ColumnElement[bool]:
         pattern = "%\\" + like_pattern(value) + "\\%"
         return column.like(pattern, escape=ESCAPE)  # type: ignore[no-any-return]
     if key.kind == "pn":
-        column = func.lower(column)
-        value = value.lower()
+        return person_name(column, value, options)
     if key.kind == "time" and not has_wildcard(value):
         return column.like(like_pattern(value) + "%", escape=ESCAPE)  # type: ignore[no-any-return]
     if has_wildcard(value):
@@ -95,3 +114,28 @@ def _compact(text: str, kind: str) -> str:
     if any(char not in allowed for char in text):
         raise QueryError(f"not a {kind}: {text!r}")
     return text
+
+
+def person_name(column: Any, value: str, options: MatchOptions) -> ColumnElement[bool]:
+    """Case-insensitive Person Name matching, whole-value, by component or fuzzy."""
+    name = func.lower(column)
+    value = value.lower()
+    if options.fuzzy:
+        words = [word for word in _NAME_SEPARATORS.split(value) if word]
+        if not words:
+            return true()
+        return and_(*(_word_prefix(name, like_pattern(word)) for word in words))
+    if options.pn_matching is PnMatching.COMPONENTS and value.strip("^"):
+        components = value.rstrip("^").split("^")
+        pattern = "^".join(like_pattern(part) if part else "%" for part in components)
+        return or_(  # type: ignore[no-any-return]
+            name.like(pattern, escape=ESCAPE), name.like(pattern + "^%", escape=ESCAPE)
+        )
+    if has_wildcard(value):
+        return name.like(like_pattern(value), escape=ESCAPE)  # type: ignore[no-any-return]
+    return name == value  # type: ignore[no-any-return]
+
+
+def _word_prefix(name: Any, pattern: str) -> ColumnElement[bool]:
+    """``pattern`` starts the name or one of its components, name groups or words."""
+    return or_(*(name.like(lead + pattern + "%", escape=ESCAPE) for lead in ("", "%^", "%=", "% ")))

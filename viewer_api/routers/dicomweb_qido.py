@@ -1,0 +1,210 @@
+"""QIDO-RS at ``/dicomweb`` (PS3.18 10.6): search for studies, series and instances.
+
+The same matching as C-FIND (``pacs.query``). Answers ``application/dicom+json``: 200 with the
+matches (an empty array when nothing matches, PS3.18 as amended by CP-2473), 400 for a query the
+archive cannot parse, 404 when the study or series of the path is not stored, 406 when Accept
+excludes DICOM JSON. ``Warning: 299`` headers report clamped limits, remaining results and
+ignored matching keys. Every request is audited as ``search``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from pacs.config import Settings
+from pacs.index.models import Series, Study
+from pacs.query import QueryError, QueryModel, find
+from pacs.query.matching import MatchOptions
+from viewer_api.audit import record_access
+from viewer_api.deps import CurrentUser, SessionDep, SettingsDep
+from viewer_api.multipart import parse_media_type
+from viewer_api.qido import QidoError, QidoQuery, finish, parse
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+DICOM_JSON = "application/dicom+json"
+_ACCEPTED = {DICOM_JSON, "application/json", "application/*", "*/*"}
+_WARN_AGENT = "299 pacs"
+
+StudyUID = Annotated[str, Path(description="Study Instance UID")]
+SeriesUID = Annotated[str, Path(description="Series Instance UID")]
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Matches (possibly none)", "content": {DICOM_JSON: {}}},
+    400: {"description": "Unknown attribute, malformed value, bad limit/offset"},
+    404: {"description": "The study or series of the path is not stored"},
+    406: {"description": "Accept does not allow application/dicom+json"},
+}
+_PARAMETERS = {
+    "parameters": [
+        {
+            "name": "{attributeID}",
+            "in": "query",
+            "required": False,
+            "description": "Matching key: keyword or tag, e.g. PatientName=smith* or "
+            "00100020=ID1; UID lists with ',' or '\\'; date ranges 20240101-20241231",
+            "schema": {"type": "string"},
+        },
+        {"name": "includefield", "in": "query", "schema": {"type": "string"}},
+        {"name": "fuzzymatching", "in": "query", "schema": {"type": "boolean"}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    ]
+}
+
+
+@router.get("/studies", responses=_RESPONSES, openapi_extra=_PARAMETERS)
+def search_studies(
+    request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
+) -> Response:
+    """Search for studies."""
+    return _search(request, session, user, settings, "STUDY", {})
+
+
+@router.get("/series", responses=_RESPONSES, openapi_extra=_PARAMETERS)
+def search_series(
+    request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
+) -> Response:
+    """Search for series of any study."""
+    return _search(request, session, user, settings, "SERIES", {})
+
+
+@router.get("/studies/{study}/series", responses=_RESPONSES, openapi_extra=_PARAMETERS)
+def search_study_series(
+    study: StudyUID, request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
+) -> Response:
+    """Search for series of one study."""
+    return _search(request, session, user, settings, "SERIES", {"StudyInstanceUID": study})
+
+
+@router.get("/instances", responses=_RESPONSES, openapi_extra=_PARAMETERS)
+def search_instances(
+    request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
+) -> Response:
+    """Search for instances of any study."""
+    return _search(request, session, user, settings, "IMAGE", {})
+
+
+@router.get("/studies/{study}/instances", responses=_RESPONSES, openapi_extra=_PARAMETERS)
+def search_study_instances(
+    study: StudyUID, request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
+) -> Response:
+    """Search for instances of one study."""
+    return _search(request, session, user, settings, "IMAGE", {"StudyInstanceUID": study})
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances",
+    responses=_RESPONSES,
+    openapi_extra=_PARAMETERS,
+)
+def search_series_instances(
+    study: StudyUID,
+    series: SeriesUID,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+) -> Response:
+    """Search for instances of one series."""
+    scope = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+    return _search(request, session, user, settings, "IMAGE", scope)
+
+
+def _search(
+    request: Request,
+    session: Session,
+    user: Any,
+    settings: Settings,
+    level: str,
+    scope: dict[str, str],
+) -> Response:
+    try:
+        response = _answer(request, session, settings, level, scope)
+    except QidoError as exc:
+        response = JSONResponse({"detail": exc.detail}, status_code=exc.status)
+    except QueryError as exc:
+        response = JSONResponse({"detail": str(exc)}, status_code=400)
+    except SQLAlchemyError:
+        log.exception("QIDO-RS failed in the index")
+        session.rollback()
+        response = JSONResponse({"detail": "index unavailable"}, status_code=503)
+    record_access(session, request, user, "search", response.status_code)
+    return response
+
+
+def _answer(
+    request: Request, session: Session, settings: Settings, level: str, scope: dict[str, str]
+) -> Response:
+    if not accepts_dicom_json(request.headers.get("accept", "")):
+        raise QidoError(406, f"QIDO-RS answers {DICOM_JSON}; Accept does not allow it")
+    query = parse(
+        request.query_params.multi_items(), level, scope=scope, max_limit=settings.qido_max_limit
+    )
+    _check_scope(session, scope)
+    options = MatchOptions(pn_matching=settings.pn_component_matching, fuzzy=query.fuzzy)
+    matches = list(_run(session, query, options))
+    if query.limit is not None and len(matches) > query.limit:
+        matches = matches[: query.limit]
+        query.warnings.append(
+            "There are additional results that can be requested with offset="
+            f"{query.offset + query.limit}"
+        )
+    base = (settings.public_base_url or str(request.base_url)).rstrip("/") + "/dicomweb"
+    body = [finish(match, level, base) for match in matches]
+    headers = {"Warning": ", ".join(f'{_WARN_AGENT} "{w}"' for w in query.warnings)}
+    log.info("QIDO-RS %s: %d matches", level, len(body))
+    return JSONResponse(body, media_type=DICOM_JSON, headers=headers if query.warnings else None)
+
+
+def _run(session: Session, query: QidoQuery, options: MatchOptions) -> Any:
+    limit = None if query.limit is None else query.limit + 1  # one more: are there others?
+    return find(
+        session,
+        query.identifier,
+        QueryModel.STUDY_ROOT,
+        options=options,
+        hierarchical=False,
+        limit=limit,
+        offset=query.offset,
+    )
+
+
+def _check_scope(session: Session, scope: dict[str, str]) -> None:
+    """404 when the study (or the series within it) of the path is not stored."""
+    study_uid = scope.get("StudyInstanceUID")
+    if study_uid is None:
+        return
+    study_pk = session.scalar(select(Study.pk).where(Study.study_instance_uid == study_uid))
+    if study_pk is None:
+        raise QidoError(404, "no such study")
+    series_uid = scope.get("SeriesInstanceUID")
+    if series_uid is None:
+        return
+    found = session.scalar(
+        select(Series.pk).where(
+            Series.series_instance_uid == series_uid, Series.study_pk == study_pk
+        )
+    )
+    if found is None:
+        raise QidoError(404, "no such series in this study")
+
+
+def accepts_dicom_json(accept: str) -> bool:
+    """True when the Accept header (absent, or a list of media ranges) admits DICOM JSON."""
+    if not accept.strip():
+        return True
+    for media_range in accept.split(","):
+        media_type, params = parse_media_type(media_range)
+        if media_type in _ACCEPTED and params.get("q", "1").strip() not in ("0", "0.0", "0.00"):
+            return True
+    return False
