@@ -92,7 +92,7 @@ def phantom_series(
     phantom: Phantom,
     study_uid: str | None = None,
     shuffle_seed: int | None = None,
-    **patient: str,
+    patient_id: str = "PHANTOM-1",
 ) -> list[Dataset]:
     """The phantom as a CT series (stored values = HU + 1024, intercept -1024).
 
@@ -108,7 +108,9 @@ def phantom_series(
         numbers = np.random.default_rng(shuffle_seed).permutation(slices)
     datasets = []
     for k in range(slices):
-        ds = ct_slice(study_uid, series_uid, k, size=rows, frame_uid=frame_uid, **patient)
+        ds = ct_slice(
+            study_uid, series_uid, k, size=rows, patient_id=patient_id, frame_uid=frame_uid
+        )
         ds.SeriesDescription = "CHEST 128"
         ds.InstanceNumber = int(numbers[k]) + 1
         ds.ImagePositionPatient = [-0.5 * columns * sx, -0.5 * rows * sy, -150.0 + k * sz]
