@@ -67,6 +67,8 @@ def _role(uid: str) -> str:
     name = UID(uid).name
     if "Query/Retrieve" in name:  # "... Information Model - FIND" (MOVE, GET)
         return f"SCP (Query/Retrieve {name.rsplit(' - ', 1)[-1]})"
+    if "Worklist" in name:
+        return "SCP (Modality Worklist)"
     return "SCP (Storage)"
 
 
@@ -78,10 +80,11 @@ def sop_classes(ae: AE) -> str:
         rows.append(f"| {UID(uid).name} | `{uid}` | {_role(uid)} |")
     rows.append("")
     storage = sum(_role(uid) == "SCP (Storage)" for uid in uids)
-    others = len(uids) - storage - 1
+    worklist = sum(_role(uid) == "SCP (Modality Worklist)" for uid in uids)
+    others = len(uids) - storage - worklist - 1
     rows.append(
-        f"{storage} Storage SOP Classes, {others} Query/Retrieve SOP Classes"
-        " and the Verification SOP Class."
+        f"{storage} Storage SOP Classes, {others} Query/Retrieve SOP Classes,"
+        f" {worklist} Modality Worklist SOP Class and the Verification SOP Class."
     )
     return "\n".join(rows)
 

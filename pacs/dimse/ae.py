@@ -20,6 +20,7 @@ from pacs.config import Settings
 from pacs.dimse.find import FIND_SOP_CLASSES
 from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse.policy import AEPolicy
+from pacs.dimse.worklist import MODALITY_WORKLIST_FIND
 
 _LOSSLESS_COMPRESSED = [
     JPEGLSLossless,
@@ -87,4 +88,7 @@ def build_ae(settings: Settings, policy: AEPolicy) -> AE:
         )
     for sop_class in RETRIEVE_SOP_CLASSES:
         ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.add_supported_context(
+        MODALITY_WORKLIST_FIND, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    )
     return ae

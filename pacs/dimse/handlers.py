@@ -6,6 +6,7 @@ They never raise into the network stack: every outcome is a status.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from io import BytesIO
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ from pacs.dimse.find import FindService
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.retrieve import RetrieveService
 from pacs.dimse.store import SUCCESS, StoreHandler
+from pacs.dimse.worklist import MODALITY_WORKLIST_FIND, WorklistService
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class Handlers:
         self.store = store
         self.policy = policy
         self.find: FindService | None = None
+        self.worklist: WorklistService | None = None
         self.retrieve = retrieve
 
     def on_accepted(self, event: Event) -> None:
@@ -71,13 +74,24 @@ class Handlers:
             status.ErrorComment = comment
         return status
 
+    def on_c_find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
+        """C-FIND: the Modality Worklist SCP or the Query/Retrieve SCP, by SOP class."""
+        sop_class = str(event.request.AffectedSOPClassUID or "")
+        service = self.worklist if sop_class == MODALITY_WORKLIST_FIND else self.find
+        if service is None:
+            status = Dataset()
+            status.Status = 0xC000  # unable to process: this process serves no such C-FIND
+            yield status, None
+            return
+        yield from service.on_c_find(event)
+
     def bindings(self) -> list[tuple[Any, Any]]:
         """The (event, handler) pairs to bind on the association server."""
         return [
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_C_ECHO, self.on_c_echo),
             (evt.EVT_C_STORE, self.on_c_store),
-            *([(evt.EVT_C_FIND, self.find.on_c_find)] if self.find else []),
+            *([(evt.EVT_C_FIND, self.on_c_find)] if self.find or self.worklist else []),
             *self._retrieve_bindings(),
         ]
 

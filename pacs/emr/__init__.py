@@ -1,0 +1,12 @@
+"""EMR link: the archive's studies and AI results projected into FHIR, and the review flow.
+
+Modules: ``identifiers`` (identifier systems and code systems), ``projection`` (ImagingStudy
+from the index), ``report`` (DiagnosticReport / Observation / Device / Provenance from an AI
+result), ``feed`` (the change-feed consumer that keeps them in step), ``review`` (sign-off).
+"""
+
+from __future__ import annotations
+
+
+class EmrLinkError(Exception):
+    """Base exception of the EMR link."""

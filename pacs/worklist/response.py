@@ -1,0 +1,110 @@
+"""The C-FIND response identifier of a worklist item: the requested keys, in the right
+character set.
+
+Character set (docs/conformance.md): values are held as Unicode. A request whose
+SpecificCharacterSet names ISO_IR 144 (Latin/Cyrillic) is answered in ISO_IR 144 when every
+value fits it; otherwise any response with non-ASCII values is answered in ISO_IR 192
+(UTF-8). A request naming ISO_IR 192 is answered in ISO_IR 192.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from pacs.query.matching import values_of
+from pacs.worklist.items import WorklistItem
+from pacs.worklist.matching import STEP_KEYS, TOP_KEYS, step_of
+
+_SKIP = {"SpecificCharacterSet", "QueryRetrieveLevel"}
+_STEP = "ScheduledProcedureStepSequence"
+_CODE = "RequestedProcedureCodeSequence"
+
+
+def _code_sequence(item: WorklistItem) -> Sequence:
+    if item.requested_procedure_code is None:
+        return Sequence()
+    value, scheme, meaning = item.requested_procedure_code
+    code = Dataset()
+    code.CodeValue = value[:16]
+    code.CodingSchemeDesignator = scheme
+    code.CodeMeaning = meaning[:64]
+    return Sequence([code])
+
+
+def _value(keys: dict[str, Any], item: WorklistItem, keyword: str) -> Any:
+    key = keys.get(keyword)
+    if key is None:
+        return None
+    value = getattr(item, key.attribute)
+    if key.kind == "list":
+        return list(value) or None
+    return value or None
+
+
+def _fill(out: Dataset, requested: Dataset, keys: dict[str, Any], item: WorklistItem) -> None:
+    for element in requested:
+        keyword = element.keyword or keyword_for_tag(element.tag)
+        if keyword in _SKIP or element.tag.group == 0x0000 or keyword == _STEP:
+            continue
+        if keyword == _CODE:
+            out.add(DataElement(element.tag, "SQ", _code_sequence(item)))
+            continue
+        value = _value(keys, item, keyword)
+        if value is None:
+            vr = element.VR
+            out.add(DataElement(element.tag, vr, Sequence() if vr == "SQ" else None))
+        else:
+            out.add(DataElement(element.tag, dictionary_VR(element.tag), value))
+
+
+def _full_step() -> Dataset:
+    """A step identifier naming every step key (a zero-item sequence asks for them all)."""
+    step = Dataset()
+    for keyword in STEP_KEYS:
+        setattr(step, keyword, None)
+    return step
+
+
+def _charset(requested: list[str], values: list[str]) -> str | None:
+    """The SpecificCharacterSet of the response (None: leave it out)."""
+    non_ascii = any(not value.isascii() for value in values)
+    wants_cyrillic = any(term.endswith("IR 144") for term in requested)
+    if wants_cyrillic:
+        try:
+            for value in values:
+                value.encode("iso8859_5")
+            return "ISO_IR 144"
+        except UnicodeEncodeError:
+            return "ISO_IR 192"
+    if non_ascii or "ISO_IR 192" in requested:
+        return "ISO_IR 192"
+    return "" if requested else None
+
+
+def response(identifier: Dataset, item: WorklistItem) -> Dataset:
+    """The response identifier of ``item`` for the request ``identifier``."""
+    out = Dataset()
+    _fill(out, identifier, TOP_KEYS, item)
+    if _STEP in identifier:
+        requested_step = step_of(identifier)
+        if len(requested_step) == 0:
+            requested_step = _full_step()
+        step = Dataset()
+        _fill(step, requested_step, STEP_KEYS, item)
+        out.ScheduledProcedureStepSequence = Sequence([step])
+    texts = [
+        text
+        for dataset in (out, *out.get(_STEP, []))
+        for element in dataset
+        if element.VR in ("PN", "LO", "SH", "LT", "ST", "UT", "UC")
+        for text in values_of(element.value)
+    ]
+    charset = _charset(values_of(identifier.get("SpecificCharacterSet")), texts)
+    if charset is not None:
+        out.SpecificCharacterSet = charset
+    return out
