@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         "", description="Comma-separated origins allowed by CORS ('*' any); empty: CORS off."
     )
+    emr_feed: bool = Field(
+        True, description="Keep ImagingStudy and AI reports in FHIR in step with the archive."
+    )
+    emr_feed_interval: float = Field(
+        1.0, gt=0, description="Seconds between change-feed polls of the EMR link when idle."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     log_phi: bool = Field(False, description="Allow patient identifiers in logs (never default).")
     inference_lung_model: str = Field("lung-seg", description="Registry name of the lung model.")
