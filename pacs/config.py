@@ -111,6 +111,49 @@ class Settings(BaseSettings):
     emr_feed_interval: float = Field(
         1.0, gt=0, description="Seconds between change-feed polls of the EMR link when idle."
     )
+    study_lifecycle: bool = Field(
+        True, description="Track study stability, record the change feed, run the sweeper."
+    )
+    stable_after_seconds: float = Field(
+        30.0, ge=0, description="Quiet period after a study's last instance before it is stable."
+    )
+    stable_after_seconds_by_ae: str = Field(
+        "", description="Per sending AE quiet periods, 'AE=seconds,AE2=seconds'."
+    )
+    rules_file: Path | None = Field(
+        None, description="Routing rules (YAML/JSON); default: the built-in rule set."
+    )
+    sweep_interval_seconds: float = Field(
+        0.25, gt=0, description="Seconds between sweeps for due studies and expired leases."
+    )
+    job_lease_seconds: float = Field(
+        60.0, gt=0, description="Lease of a running job; renewed every third of it."
+    )
+    job_max_attempts: int = Field(5, ge=1, description="Attempts before a job is dead.")
+    job_retry_base_seconds: float = Field(
+        10.0, ge=0, description="Backoff before the first retry; doubles each attempt."
+    )
+    job_retry_max_seconds: float = Field(3600.0, ge=0, description="Longest retry backoff.")
+    worker_concurrency: int = Field(1, ge=1, description="Jobs one worker process runs at once.")
+    worker_analysis_limits: str = Field(
+        "", description="Per analysis limits in one worker, 'ct-chest=1,test=4'."
+    )
+    worker_poll_seconds: float = Field(
+        0.25, gt=0, description="Seconds an idle worker waits before looking for jobs again."
+    )
+    serve_worker: bool = Field(True, description="Run a job worker inside `pacs serve`.")
+    webhook_urls: str = Field(
+        "", description="Comma-separated URLs that receive the change feed (plus /api/webhooks)."
+    )
+    webhook_secret: str = Field(
+        "", description="HMAC-SHA256 key of the webhook_urls signature header."
+    )
+    webhook_batch_size: int = Field(50, ge=1, description="Most events per webhook POST.")
+    webhook_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a receiver.")
+    webhook_retry_base_seconds: float = Field(
+        1.0, ge=0, description="Backoff after a failed delivery; doubles per failure."
+    )
+    webhook_retry_max_seconds: float = Field(600.0, ge=0, description="Longest webhook backoff.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_phi: bool = Field(False, description="Allow patient identifiers in logs (never default).")
     inference_lung_model: str = Field("lung-seg", description="Registry name of the lung model.")
