@@ -7,7 +7,9 @@ modules on the same ``Base``; each such module is imported here so nothing is mi
 from __future__ import annotations
 
 from pacs import changes  # noqa: F401  (change_event)
+from pacs.fhir import schema as fhir_schema  # noqa: F401  (fhir_resource, search indexes)
 from pacs.index.models import Base
+from pacs.jobs import models as jobs_models  # noqa: F401  (study_state, job, webhook, ...)
 from pacs.metadata import records  # noqa: F401  (instance_metadata)
 
 metadata = Base.metadata

@@ -1,0 +1,1 @@
+"""FHIR R4 server core: versioned resources with search indexes in the index database."""

@@ -1,0 +1,519 @@
+"""FHIR search: parameters -> SQL over the index tables, paging, ``_include``/``_revinclude``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+    tuple_,
+)
+
+from pacs.fhir.errors import InvalidSearch, operation_outcome
+from pacs.fhir.schema import FhirDate, FhirReference, FhirResource, FhirString, FhirToken
+from pacs.fhir.searchparams import (
+    DATE,
+    REFERENCE,
+    RESULT_PARAMS,
+    SEARCH_PARAMS,
+    STRING,
+    TOKEN,
+    SearchParam,
+)
+from pacs.fhir.values import date_range, fmt, normalise, parse_reference
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_MODIFIERS = {
+    TOKEN: {"", "not", "missing"},
+    REFERENCE: {"", "missing"},
+    DATE: {"", "missing"},
+    STRING: {"", "exact", "contains", "missing"},
+}
+
+R = FhirResource.__table__
+_TABLES = {
+    TOKEN: FhirToken.__table__,
+    REFERENCE: FhirReference.__table__,
+    DATE: FhirDate.__table__,
+    STRING: FhirString.__table__,
+}
+
+
+@dataclass
+class SearchRequest:
+    """A parsed search: what selects, what shapes the result, and what was ignored."""
+
+    resource_type: str
+    where: list[ColumnElement[bool]] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)  # for the self link
+    ignored: list[str] = field(default_factory=list)
+    count: int = DEFAULT_COUNT
+    offset: int = 0
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (param, descending)
+    includes: list[tuple[str, str | None]] = field(default_factory=list)  # (param, target)
+    revincludes: list[tuple[str, str]] = field(default_factory=list)  # (type, param)
+    summary_count: bool = False
+    total: bool = True
+
+
+# ---------------------------------------------------------------- conditions
+
+
+def _split_prefix(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in PREFIXES:
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def _date_bounds(value: str, name: str) -> tuple[str, datetime, datetime]:
+    prefix, text = _split_prefix(value)
+    try:
+        low, high = date_range(text)
+    except ValueError:
+        raise InvalidSearch(
+            f"{name}: {value!r} is not a date with an optional prefix ({', '.join(PREFIXES)})",
+            expression=[name],
+        ) from None
+    return prefix, low, high
+
+
+def _range_condition(prefix: str, lo: Any, hi: Any, plo: Any, phi: Any) -> ColumnElement[bool]:
+    """Resource range ``lo..hi`` against the search range ``plo..phi`` (R4 3.1.1.5.6)."""
+    eq = and_(lo >= plo, hi <= phi)
+    if prefix == "eq":
+        return eq
+    if prefix == "ne":
+        return not_(eq)
+    if prefix == "gt":
+        return hi > phi
+    if prefix == "lt":
+        return lo < plo
+    if prefix == "ge":
+        return or_(hi > phi, eq)
+    if prefix == "le":
+        return or_(lo < plo, eq)
+    if prefix == "sa":
+        return lo > phi
+    if prefix == "eb":
+        return hi < plo
+    return and_(lo <= phi, hi >= plo)  # ap: overlap of the widened range
+
+
+def _approximate(low: datetime, high: datetime) -> tuple[datetime, datetime]:
+    delta = max(abs(datetime.now(UTC) - low) / 10, timedelta(days=1))
+    return low - delta, high + delta
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _value_condition(
+    param: SearchParam, table: Any, modifier: str, value: str, name: str
+) -> ColumnElement[bool]:
+    if param.type == TOKEN:
+        if "|" in value:
+            system, code = value.split("|", 1)
+            if not code:
+                return table.c.system == system[:255]
+            return and_(table.c.system == system[:255], table.c.code == code[:255])
+        return table.c.code == value[:255]
+    if param.type == REFERENCE:
+        target = parse_reference(value)
+        if target is None:
+            if "/" in value or not value:
+                raise InvalidSearch(f"{name}: {value!r} is not a reference", expression=[name])
+            cond = table.c.target_id == value
+            if modifier:
+                cond = and_(cond, table.c.target_type == modifier)
+            return cond
+        return and_(table.c.target_type == target[0], table.c.target_id == target[1])
+    if param.type == DATE:
+        prefix, low, high = _date_bounds(value, name)
+        if prefix == "ap":
+            low, high = _approximate(low, high)
+        return _range_condition(prefix, table.c.low, table.c.high, fmt(low), fmt(high))
+    norm = normalise(value)
+    if modifier == "exact":
+        return table.c.value == norm
+    pattern = _escape_like(norm)
+    pattern = f"%{pattern}%" if modifier == "contains" else f"{pattern}%"
+    return table.c.value.like(pattern, escape="\\")
+
+
+def _param_condition(
+    rtype: str, param: SearchParam, modifier: str, values: list[str], name: str
+) -> ColumnElement[bool]:
+    table = _TABLES[param.type]
+    scope = and_(table.c.resource_type == rtype, table.c.param == param.name)
+    if modifier == "missing":
+        has = R.c.pk.in_(select(table.c.resource_pk).where(scope))
+        if values == ["true"]:
+            return not_(has)
+        if values == ["false"]:
+            return has
+        raise InvalidSearch(f"{name}: :missing takes true or false", expression=[name])
+    type_modifier = modifier if param.type == REFERENCE else ""
+    conds = [_value_condition(param, table, type_modifier, v, name) for v in values]
+    sub = select(table.c.resource_pk).where(scope, or_(*conds))
+    if modifier == "not":
+        return R.c.pk.not_in(sub)
+    return R.c.pk.in_(sub)
+
+
+def _common_condition(name: str, values: list[str]) -> ColumnElement[bool]:
+    if name == "_id":
+        return R.c.id.in_(values)
+    conds = []
+    for value in values:
+        prefix, low, high = _date_bounds(value, name)
+        if prefix == "ap":
+            low, high = _approximate(low, high)
+        col = R.c.last_updated
+        conds.append(_range_condition(prefix, col, col, low, high))
+    return or_(*conds)
+
+
+def _chain_condition(
+    rtype: str, param: SearchParam, modifier: str, rest: str, values: list[str], name: str
+) -> ColumnElement[bool]:
+    targets = (modifier,) if modifier else param.targets
+    if len(targets) != 1:
+        raise InvalidSearch(
+            f"{name}: the chain needs a target type, e.g. {param.name}:Patient.{rest}",
+            expression=[name],
+        )
+    target = targets[0]
+    if target not in SEARCH_PARAMS:
+        raise InvalidSearch(f"{name}: unknown resource type {target}", expression=[name])
+    inner = condition(target, rest, values, name)
+    if inner is None:
+        raise InvalidSearch(f"{name}: unknown parameter {rest!r} of {target}", expression=[name])
+    table = FhirReference.__table__
+    # the inner condition is on fhir_resource of the target: no correlation with the outer one
+    ids = (
+        select(R.c.id)
+        .where(R.c.resource_type == target, R.c.deleted == false(), inner)
+        .correlate(None)
+    )
+    sub = select(table.c.resource_pk).where(
+        table.c.resource_type == rtype,
+        table.c.param == param.name,
+        table.c.target_type == target,
+        table.c.target_id.in_(ids),
+    )
+    return R.c.pk.in_(sub)
+
+
+def condition(rtype: str, key: str, values: list[str], name: str) -> ColumnElement[bool] | None:
+    """The SQL condition of one ``key=value[,value]`` on ``fhir_resource``; None if unknown."""
+    base, _, rest = key.partition(".")
+    pname, _, modifier = base.partition(":")
+    if pname in ("_id", "_lastUpdated") and not modifier and not rest:
+        return _common_condition(pname, values)
+    param = SEARCH_PARAMS[rtype].get(pname)
+    if param is None:
+        return None
+    if rest:
+        if param.type != REFERENCE:
+            raise InvalidSearch(f"{name}: only reference parameters chain", expression=[name])
+        return _chain_condition(rtype, param, modifier, rest, values, name)
+    type_modifier = param.type == REFERENCE and modifier in SEARCH_PARAMS
+    if modifier and modifier not in _MODIFIERS[param.type] and not type_modifier:
+        raise InvalidSearch(f"{name}: unsupported modifier :{modifier}", expression=[name])
+    return _param_condition(rtype, param, modifier, values, name)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _int(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidSearch(f"{name} must be an integer", expression=[name]) from None
+    return max(low, min(high, number))
+
+
+def parse(rtype: str, params: list[tuple[str, str]], strict: bool = False) -> SearchRequest:
+    """Parse ``params`` (repeated keys are ANDed, comma-separated values ORed).
+
+    An unknown parameter raises ``InvalidSearch`` when ``strict``; otherwise it is left out
+    and listed in ``ignored``. A known parameter with a bad value always raises.
+    """
+    request = SearchRequest(rtype)
+
+    def unknown(key: str, why: str) -> None:
+        if strict:
+            raise InvalidSearch(why, expression=[key])
+        request.ignored.append(key)
+
+    for key, value in params:
+        if key in RESULT_PARAMS or key.startswith(("_include", "_revinclude")):
+            _result_param(request, key, value, unknown)
+            continue
+        values = [v for v in _split_values(value)]
+        if not values:
+            continue
+        cond = condition(rtype, key, values, key)
+        if cond is None:
+            unknown(key, f"unknown search parameter {key!r} for {rtype}")
+            continue
+        request.where.append(cond)
+        request.kept.append((key, value))
+    return request
+
+
+def _split_values(value: str) -> list[str]:
+    """Comma-separated values; ``\\,`` is a literal comma."""
+    parts, current, escaped = [], "", False
+    for ch in value:
+        if escaped:
+            current += ch
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [p for p in parts if p != ""]
+
+
+def _result_param(request: SearchRequest, key: str, value: str, unknown: Any) -> None:
+    rtype = request.resource_type
+    if key == "_format":
+        return
+    if key == "_count":
+        request.count = _int(key, value, 0, MAX_COUNT)
+    elif key == "_offset":
+        request.offset = _int(key, value, 0, 10**9)
+    elif key == "_summary":
+        if value == "count":
+            request.summary_count = True
+        elif value != "false":
+            unknown(key, f"_summary={value} is not supported (count, false)")
+            return
+    elif key == "_total":
+        if value == "none":
+            request.total = False
+        elif value not in ("accurate", "estimate"):
+            raise InvalidSearch("_total is none, estimate or accurate", expression=[key])
+    elif key == "_sort":
+        for item in value.split(","):
+            desc = item.startswith("-")
+            name = item.removeprefix("-")
+            param = SEARCH_PARAMS[rtype].get(name)
+            if name not in ("_id", "_lastUpdated") and (param is None or param.type == REFERENCE):
+                unknown(key, f"cannot sort {rtype} by {name!r}")
+                return
+            request.sort.append((name, desc))
+    elif key == "_include":
+        parts = value.split(":")
+        param = SEARCH_PARAMS[rtype].get(parts[1]) if len(parts) in (2, 3) else None
+        if parts[0] != rtype or param is None or param.type != REFERENCE:
+            unknown(key, f"_include={value} is not a reference parameter of {rtype}")
+            return
+        target = parts[2] if len(parts) == 3 else None
+        if target is not None and target not in SEARCH_PARAMS:
+            unknown(key, f"_include={value}: unknown target type")
+            return
+        request.includes.append((parts[1], target))
+    elif key == "_revinclude":
+        parts = value.split(":")
+        source = SEARCH_PARAMS.get(parts[0], {}) if len(parts) in (2, 3) else {}
+        param = source.get(parts[1]) if source else None
+        if param is None or param.type != REFERENCE:
+            unknown(key, f"_revinclude={value} is not a reference parameter")
+            return
+        request.revincludes.append((parts[0], parts[1]))
+    else:
+        unknown(key, f"{key} is not supported")
+        return
+    request.kept.append((key, value))
+
+
+# ---------------------------------------------------------------- execution
+
+
+def _sort_key(rtype: str, name: str, desc: bool) -> Any:
+    if name == "_id":
+        col: Any = R.c.id
+    elif name == "_lastUpdated":
+        col = R.c.last_updated
+    else:
+        param = SEARCH_PARAMS[rtype][name]
+        table = _TABLES[param.type]
+        if param.type == DATE:
+            value = table.c.high if desc else table.c.low
+        else:
+            value = table.c.value if param.type == STRING else table.c.code
+        agg = func.max(value) if desc else func.min(value)
+        col = (
+            select(agg)
+            .where(
+                table.c.resource_pk == R.c.pk,
+                table.c.resource_type == rtype,
+                table.c.param == name,
+            )
+            .scalar_subquery()
+        )
+    return col.desc().nulls_last() if desc else col.asc().nulls_last()
+
+
+def _entry(base: str, rtype: str, rid: str, content: str, mode: str) -> dict[str, Any]:
+    return {
+        "fullUrl": f"{base}/{rtype}/{rid}",
+        "resource": json.loads(content),
+        "search": {"mode": mode},
+    }
+
+
+def _link(base: str, rtype: str, kept: list[tuple[str, str]], **extra: int) -> str:
+    query = [(k, v) for k, v in kept if k not in ("_count", "_offset")]
+    query += [(k, str(v)) for k, v in extra.items()]
+    return f"{base}/{rtype}?{urlencode(query)}"
+
+
+def execute(conn: Connection, request: SearchRequest, base: str) -> dict[str, Any]:
+    """Run a parsed search: a ``searchset`` Bundle with total, links and entries."""
+    rtype = request.resource_type
+    where = [R.c.resource_type == rtype, R.c.deleted == false(), *request.where]
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if request.total or request.summary_count:
+        bundle["total"] = conn.execute(
+            select(func.count()).select_from(R).where(*where)
+        ).scalar_one()
+    if request.summary_count:
+        bundle["link"] = [{"relation": "self", "url": _link(base, rtype, request.kept)}]
+        return bundle
+    order = [_sort_key(rtype, n, d) for n, d in request.sort] + [R.c.pk.asc()]
+    rows = conn.execute(
+        select(R.c.pk, R.c.id, R.c.content)
+        .where(*where)
+        .order_by(*order)
+        .limit(request.count + 1)
+        .offset(request.offset)
+    ).all()
+    has_next = len(rows) > request.count
+    rows = rows[: request.count]
+    count, offset = request.count, request.offset
+    links = [
+        {"relation": "self", "url": _link(base, rtype, request.kept, _count=count, _offset=offset)}
+    ]
+    if has_next:
+        links.append(
+            {
+                "relation": "next",
+                "url": _link(base, rtype, request.kept, _count=count, _offset=offset + count),
+            }
+        )
+    if offset > 0:
+        prev = max(0, offset - count)
+        links.append(
+            {
+                "relation": "previous",
+                "url": _link(base, rtype, request.kept, _count=count, _offset=prev),
+            }
+        )
+    bundle["link"] = links
+    entries = [_entry(base, rtype, row.id, row.content, "match") for row in rows]
+    seen = {(rtype, row.id) for row in rows}
+    pks = [row.pk for row in rows]
+    if pks:
+        entries += _included(conn, request, base, pks, [row.id for row in rows], seen)
+    if request.ignored:
+        ignored = ", ".join(request.ignored)
+        entries.append(
+            {
+                "resource": operation_outcome(
+                    f"ignored search parameters: {ignored}",
+                    code="not-supported",
+                    severity="warning",
+                    expression=request.ignored,
+                ),
+                "search": {"mode": "outcome"},
+            }
+        )
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+def _included(
+    conn: Connection,
+    request: SearchRequest,
+    base: str,
+    pks: list[int],
+    ids: list[str],
+    seen: set[tuple[str, str]],
+) -> list[dict[str, Any]]:
+    rtype = request.resource_type
+    ref = FhirReference.__table__
+    out: list[dict[str, Any]] = []
+    targets: set[tuple[str, str]] = set()
+    for param, target in request.includes:
+        query = select(ref.c.target_type, ref.c.target_id).where(
+            ref.c.resource_pk.in_(pks), ref.c.resource_type == rtype, ref.c.param == param
+        )
+        if target:
+            query = query.where(ref.c.target_type == target)
+        targets.update((t, i) for t, i in conn.execute(query).all())
+    targets -= seen
+    if targets:
+        rows = conn.execute(
+            select(R.c.resource_type, R.c.id, R.c.content).where(
+                tuple_(R.c.resource_type, R.c.id).in_(sorted(targets)), R.c.deleted == false()
+            )
+        ).all()
+        for row in sorted(rows, key=lambda r: (r.resource_type, r.id)):
+            seen.add((row.resource_type, row.id))
+            out.append(_entry(base, row.resource_type, row.id, row.content, "include"))
+    for source, param in request.revincludes:
+        rows = conn.execute(
+            select(R.c.resource_type, R.c.id, R.c.content)
+            .join(ref, ref.c.resource_pk == R.c.pk)
+            .where(
+                ref.c.resource_type == source,
+                ref.c.param == param,
+                ref.c.target_type == rtype,
+                ref.c.target_id.in_(ids),
+                R.c.deleted == false(),
+            )
+            .order_by(R.c.pk)
+        ).all()
+        for row in rows:
+            if (row.resource_type, row.id) not in seen:
+                seen.add((row.resource_type, row.id))
+                out.append(_entry(base, row.resource_type, row.id, row.content, "include"))
+    return out
+
+
+def matching_ids(
+    conn: Connection, rtype: str, query: list[tuple[str, str]], limit: int = 2
+) -> list[str]:
+    """Ids of up to ``limit`` resources matching ``query`` strictly (conditional operations)."""
+    request = parse(rtype, query, strict=True)
+    if not request.where:
+        raise InvalidSearch("a conditional operation needs search criteria")
+    rows = conn.execute(
+        select(R.c.id)
+        .where(R.c.resource_type == rtype, R.c.deleted == false(), *request.where)
+        .limit(limit)
+    ).all()
+    return [row.id for row in rows]

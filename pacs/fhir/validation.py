@@ -1,0 +1,64 @@
+"""Validation of resources against the ``fhir.resources`` R4B models (wire-compatible with R4)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from pacs.fhir.errors import InvalidResource, operation_outcome
+
+
+@functools.cache
+def model_class(resource_type: str) -> Any:
+    """The R4B model class of ``resource_type`` (KeyError if R4B has no such type)."""
+    return get_fhir_model_class(resource_type)
+
+
+def _expression(resource_type: str, loc: tuple[Any, ...]) -> str:
+    path = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part != "__root__":
+            path += f".{part}"
+    return path
+
+
+def validate(resource: Any, expected_type: str | None = None) -> None:
+    """Raise ``InvalidResource`` (OperationOutcome with one issue per problem, each with its
+    FHIRPath expression) unless ``resource`` is a valid R4B resource of ``expected_type``."""
+    if not isinstance(resource, dict):
+        raise InvalidResource("the body is not a JSON object")
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str) or not rtype:
+        raise InvalidResource("resourceType is missing", expression=["resourceType"])
+    if expected_type is not None and rtype != expected_type:
+        raise InvalidResource(
+            f"resourceType {rtype!r} does not match the URL ({expected_type})",
+            expression=["resourceType"],
+        )
+    try:
+        cls = model_class(rtype)
+    except (KeyError, ValueError, AttributeError):
+        raise InvalidResource(
+            f"unknown resourceType {rtype!r}", expression=["resourceType"]
+        ) from None
+    try:
+        cls.model_validate(resource)
+    except ValidationError as exc:
+        issues = []
+        for error in exc.errors()[:20]:
+            issue = operation_outcome(
+                f"{error['msg']}", code="invalid", expression=[_expression(rtype, error["loc"])]
+            )["issue"][0]
+            issues.append(issue)
+        outcome = {"resourceType": "OperationOutcome", "issue": issues}
+        first = issues[0]
+        raise InvalidResource(
+            f"{first['expression'][0]}: {first['diagnostics']}", outcome=outcome
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidResource(f"{rtype}: {exc}", expression=[rtype]) from None

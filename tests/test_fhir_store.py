@@ -1,0 +1,140 @@
+"""FhirStore on SQLite and PostgreSQL: versions, history, conditional writes, search."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from pacs.fhir.errors import (
+    InvalidResource,
+    InvalidSearch,
+    PreconditionFailed,
+    ResourceConflict,
+    ResourceGone,
+    ResourceNotFound,
+    UnprocessableResource,
+)
+from pacs.fhir.store import FhirStore
+from pacs.index.engine import create_index_engine
+from tests.conftest import Backend
+
+SNILS = "urn:oid:1.2.643.100.3"
+
+
+@pytest.fixture
+def store(db_backend: Backend) -> Iterator[FhirStore]:
+    engine = create_index_engine(db_backend.settings)
+    yield FhirStore(engine, base_url="http://x/fhir")
+    engine.dispose()
+
+
+def patient(snils: str, family: str = "Иванов", birth: str = "1960-05-01") -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": SNILS, "value": snils}],
+        "name": [{"family": family, "given": ["Пётр"]}],
+        "birthDate": birth,
+    }
+
+
+def ids(bundle: dict[str, Any], mode: str = "match") -> list[str]:
+    Bundle.model_validate(bundle)
+    return [
+        f"{e['resource']['resourceType']}/{e['resource']['id']}"
+        for e in bundle.get("entry", [])
+        if e["search"]["mode"] == mode
+    ]
+
+
+def test_versions_history_and_delete(store: FhirStore) -> None:
+    created = store.create(patient("111-111-111 11"))
+    pid = created["id"]
+    assert created["meta"]["versionId"] == "1"
+    assert store.read("Patient", pid) == created
+    changed = {**created, "gender": "male"}
+    updated = store.update("Patient", pid, changed, if_match='W/"1"')
+    assert updated["meta"]["versionId"] == "2"
+    with pytest.raises(PreconditionFailed):
+        store.update("Patient", pid, changed, if_match='W/"1"')
+    assert store.vread("Patient", pid, 1)["meta"]["versionId"] == "1"
+    assert "gender" not in store.vread("Patient", pid, 1)
+    history = store.history("Patient", pid)
+    assert [e["response"]["etag"] for e in history["entry"]] == ['W/"2"', 'W/"1"']
+    store.delete("Patient", pid)
+    with pytest.raises(ResourceGone):
+        store.read("Patient", pid)
+    assert ids(store.search("Patient", [("_id", pid)])) == []
+    with pytest.raises(ResourceNotFound):
+        store.read("Patient", "nope")
+
+
+def test_bad_writes_change_nothing(store: FhirStore) -> None:
+    with pytest.raises(InvalidResource) as err:
+        store.create({"resourceType": "Patient", "birthDate": "1960-13-01"})
+    assert err.value.outcome["issue"][0]["expression"] == ["Patient.birthDate"]
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": "Patient/missing"},
+    }
+    with pytest.raises(UnprocessableResource) as err2:
+        store.create(obs)
+    assert err2.value.outcome["issue"][0]["expression"] == ["Observation.subject"]
+    assert store.search("Observation", [("_summary", "count")])["total"] == 0
+    pid = store.create(patient("222"))["id"]
+    store.create({**obs, "subject": {"reference": f"Patient/{pid}"}})
+    with pytest.raises(ResourceConflict):
+        store.delete("Patient", pid)
+
+
+def test_conditional_create_and_upsert(store: FhirStore) -> None:
+    first = store.create_written(patient("333"), if_none_exist=f"identifier={SNILS}|333")
+    again = store.create_written(patient("333"), if_none_exist=f"identifier={SNILS}|333")
+    assert (first.status, again.status) == (201, 200)
+    assert again.resource["id"] == first.resource["id"]
+    store.create(patient("333"))
+    with pytest.raises(PreconditionFailed):
+        store.create(patient("333"), if_none_exist=f"identifier={SNILS}|333")
+    up1 = store.upsert_by_identifier(patient("444"), SNILS, "444")
+    up2 = store.upsert_by_identifier(patient("444"), SNILS, "444")
+    assert up1 == up2  # nothing changed: no new version
+    up3 = store.upsert_by_identifier(patient("444", family="Петров"), SNILS, "444")
+    assert (up3["id"], up3["meta"]["versionId"]) == (up1["id"], "2")
+
+
+def test_search_parameters(store: FhirStore) -> None:
+    p1 = store.create(patient("555", family="Сидоров", birth="1950-01-02"))["id"]
+    p2 = store.create(patient("666", family="Сидорова", birth="1990-07-08"))["id"]
+    assert ids(store.search("Patient", [("identifier", f"{SNILS}|555")])) == [f"Patient/{p1}"]
+    assert len(ids(store.search("Patient", [("family", "сидор")]))) == 2
+    assert ids(store.search("Patient", [("family:exact", "Сидорова")])) == [f"Patient/{p2}"]
+    assert ids(store.search("Patient", [("birthdate", "lt1960")])) == [f"Patient/{p1}"]
+    assert ids(store.search("Patient", [("birthdate", "ge1990-07-08")])) == [f"Patient/{p2}"]
+    assert ids(store.search("Patient", [("birthdate", "1990-07")])) == [f"Patient/{p2}"]
+    by_date = ids(store.search("Patient", [("_sort", "-birthdate")]))
+    assert by_date == [f"Patient/{p2}", f"Patient/{p1}"]
+    with pytest.raises(InvalidSearch):
+        store.search("Patient", [("shoe-size", "42")], strict=True)
+    lenient = store.search("Patient", [("shoe-size", "42")])
+    assert lenient["total"] == 2 and len(ids(lenient)) == 2
+    assert lenient["entry"][-1]["search"]["mode"] == "outcome"
+    obs = store.create(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "1-8"}]},
+            "subject": {"reference": f"Patient/{p1}"},
+            "effectiveDateTime": "2024-03-01T10:00:00+03:00",
+        }
+    )["id"]
+    found = store.search("Observation", [("subject:Patient.identifier", f"{SNILS}|555")])
+    assert ids(found) == [f"Observation/{obs}"]
+    assert ids(store.search("Observation", [("patient", p1), ("code", "http://loinc.org|1-8")]))
+    assert ids(store.search("Observation", [("date", "2024-03-01T07:00:00Z")])) == [
+        f"Observation/{obs}"
+    ]
+    assert ids(store.search("Observation", [("patient", p2)])) == []
