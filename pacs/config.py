@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         "", description="Comma-separated origins allowed by CORS ('*' any); empty: CORS off."
     )
+    fhir_max_body_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest FHIR request body (413 above it)."
+    )
+    fhir_default_count: int = Field(
+        20, ge=1, le=1000, description="FHIR search page size when _count is not given."
+    )
     emr_feed: bool = Field(
         True, description="Keep ImagingStudy and AI reports in FHIR in step with the archive."
     )
