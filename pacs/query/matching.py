@@ -125,7 +125,7 @@ def person_name(column: Any, value: str, options: MatchOptions) -> ColumnElement
         if not words:
             return true()
         return and_(*(_word_prefix(name, like_pattern(word)) for word in words))
-    if options.pn_matching is PnMatching.COMPONENTS and value.strip("^"):
+    if options.pn_matching == PnMatching.COMPONENTS and value.strip("^"):
         components = value.rstrip("^").split("^")
         pattern = "^".join(like_pattern(part) if part else "%" for part in components)
         return or_(  # type: ignore[no-any-return]
