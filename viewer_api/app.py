@@ -5,13 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 
 from pacs import __version__
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.runtime import build_ingest
 from pacs.storage import open_store
-from viewer_api.routers import aes, dicomweb_stow, health, studies, ui
+from viewer_api.routers import (
+    aes,
+    dicomweb_qido,
+    dicomweb_stow,
+    dicomweb_wado,
+    health,
+    studies,
+    ui,
+)
 
 
 def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
@@ -35,4 +46,34 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     app.include_router(aes.router)
     app.include_router(ui.router)
     app.include_router(dicomweb_stow.router)
+    app.include_router(dicomweb_wado.router)
+    app.include_router(dicomweb_qido.router)
+    _add_middleware(app, settings)
     return app
+
+
+GZIP_MINIMUM_SIZE = 1024
+"""Responses from this size on are gzipped for clients that accept it."""
+GZIP_EXCLUDED = (
+    *DEFAULT_EXCLUDED_CONTENT_TYPES,
+    "application/dicom",  # pixel data: little to gain, CPU to lose; WADO-RS stays fast
+    "application/octet-stream",
+    "multipart/related",
+    "image/*",
+)
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    """GZip for responses over ~1 KB (DICOM JSON, FHIR, HTML), CORS when origins are set."""
+    app.add_middleware(
+        GZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE, exclude_content_types=GZIP_EXCLUDED
+    )
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Warning", "Content-Location", "ETag", "Location"],
+        )

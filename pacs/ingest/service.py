@@ -32,6 +32,7 @@ from pacs.ingest.indexer import (
 )
 from pacs.ingest.source import Source
 from pacs.ingest.structure import dataset_offset
+from pacs.metadata import records as metadata_records
 from pacs.storage.base import ObjectStore
 from pacs.storage.keys import instance_key
 
@@ -154,11 +155,14 @@ class IngestService:
         source: Source,
         replacing: StoredInstance | None,
     ) -> IngestOutcome:
+        document = metadata_records.document_for_ingest(data, attrs)  # outside the lock
         try:
             with writer_turn(self.engine), conn.begin():
                 if replacing is not None and not delete_instance(conn, replacing):
                     raise IntegrityError("replaced row changed meanwhile", None, Exception())
                 insert_instance(conn, attrs, key, len(data), sha256, source)
+                if document is not None:  # WADO-RS metadata, in the same transaction
+                    metadata_records.record(conn, attrs.sop_instance_uid, document)
         except IntegrityError:
             # A concurrent sender committed the same SOP Instance UID first: decide again.
             return self._after_race(attrs, key, data, sha256)

@@ -22,6 +22,10 @@ class ObjectStore(Protocol):
     def get(self, key: str) -> bytes:
         """Return the object's bytes; raise ``KeyError`` if it does not exist."""
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes of the object from ``offset`` (fewer at its end); raise
+        ``KeyError`` if it does not exist."""
+
     def exists(self, key: str) -> bool:
         """True if an object is stored under ``key``."""
 

@@ -100,6 +100,17 @@ class FilesystemStore:
         except OSError as exc:
             raise StorageError(f"cannot read object {key}: {exc.strerror or exc}") from exc
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        path = self._path(key)
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except (FileNotFoundError, IsADirectoryError):
+            raise KeyError(key) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read object {key}: {exc.strerror or exc}") from exc
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 

@@ -89,6 +89,22 @@ class S3Store:
                 response.close()
                 response.release_conn()
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        response = None
+        try:  # one ranged GET (HTTP Range: bytes=offset-(offset+length-1))
+            response = self.client.get_object(
+                self.bucket, self._name(key), offset=offset, length=length
+            )
+            return response.read()
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise KeyError(key) from None
+            raise StorageError(f"cannot read object {key}: {exc}") from exc
+        finally:
+            if response is not None:
+                response.close()
+                response.release_conn()
+
     def exists(self, key: str) -> bool:
         try:
             self.client.stat_object(self.bucket, self._name(key))

@@ -1,0 +1,520 @@
+"""WADO-RS (PS3.18 10.4) at ``/dicomweb``: instances, metadata, frames, bulk data, rendered.
+
+Instances stream the stored Part-10 bytes untouched (``transfer-syntax=*`` or the stored
+syntax; decoded to Explicit/Implicit VR Little Endian on request). Metadata comes from the
+per-instance documents in the index (one query per request, ETag + If-None-Match), frames
+from byte ranges of the stored object found through the frame index. Every request is
+recorded in the audit trail, refused ones with their status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Annotated, NoReturn
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydicom import dcmread
+from pydicom.uid import UID
+
+from pacs.errors import StorageError
+from pacs.metadata.document import BASE_PLACEHOLDER, PIXEL_DATA, tag_path, value_at
+from pacs.metadata.records import MetadataRow, content_tag
+from pacs.storage.base import ObjectStore
+from viewer_api.audit import record_access
+from viewer_api.deps import CurrentUser, SessionDep, User
+from viewer_api.wado import media, parts
+from viewer_api.wado.pixels import (
+    decodable,
+    decoded_frame,
+    frame_from_object,
+    stored_frame,
+    transcode_part10,
+)
+from viewer_api.wado.render import (
+    THUMBNAIL_SIZE,
+    RenderError,
+    RenderParams,
+    Viewport,
+    frame_pixels,
+    parse_quality,
+    parse_viewport,
+    parse_window,
+    render,
+)
+from viewer_api.wado.resolve import BadPath, NotFound, Selection, select_instances, with_documents
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+CACHE_CONTROL = "private, no-cache"  # patient data: revalidate with the ETag every time
+
+StudyUID = Annotated[str, Path(description="StudyInstanceUID")]
+SeriesUID = Annotated[str, Path(description="SeriesInstanceUID")]
+InstanceUID = Annotated[str, Path(description="SOPInstanceUID")]
+
+
+@dataclass
+class Call:
+    """One WADO-RS request: who asked, where the data is, and its audit record."""
+
+    request: Request
+    session: SessionDep
+    user: User
+
+    @property
+    def store(self) -> ObjectStore:
+        store: ObjectStore = self.request.app.state.store
+        return store
+
+    def audit(self, status: int = 200) -> None:
+        record_access(self.session, self.request, self.user, "read", status)
+
+    def fail(self, status: int, detail: str) -> NoReturn:
+        self.audit(status)
+        raise HTTPException(status, detail)
+
+    def select(
+        self, study: str, series: str | None = None, instance: str | None = None, **kw: bool
+    ) -> Selection:
+        try:
+            with self.request.app.state.engine.connect() as conn:
+                return select_instances(conn, study, series, instance, **kw)
+        except BadPath as exc:
+            self.fail(400, str(exc))
+        except NotFound as exc:
+            self.fail(404, f"{exc} not found")
+
+    def documents(self, selection: Selection) -> Selection:
+        return with_documents(self.request.app.state.engine, self.store, selection)
+
+    def accept(self) -> str:
+        return self.request.headers.get("accept", "")
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self.store.get(key)
+        except (KeyError, StorageError) as exc:
+            log.error("stored object unreadable: %s", type(exc).__name__)
+            self.fail(503, "a stored object cannot be read")
+
+    @property
+    def base(self) -> str:
+        public = self.request.app.state.settings.public_base_url
+        return (public or str(self.request.base_url)).rstrip("/") + "/dicomweb"
+
+
+def _call(request: Request, session: SessionDep, user: CurrentUser) -> Call:
+    return Call(request, session, user)
+
+
+# ---------------------------------------------------------------- instances
+
+
+@router.get("/studies/{study}")
+def retrieve_study(
+    study: StudyUID, request: Request, session: SessionDep, user: CurrentUser
+) -> StreamingResponse:
+    """All instances of a study, ``multipart/related; type="application/dicom"``."""
+    return _retrieve(_call(request, session, user), study)
+
+
+@router.get("/studies/{study}/series/{series}")
+def retrieve_series(
+    study: StudyUID, series: SeriesUID, request: Request, session: SessionDep, user: CurrentUser
+) -> StreamingResponse:
+    """All instances of a series."""
+    return _retrieve(_call(request, session, user), study, series)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}", response_class=StreamingResponse
+)
+def retrieve_instance(
+    study: StudyUID,
+    series: SeriesUID,
+    instance: InstanceUID,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+) -> StreamingResponse:
+    """One instance."""
+    return _retrieve(_call(request, session, user), study, series, instance)
+
+
+def _retrieve(
+    call: Call, study: str, series: str | None = None, instance: str | None = None
+) -> StreamingResponse:
+    try:
+        target, explicit = media.instance_syntax(call.accept())
+    except media.NotAcceptable as exc:
+        call.fail(406, str(exc))
+    rows = call.select(study, series, instance, documents=False).rows
+    plan: list[tuple[MetadataRow, str]] = []
+    for row in rows:
+        stored = row.transfer_syntax_uid
+        try:
+            media.check_syntax(target, stored, decodable(stored))
+            plan.append((row, stored if target in (media.AS_STORED, stored) else target))
+        except media.NotAcceptable as exc:
+            if explicit:
+                call.fail(406, str(exc))
+            plan.append((row, stored))  # default syntax impossible: as stored (PS3.18 8.7.3.5.2)
+    call.audit()
+    boundary = parts.new_boundary()
+    store = call.store
+    return StreamingResponse(
+        parts.body(boundary, _instances(store, plan)),
+        media_type=parts.content_type(boundary, media.DICOM),
+    )
+
+
+def _instances(
+    store: ObjectStore, plan: list[tuple[MetadataRow, str]]
+) -> Iterator[tuple[str, str, bytes]]:
+    for row, syntax in plan:
+        data = store.get(row.object_key)
+        if syntax != row.transfer_syntax_uid:
+            data = transcode_part10(data, syntax)
+        yield media.DICOM, syntax, data
+
+
+# ---------------------------------------------------------------- metadata
+
+
+@router.get("/studies/{study}/metadata")
+def study_metadata(
+    study: StudyUID, request: Request, session: SessionDep, user: CurrentUser
+) -> Response:
+    """DICOM JSON of every instance of a study (bulk data as BulkDataURI)."""
+    return _metadata(_call(request, session, user), study)
+
+
+@router.get("/studies/{study}/series/{series}/metadata")
+def series_metadata(
+    study: StudyUID, series: SeriesUID, request: Request, session: SessionDep, user: CurrentUser
+) -> Response:
+    """DICOM JSON of every instance of a series."""
+    return _metadata(_call(request, session, user), study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
+def instance_metadata(
+    study: StudyUID,
+    series: SeriesUID,
+    instance: InstanceUID,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+) -> Response:
+    """DICOM JSON of one instance."""
+    return _metadata(_call(request, session, user), study, series, instance)
+
+
+def _metadata(
+    call: Call, study: str, series: str | None = None, instance: str | None = None
+) -> Response:
+    try:
+        media.metadata_type(call.accept())
+    except media.NotAcceptable as exc:
+        call.fail(406, str(exc))
+    selection = call.select(study, series, instance)
+    etag = f'"{content_tag(selection.rows)}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    if _matches(call.request.headers.get("if-none-match", ""), etag):
+        call.audit(304)
+        return Response(status_code=304, headers=headers)
+    selection = call.documents(selection)
+    documents = [row.json() if row.document else _minimal(row, selection) for row in selection.rows]
+    body = b"[" + b",".join(documents) + b"]"
+    body = body.replace(BASE_PLACEHOLDER.encode(), call.base.encode())
+    call.audit()
+    return Response(body, media_type=media.DICOM_JSON, headers=headers)
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _minimal(row: MetadataRow, selection: Selection) -> bytes:
+    """The index's attributes of an instance whose object cannot be parsed."""
+    study, series = selection.series[row.series_pk]
+    body = {
+        "00080018": {"vr": "UI", "Value": [row.sop_instance_uid]},
+        "0020000D": {"vr": "UI", "Value": [study]},
+        "0020000E": {"vr": "UI", "Value": [series]},
+        "00083002": {"vr": "UI", "Value": [row.transfer_syntax_uid]},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+# ---------------------------------------------------------------- frames and bulk data
+
+
+def _instance_row(call: Call, study: str, series: str, instance: str) -> MetadataRow:
+    selection = call.documents(call.select(study, series, instance))
+    return selection.rows[0]
+
+
+def _frame_count(call: Call, row: MetadataRow) -> int:
+    if row.document is None:
+        call.fail(503, "the instance's metadata is not available")
+    document = json.loads(row.json())
+    if f"{PIXEL_DATA:08X}" not in document:
+        call.fail(404, "the instance has no pixel data")
+    value = document.get("00280008", {}).get("Value", [1])
+    return int(value[0]) if value else 1
+
+
+def _frame_numbers(call: Call, text: str) -> list[int]:
+    numbers = []
+    for item in text.split(","):
+        if not item.strip().isdigit() or int(item) < 1:
+            call.fail(400, "frame numbers are positive integers, separated by commas")
+        numbers.append(int(item))
+    return numbers
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+)
+def retrieve_frames(
+    study: StudyUID,
+    series: SeriesUID,
+    instance: InstanceUID,
+    frames: Annotated[str, Path(description="1-based frame numbers, comma separated")],
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+) -> StreamingResponse:
+    """Pixel data of frames: as stored (ranged reads through the frame index) or decoded."""
+    call = _call(request, session, user)
+    numbers = _frame_numbers(call, frames)
+    row = _instance_row(call, study, series, instance)
+    count = _frame_count(call, row)
+    if max(numbers) > count:
+        call.fail(400, f"the instance has {count} frame(s)")
+    stored = row.transfer_syntax_uid
+    try:
+        choice = media.frame_choice(call.accept(), stored, decodable(stored))
+    except media.NotAcceptable as exc:
+        call.fail(406, str(exc))
+    call.audit()
+    boundary = parts.new_boundary()
+    return StreamingResponse(
+        parts.body(boundary, _frames(call.store, row, numbers, choice)),
+        media_type=parts.content_type(boundary, choice.media_type),
+    )
+
+
+def _frames(
+    store: ObjectStore, row: MetadataRow, numbers: list[int], choice: media.FrameChoice
+) -> Iterator[tuple[str, str, bytes]]:
+    index = row.frames()
+    as_stored = choice.transfer_syntax == row.transfer_syntax_uid
+    data: bytes | None = None
+    for number in numbers:
+        if as_stored and index is not None:
+            content = stored_frame(store, row.object_key, index, number)
+        else:
+            data = data if data is not None else store.get(row.object_key)
+            content = frame_from_object(data, number) if as_stored else decoded_frame(data, number)
+        yield choice.media_type, choice.transfer_syntax, content
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/bulk/{path:path}",
+)
+def retrieve_bulkdata(
+    study: StudyUID,
+    series: SeriesUID,
+    instance: InstanceUID,
+    path: str,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+) -> StreamingResponse:
+    """A bulk data value named by a BulkDataURI of the metadata (tag path)."""
+    call = _call(request, session, user)
+    try:
+        tags = tag_path(path)
+    except ValueError as exc:
+        call.fail(400, str(exc))
+    row = _instance_row(call, study, series, instance)
+    stored = row.transfer_syntax_uid
+    if tags == [PIXEL_DATA] and UID(stored).is_compressed:
+        count = _frame_count(call, row)
+        try:
+            choice = media.frame_choice(call.accept(), stored, decodable(stored))
+        except media.NotAcceptable as exc:
+            call.fail(406, str(exc))
+        call.audit()
+        boundary = parts.new_boundary()
+        return StreamingResponse(
+            parts.body(boundary, _frames(call.store, row, list(range(1, count + 1)), choice)),
+            media_type=parts.content_type(boundary, choice.media_type),
+        )
+    if not _accepts_octets(call.accept()):
+        call.fail(406, "bulk data is available as application/octet-stream")
+    ds = dcmread(BytesIO(call.read(row.object_key)))
+    try:
+        value = value_at(ds, tags).value
+    except (KeyError, IndexError, ValueError):
+        call.fail(404, "no such bulk data element")
+    if not isinstance(value, bytes | bytearray):
+        call.fail(404, "the element is not bulk data")
+    call.audit()
+    boundary = parts.new_boundary()
+    content = iter([(media.OCTET_STREAM, "", bytes(value))])
+    return StreamingResponse(
+        parts.body(boundary, content), media_type=parts.content_type(boundary, media.OCTET_STREAM)
+    )
+
+
+def _accepts_octets(accept: str) -> bool:
+    return any(
+        r.media_type in ("", "*/*", "application/*", media.OCTET_STREAM)
+        for r in media.media_ranges(accept)
+    )
+
+
+# ---------------------------------------------------------------- rendered and thumbnails
+
+
+def _render_params(
+    call: Call, window: str | None, viewport: str | None, quality: str | None, thumbnail: bool
+) -> RenderParams:
+    try:
+        media_type = media.rendered_type(call.accept())
+    except media.NotAcceptable as exc:
+        call.fail(406, str(exc))
+    try:
+        port = parse_viewport(viewport)
+        if port is None and thumbnail:
+            port = Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+        return RenderParams(media_type, parse_quality(quality), parse_window(window), port)
+    except RenderError as exc:
+        call.fail(400, str(exc))
+
+
+def _rendered(call: Call, row: MetadataRow, number: int, params: RenderParams) -> Response:
+    count = _frame_count(call, row)
+    if number > count:
+        call.fail(400, f"the instance has {count} frame(s)")
+    data = call.read(row.object_key)
+    try:
+        ds = dcmread(BytesIO(data), stop_before_pixels=True)
+        image = render(ds, frame_pixels(data, number), params)
+    except Exception as exc:
+        log.warning("cannot render an instance: %s", type(exc).__name__)
+        call.fail(406, f"the pixel data cannot be rendered ({type(exc).__name__})")
+    call.audit()
+    return Response(image, media_type=params.media_type, headers={"Cache-Control": CACHE_CONTROL})
+
+
+Window = Annotated[str | None, Query(description="center,width[,LINEAR|LINEAR_EXACT|SIGMOID]")]
+ViewportQ = Annotated[str | None, Query(description="vw,vh[,sx,sy,sw,sh]")]
+Quality = Annotated[str | None, Query(description="JPEG quality 1..100")]
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
+def instance_rendered(
+    study: StudyUID,
+    series: SeriesUID,
+    instance: InstanceUID,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    window: Window = None,
+    viewport: ViewportQ = None,
+    quality: Quality = None,
+) -> Response:
+    """The (first) frame of an instance as PNG or JPEG."""
+    call = _call(request, session, user)
+    params = _render_params(call, window, viewport, quality, thumbnail=False)
+    return _rendered(call, _instance_row(call, study, series, instance), 1, params)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered")
+def frame_rendered(
+    study: StudyUID,
+    series: SeriesUID,
+    instance: InstanceUID,
+    frame: str,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    window: Window = None,
+    viewport: ViewportQ = None,
+    quality: Quality = None,
+) -> Response:
+    """One frame as PNG or JPEG."""
+    call = _call(request, session, user)
+    (number,) = _single_frame(call, frame)
+    params = _render_params(call, window, viewport, quality, thumbnail=False)
+    return _rendered(call, _instance_row(call, study, series, instance), number, params)
+
+
+def _single_frame(call: Call, text: str) -> list[int]:
+    numbers = _frame_numbers(call, text)
+    if len(numbers) != 1:
+        call.fail(400, "render one frame at a time")
+    return numbers
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
+def instance_thumbnail(
+    study: StudyUID,
+    series: SeriesUID,
+    instance: InstanceUID,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    viewport: ViewportQ = None,
+) -> Response:
+    """A small rendering of an instance (128 x 128 unless ``viewport`` says otherwise)."""
+    call = _call(request, session, user)
+    params = _render_params(call, None, viewport, None, thumbnail=True)
+    return _rendered(call, _instance_row(call, study, series, instance), 1, params)
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail")
+def series_thumbnail(
+    study: StudyUID,
+    series: SeriesUID,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    viewport: ViewportQ = None,
+) -> Response:
+    """A small rendering of the middle instance of a series."""
+    call = _call(request, session, user)
+    params = _render_params(call, None, viewport, None, thumbnail=True)
+    return _rendered(call, _middle(call, study, series), 1, params)
+
+
+@router.get("/studies/{study}/thumbnail")
+def study_thumbnail(
+    study: StudyUID,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    viewport: ViewportQ = None,
+) -> Response:
+    """A small rendering of the middle instance of the study's first series."""
+    call = _call(request, session, user)
+    params = _render_params(call, None, viewport, None, thumbnail=True)
+    return _rendered(call, _middle(call, study), 1, params)
+
+
+def _middle(call: Call, study: str, series: str | None = None) -> MetadataRow:
+    selection = call.documents(call.select(study, series))
+    first = selection.rows[0].series_pk
+    rows = [row for row in selection.rows if row.series_pk == first]
+    return rows[len(rows) // 2]
