@@ -6,6 +6,7 @@ modules on the same ``Base``; each such module is imported here so nothing is mi
 
 from __future__ import annotations
 
+from inference import records as inference_records  # noqa: F401  (ai_result)
 from pacs import changes  # noqa: F401  (change_event)
 from pacs.fhir import schema as fhir_schema  # noqa: F401  (fhir_resource, search indexes)
 from pacs.index.models import Base
