@@ -6,6 +6,7 @@ indexed the same way on SQLite and PostgreSQL; the stored bytes are never change
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -54,6 +55,19 @@ class InstanceAttributes:
     rows: int | None
     columns: int | None
     number_of_frames: int | None
+    # routing attributes (study lifecycle), kept only in series_routing
+    image_type: str = ""
+    slice_thickness: float | None = None
+    image_orientation_patient: str = ""
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        number = None if value is None or value == "" else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number is None or math.isfinite(number) else None
 
 
 def _text(ds: Dataset, keyword: str, width: int) -> str:
@@ -142,6 +156,9 @@ def extract(ds: Dataset) -> InstanceAttributes:
             rows=_int(ds, "Rows"),
             columns=_int(ds, "Columns"),
             number_of_frames=_int(ds, "NumberOfFrames"),
+            image_type=_text(ds, "ImageType", 128),
+            slice_thickness=_float(ds, "SliceThickness"),
+            image_orientation_patient=_text(ds, "ImageOrientationPatient", 128),
         )
     except InvalidDicomError:
         raise

@@ -93,9 +93,11 @@ def find_instance(conn: Connection, sop_instance_uid: str) -> StoredInstance | N
     return None if row is None else StoredInstance(*row)
 
 
-def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any], key: list[str]) -> None:
+def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any], key: list[str]) -> bool:
+    """Insert unless the key exists; True when this call inserted the row."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=key))
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=key)
+    return bool(conn.execute(statement).rowcount == 1)
 
 
 def _series_row(conn: Connection, series_uid: str) -> tuple[int, int] | None:
@@ -105,11 +107,12 @@ def _series_row(conn: Connection, series_uid: str) -> tuple[int, int] | None:
 
 def _ensure_series(
     conn: Connection, a: InstanceAttributes, source: Source, now: datetime
-) -> tuple[int, int]:
-    """Return (series_pk, study_pk), creating patient, study and series rows as needed."""
+) -> tuple[int, int, bool]:
+    """Return (series_pk, study_pk, new series), creating patient, study and series rows as
+    needed; "new series" is True only in the one transaction that inserted the series row."""
     found = _series_row(conn, a.series_instance_uid)
     if found is not None:
-        return found[0], found[1]
+        return found[0], found[1], False
     _insert_ignore(
         conn,
         PATIENT,
@@ -151,7 +154,7 @@ def _ensure_series(
     study_pk = conn.scalar(
         select(STUDY.c.pk).where(STUDY.c.study_instance_uid == a.study_instance_uid)
     )
-    _insert_ignore(
+    created = _insert_ignore(
         conn,
         SERIES,
         {
@@ -173,7 +176,7 @@ def _ensure_series(
     )
     series_pk, study_pk = _series_row(conn, a.series_instance_uid)  # type: ignore[misc]
     _refresh_study_series(conn, study_pk)
-    return series_pk, study_pk
+    return series_pk, study_pk, created
 
 
 def _refresh_study_series(conn: Connection, study_pk: int) -> None:
@@ -201,10 +204,11 @@ def _refresh_study_series(conn: Connection, study_pk: int) -> None:
 
 def insert_instance(
     conn: Connection, a: InstanceAttributes, key: str, size: int, sha256: str, source: Source
-) -> None:
-    """Bump the study and series counters, then insert the instance row (see ``_bump``)."""
+) -> bool:
+    """Bump the study and series counters, then insert the instance row (see ``_bump``).
+    Returns True when the instance created its series."""
     now = utcnow()
-    series_pk, study_pk = _ensure_series(conn, a, source, now)
+    series_pk, study_pk, new_series = _ensure_series(conn, a, source, now)
     _bump(conn, series_pk, study_pk, +1, size, now)
     _INSERT_INSTANCE.execute(
         conn,
@@ -226,6 +230,7 @@ def insert_instance(
             "received_at": db_timestamp(conn, now),
         },
     )
+    return new_series
 
 
 def delete_instance(conn: Connection, stored: StoredInstance) -> bool:
