@@ -19,6 +19,7 @@ from viewer_api.routers import (
     dicomweb_qido,
     dicomweb_stow,
     dicomweb_wado,
+    fhir,
     health,
     studies,
     ui,
@@ -48,6 +49,7 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     app.include_router(dicomweb_stow.router)
     app.include_router(dicomweb_wado.router)
     app.include_router(dicomweb_qido.router)
+    app.include_router(fhir.router)
     _add_middleware(app, settings)
     return app
 

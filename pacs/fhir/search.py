@@ -248,13 +248,18 @@ def _int(name: str, value: str, low: int, high: int) -> int:
     return max(low, min(high, number))
 
 
-def parse(rtype: str, params: list[tuple[str, str]], strict: bool = False) -> SearchRequest:
+def parse(
+    rtype: str,
+    params: list[tuple[str, str]],
+    strict: bool = False,
+    default_count: int = DEFAULT_COUNT,
+) -> SearchRequest:
     """Parse ``params`` (repeated keys are ANDed, comma-separated values ORed).
 
     An unknown parameter raises ``InvalidSearch`` when ``strict``; otherwise it is left out
     and listed in ``ignored``. A known parameter with a bad value always raises.
     """
-    request = SearchRequest(rtype)
+    request = SearchRequest(rtype, count=default_count)
 
     def unknown(key: str, why: str) -> None:
         if strict:

@@ -116,8 +116,9 @@ def _content(resource: dict[str, Any]) -> dict[str, Any]:
 class FhirStore:
     """FHIR resources with versions, history and search, stored in the index database."""
 
-    def __init__(self, engine: Engine, base_url: str = "") -> None:
+    def __init__(self, engine: Engine, base_url: str = "", default_count: int = 20) -> None:
         self.engine = engine
+        self.default_count = default_count
         self.writer = engine.execution_options(**WRITE)
         self.base_url = base_url.rstrip("/")
 
@@ -143,9 +144,9 @@ class FhirStore:
         """The current version; 404 if unknown, 410 if deleted."""
         check_type(resource_type)
         with self.engine.connect() as conn:
-            return self._read(conn, resource_type, resource_id)
+            return self.tx_read(conn, resource_type, resource_id)
 
-    def _read(self, conn: Connection, resource_type: str, resource_id: str) -> dict[str, Any]:
+    def tx_read(self, conn: Connection, resource_type: str, resource_id: str) -> dict[str, Any]:
         row = conn.execute(
             select(R.c.content, R.c.deleted, R.c.version_id).where(
                 R.c.resource_type == resource_type, R.c.id == resource_id
@@ -161,18 +162,24 @@ class FhirStore:
     def vread(self, resource_type: str, resource_id: str, version: str | int) -> dict[str, Any]:
         """One version from the history; 404 if unknown, 410 if that version is a deletion."""
         check_type(resource_type)
+        with self.engine.connect() as conn:
+            return self.tx_vread(conn, resource_type, resource_id, version)
+
+    def tx_vread(
+        self, conn: Connection, resource_type: str, resource_id: str, version: str | int
+    ) -> dict[str, Any]:
+        """``vread`` on ``conn``."""
         try:
             number = int(version)
         except ValueError:
             raise ResourceNotFound(f"version {version!r} is not known") from None
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(H.c.content, H.c.deleted).where(
-                    H.c.resource_type == resource_type,
-                    H.c.id == resource_id,
-                    H.c.version_id == number,
-                )
-            ).first()
+        row = conn.execute(
+            select(H.c.content, H.c.deleted).where(
+                H.c.resource_type == resource_type,
+                H.c.id == resource_id,
+                H.c.version_id == number,
+            )
+        ).first()
         if row is None:
             raise ResourceNotFound(f"{resource_type}/{resource_id}/_history/{version} is not known")
         if row.deleted:
@@ -235,11 +242,29 @@ class FhirStore:
         base_url: str | None = None,
     ) -> dict[str, Any]:
         """A ``searchset`` Bundle; unknown parameters raise when ``strict``, else are reported."""
-        check_type(resource_type)
-        request = fhir_search.parse(resource_type, params, strict=strict)
-        base = self.base_url if base_url is None else base_url.rstrip("/")
         with self.engine.connect() as conn:
-            return fhir_search.execute(conn, request, base)
+            return self.tx_search(conn, resource_type, params, strict=strict, base_url=base_url)
+
+    def tx_search(
+        self,
+        conn: Connection,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        strict: bool = False,
+        base_url: str | None = None,
+    ) -> dict[str, Any]:
+        """``search`` on ``conn``."""
+        check_type(resource_type)
+        request = fhir_search.parse(resource_type, params, strict, self.default_count)
+        base = self.base_url if base_url is None else base_url.rstrip("/")
+        return fhir_search.execute(conn, request, base)
+
+    def process_bundle(self, bundle: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
+        """A ``transaction`` (atomic) or ``batch`` Bundle; its response Bundle."""
+        from pacs.fhir.bundle import process
+
+        return process(self, bundle, self.base_url if base_url is None else base_url.rstrip("/"))
 
     # ------------------------------------------------------------ writes
 
@@ -316,7 +341,7 @@ class FhirStore:
                     f"If-None-Exist {if_none_exist!r} matches several {rtype} resources"
                 )
             if ids:
-                return Written(self._read(conn, rtype, ids[0]), 200)
+                return Written(self.tx_read(conn, rtype, ids[0]), 200)
         return self._write(conn, rtype, new_id or str(uuid.uuid4()), resource, "POST", None)
 
     def tx_update(
@@ -351,7 +376,7 @@ class FhirStore:
             raise PreconditionFailed(f"several {rtype} resources have the identifier")
         if not ids:
             return self._write(conn, rtype, str(uuid.uuid4()), resource, "POST", None)
-        current = self._read(conn, rtype, ids[0])
+        current = self.tx_read(conn, rtype, ids[0])
         if _content(current) == _content(resource):
             return Written(current, 200)
         body = {**resource, "id": ids[0]}
