@@ -1,0 +1,159 @@
+"""The EMR link's change-feed consumer: keeps ImagingStudy and AI reports in step.
+
+It reads ``instance.stored``, ``series.added``, ``study.stable`` (project the study, once per
+batch however many instances arrived) and ``result.stored`` (publish the preliminary report)
+after the position stored in ``feed_position``, and advances the position only once a batch
+is handled. Every write is an upsert, so a batch handled twice (a crash before the position
+was saved, or two nodes running the consumer) changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from functools import partial
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from pacs.changes import ChangeEvent, read_since
+from pacs.config import Settings
+from pacs.emr import EmrLinkError
+from pacs.emr.projection import dicomweb_endpoint, project_study
+from pacs.emr.report import publish_result
+from pacs.emr.tables import FeedPosition
+from pacs.fhir.errors import FhirError
+from pacs.fhir.store import FhirStore
+from pacs.index.engine import WRITE, create_index_engine, writer_turn
+from pacs.index.models import utcnow
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "emr-link"
+"""Name of this consumer's row in ``feed_position``."""
+STUDY_KINDS = frozenset({"instance.stored", "series.added", "study.stable"})
+KINDS = STUDY_KINDS | {"result.stored"}
+BATCH = 500
+
+
+def base_url(settings: Settings) -> str:
+    """The archive's public HTTP base URL (DICOMweb endpoint address)."""
+    return settings.public_base_url or f"http://{settings.host}:{settings.http_port}"
+
+
+class EmrFeed:
+    """One consumer of the change feed on ``engine``, writing to ``store``."""
+
+    def __init__(self, engine: Engine, store: FhirStore, public_url: str) -> None:
+        self.engine = engine
+        self.store = store
+        self.public_url = public_url
+        self._endpoint: str | None = None
+
+    def position(self) -> int:
+        """The last handled ``seq``."""
+        with self.engine.connect() as conn:
+            seq = conn.scalar(select(FeedPosition.seq).where(FeedPosition.consumer == CONSUMER))
+        return int(seq or 0)
+
+    def _save(self, before: int, after: int) -> None:
+        with writer_turn(self.engine), self.engine.execution_options(**WRITE).begin() as conn:
+            changed = conn.execute(
+                update(FeedPosition)
+                .where(FeedPosition.consumer == CONSUMER, FeedPosition.seq == before)
+                .values(seq=after, updated_at=utcnow())
+            ).rowcount
+            if not changed and before == 0:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(FeedPosition).values(
+                                consumer=CONSUMER, seq=after, updated_at=utcnow()
+                            )
+                        )
+                except IntegrityError:
+                    pass  # another node saved a position first: its position stands
+
+    def run_once(self) -> int:
+        """Handle the next batch of events; returns how many were read."""
+        since = self.position()
+        with self.engine.connect() as conn:
+            events = read_since(conn, since, limit=BATCH, kinds=set(KINDS))
+        if not events:
+            return 0
+        self.handle(events)
+        self._save(since, events[-1].seq)
+        return len(events)
+
+    def handle(self, events: list[ChangeEvent]) -> None:
+        """Project each study touched by ``events`` once, then publish each stored result."""
+        if self._endpoint is None:
+            self._endpoint = dicomweb_endpoint(self.store, self.public_url)
+        endpoint = self._endpoint
+        studies = list(
+            dict.fromkeys(
+                e.study_instance_uid
+                for e in events
+                if e.kind in STUDY_KINDS and e.study_instance_uid
+            )
+        )
+        results = list(
+            dict.fromkeys(
+                int((e.payload or {})["result_pk"])
+                for e in events
+                if e.kind == "result.stored" and "result_pk" in (e.payload or {})
+            )
+        )
+        with Session(self.engine) as session:
+            for study_uid in studies:
+                self._guarded(partial(project_study, session, self.store, study_uid, endpoint))
+                session.rollback()
+            for result_pk in results:
+                self._guarded(partial(publish_result, session, self.store, result_pk, endpoint))
+                session.rollback()
+
+    @staticmethod
+    def _guarded(work: Callable[[], object]) -> None:
+        """Run ``work``; a resource the FHIR layer refuses is logged and skipped (it would
+        be refused again), while database errors propagate so the batch is retried."""
+        try:
+            work()
+        except (FhirError, EmrLinkError) as exc:
+            log.error("EMR link: change skipped, refused: %s", exc)
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        """Poll until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                busy = self.run_once() == BATCH
+            except SQLAlchemyError as exc:
+                log.warning("EMR link: index unavailable (%s); retrying", type(exc).__name__)
+                busy = False
+            except Exception:
+                log.exception("EMR link: batch failed; retrying")
+                busy = False
+            if not busy:
+                stop.wait(interval)
+
+
+def start_emr_feed(settings: Settings) -> Callable[[], None]:
+    """Run the consumer on a daemon thread of this process; returns a function that stops it
+    (a no-op when ``PACS_EMR_FEED`` is off)."""
+    if not settings.emr_feed:
+        return lambda: None
+    engine = create_index_engine(settings)
+    feed = EmrFeed(engine, FhirStore(engine), base_url(settings))
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=feed.run, args=(stop, settings.emr_feed_interval), name="emr-feed", daemon=True
+    )
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join(timeout=10)
+        engine.dispose()
+
+    return halt
