@@ -26,9 +26,12 @@ from pacs.dimse.handlers import Handlers
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.retrieve import RetrieveService
 from pacs.dimse.store import StoreHandler
+from pacs.dimse.worklist import WorklistService
+from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.logging import configure_logging
 from pacs.runtime import build_ingest
+from pacs.worklist.source import WorklistSource
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     handlers.find = FindService(
         session_factory(create_index_engine(settings)), match_options(settings)
     )
+    worklist_engine = create_index_engine(settings)
+    handlers.worklist = WorklistService(WorklistSource(FhirStore(worklist_engine), worklist_engine))
     ae = build_ae(settings, policy)
     send_lock = threading.Lock()
 
