@@ -9,6 +9,7 @@ from typing import Any
 
 from pacs.config import Settings
 from pacs.dimse.server import DicomServer
+from pacs.emr.feed import start_emr_feed
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
 from pacs.logging import configure_logging
@@ -25,6 +26,7 @@ def run_serve(settings: Settings, http: bool) -> None:
     engine.dispose()
     dicom = DicomServer(settings)
     dicom.start()
+    stop_emr_feed = start_emr_feed(settings) if http else None
     print(
         f"DICOM: AE title {settings.ae_title} on {settings.host}:{dicom.port}"
         + (f"  |  Web UI and API: http://{settings.host}:{settings.http_port}/" if http else ""),
@@ -36,6 +38,8 @@ def run_serve(settings: Settings, http: bool) -> None:
         else:
             _wait_for_signal()
     finally:
+        if stop_emr_feed is not None:
+            stop_emr_feed()
         dicom.stop()
 
 

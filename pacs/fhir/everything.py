@@ -14,7 +14,9 @@ from typing import Any
 
 from sqlalchemy import Connection, select, tuple_
 
+from pacs.fhir.errors import InvalidSearch
 from pacs.fhir.schema import FhirReference, FhirResource
+from pacs.fhir.searchparams import SEARCH_PARAMS
 from pacs.fhir.store import FhirStore
 
 REFERENCED_TYPES = ("Device", "Practitioner", "PractitionerRole", "Organization", "Endpoint")
@@ -68,6 +70,9 @@ def everything(
 ) -> dict[str, Any]:
     """The ``searchset`` Bundle of ``Patient/<patient_id>/$everything`` (``types``: the
     ``_type`` filter; the Patient itself is always there). Raises the store's 404/410."""
+    unknown = sorted((types or set()) - set(SEARCH_PARAMS))
+    if unknown:
+        raise InvalidSearch(f"_type: {', '.join(unknown)} is not a supported resource type")
     patient = store.read("Patient", patient_id)
     base = (store.base_url if base_url is None else base_url).rstrip("/")
     with store.engine.connect() as conn:
