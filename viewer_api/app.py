@@ -21,6 +21,7 @@ from viewer_api.routers import (
     dicomweb_wado,
     fhir,
     health,
+    review,
     studies,
     ui,
 )
@@ -50,6 +51,7 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     app.include_router(dicomweb_wado.router)
     app.include_router(dicomweb_qido.router)
     app.include_router(fhir.router)
+    app.include_router(review.router)
     _add_middleware(app, settings)
     return app
 
