@@ -9,6 +9,7 @@ instead of adding new ones. The SR is UNVERIFIED and not final: a radiologist si
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -17,7 +18,6 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
 from inference.quantify import CONSOLIDATION, GROUND_GLASS, LEFT_LUNG, RIGHT_LUNG, Quantification
 from inference.volume import Volume
@@ -64,6 +64,14 @@ class ResultUids:
     sr_instance: str
 
 
+_UID_NAMESPACE = uuid.UUID("5c0a9a3e-7f1e-4c59-9a52-1f0c2c1e7a11")  # of this archive's results
+
+
+def derived_uid(*parts: str) -> str:
+    """A ``2.25`` UID from a name-based UUID (version 5) of ``parts``: same parts, same UID."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}"
+
+
 def result_uids(
     study_instance_uid: str, study_version: int, analysis: str, model_versions: dict[str, str]
 ) -> ResultUids:
@@ -71,8 +79,7 @@ def result_uids(
     models = json.dumps(model_versions, sort_keys=True)
 
     def uid(role: str) -> str:
-        entropy = [study_instance_uid, str(study_version), analysis, models, role]
-        return str(generate_uid(prefix=None, entropy_srcs=entropy))
+        return derived_uid(study_instance_uid, str(study_version), analysis, models, role)
 
     return ResultUids(uid("seg-series"), uid("seg"), uid("sr-series"), uid("sr"))
 
@@ -115,7 +122,7 @@ def build_segmentation(
             segmented_property_type=prop,
             algorithm_type=automatic,
             algorithm_identification=algorithm,
-            tracking_uid=str(generate_uid(prefix=None, entropy_srcs=[uids.seg_instance, label])),
+            tracking_uid=derived_uid(uids.seg_instance, label),
             tracking_id=label,
         )
         for number, (prop, category, label, algorithm) in enumerate(segments, start=1)
@@ -183,7 +190,7 @@ def build_report(
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=str(generate_uid(prefix=None, entropy_srcs=[DEVICE_NAME])),
+            uid=derived_uid(DEVICE_NAME),
             name=DEVICE_NAME,
             manufacturer_name=MANUFACTURER,
             model_name=" ".join(_software_versions(model_versions))[:64],
@@ -192,7 +199,7 @@ def build_report(
     lung_groups = [
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=str(generate_uid(prefix=None, entropy_srcs=[uids.sr_instance, label])),
+                uid=derived_uid(uids.sr_instance, label),
                 identifier=label,
             ),
             referenced_segment=hd.sr.ReferencedSegment.from_segmentation(segmentation, number),
@@ -218,7 +225,7 @@ def build_report(
     ]
     lungs_group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=str(generate_uid(prefix=None, entropy_srcs=[uids.sr_instance, "lungs"])),
+            uid=derived_uid(uids.sr_instance, "lungs"),
             identifier="Both lungs",
         ),
         finding_type=LUNG_CODE,
