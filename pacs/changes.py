@@ -49,6 +49,7 @@ KINDS = frozenset(
         "job.started",
         "job.succeeded",
         "job.failed",
+        "job.cancelled",
         "result.stored",
         "result.signed",
         "object.deleted",

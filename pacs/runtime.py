@@ -5,6 +5,7 @@ from __future__ import annotations
 from pacs.config import FsyncPolicy, Settings
 from pacs.index.engine import create_index_engine
 from pacs.ingest import IngestService
+from pacs.jobs.lifecycle import StudyLifecycle
 from pacs.storage import open_store
 from pacs.storage.base import ObjectStore
 
@@ -19,4 +20,5 @@ def build_ingest(settings: Settings, store: ObjectStore | None = None) -> Ingest
         duplicate_policy=settings.duplicate_policy,
         max_object_size=settings.max_object_size,
         durable_commits=settings.storage_fsync is FsyncPolicy.ALWAYS,
+        lifecycle=StudyLifecycle.from_settings(settings) if settings.study_lifecycle else None,
     )

@@ -97,7 +97,7 @@ def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any], key: 
     """Insert unless the key exists; True when this call inserted the row."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=key)
-    return bool(conn.execute(statement).rowcount == 1)
+    return conn.execute(statement.returning(table.c.pk)).first() is not None
 
 
 def _series_row(conn: Connection, series_uid: str) -> tuple[int, int] | None:

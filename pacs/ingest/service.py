@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -35,6 +36,9 @@ from pacs.ingest.structure import dataset_offset
 from pacs.metadata import records as metadata_records
 from pacs.storage.base import ObjectStore
 from pacs.storage.keys import instance_key
+
+if TYPE_CHECKING:
+    from pacs.jobs.lifecycle import StudyLifecycle
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +82,10 @@ class IngestService:
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT,
         max_object_size: int = 2 * 1024**3,
         durable_commits: bool = True,
+        lifecycle: StudyLifecycle | None = None,
     ) -> None:
         self.store = store
+        self.lifecycle = lifecycle  # study state + change feed, in the index transaction
         self.engine = engine
         self.writer = engine.execution_options(**WRITE)
         # SQLite: commit without a sync under the write lock, flush the WAL before answering
@@ -160,7 +166,9 @@ class IngestService:
             with writer_turn(self.engine), conn.begin():
                 if replacing is not None and not delete_instance(conn, replacing):
                     raise IntegrityError("replaced row changed meanwhile", None, Exception())
-                insert_instance(conn, attrs, key, len(data), sha256, source)
+                new_series = insert_instance(conn, attrs, key, len(data), sha256, source)
+                if self.lifecycle is not None:
+                    self.lifecycle.on_instance(conn, attrs, source, new_series)
                 if document is not None:  # WADO-RS metadata, in the same transaction
                     metadata_records.record(conn, attrs.sop_instance_uid, document)
         except IntegrityError:

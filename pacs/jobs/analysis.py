@@ -49,6 +49,7 @@ class AnalysisContext:
     ingest: IngestService
     heartbeat: Callable[[], None]
     source: Source = field(default_factory=lambda: Source(channel=ANALYSIS_CHANNEL))
+    options: dict[str, Any] = field(default_factory=dict)  # the routing rule's ``options``
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,316 @@
+"""Webhooks: the change feed pushed to HTTP receivers, in order, signed, retried.
+
+Each receiver (a ``webhook`` row) has a cursor: the last event it acknowledged with a 2xx.
+The sender reads the events after the cursor, POSTs them as one JSON batch
+``{"webhook": id, "events": [...]}`` and moves the cursor only on success, so a receiver sees
+every event in order; after a failure it waits ``base * 2**(failures-1)`` (capped) and gets
+the same batch again. A lease on the row keeps one sender per receiver across all processes.
+Delivery is at least once: a process that dies between a receiver's 2xx and the cursor update
+sends that batch again; receivers drop repeats by ``seq``. The sender runs in its own thread
+and reads the committed feed, so a slow or dead receiver never holds up ingest.
+
+Headers: ``X-PACS-Signature: sha256=<hex HMAC-SHA256 of the body with the secret>`` (when the
+receiver has a secret) and ``X-PACS-Delivery: <webhook id>:<first seq>-<last seq>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+from sqlalchemy import Engine, Table, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from pacs.changes import KINDS, ChangeEvent, last_seq, read_since
+from pacs.config import Settings
+from pacs.index.models import as_utc, utcnow
+from pacs.jobs import JobError
+from pacs.jobs import metrics as job_metrics
+from pacs.jobs.models import Webhook, WebhookDelivery
+from pacs.jobs.queue import Backoff, write
+
+log = logging.getLogger(__name__)
+
+WEBHOOK: Table = Webhook.__table__  # type: ignore[assignment]
+DELIVERY: Table = WebhookDelivery.__table__  # type: ignore[assignment]
+
+
+class WebhookError(JobError):
+    """A webhook definition that cannot be used, or an unknown webhook."""
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The value of the ``X-PACS-Signature`` header for ``body``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def validate(url: str, kinds: list[str]) -> None:
+    """WebhookError unless ``url`` is an absolute http(s) URL and every kind is known."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or len(url) > 1024:
+        raise WebhookError(f"webhook URL must be an absolute http(s) URL: {url!r}")
+    unknown = sorted(set(kinds) - KINDS)
+    if unknown:
+        raise WebhookError(f"unknown event kind(s): {', '.join(unknown)}")
+
+
+def add_webhook(
+    engine: Engine,
+    url: str,
+    secret: str = "",
+    kinds: list[str] | None = None,
+    since: int | None = None,
+) -> dict[str, Any]:
+    """Register a receiver (or update the one with this URL); it gets the events after
+    ``since`` (default: from now on)."""
+    kinds = kinds or []
+    validate(url, kinds)
+    with write(engine) as conn:
+        start = last_seq(conn) if since is None else since
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(WEBHOOK).values(
+            url=url,
+            secret=secret,
+            kinds=",".join(kinds),
+            enabled=True,
+            cursor_seq=start,
+            failures=0,
+            next_attempt_at=utcnow(),
+            last_error="",
+            created_at=utcnow(),
+        )
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=["url"],
+                set_={"secret": secret, "kinds": ",".join(kinds), "enabled": True},
+            )
+        )
+        pk = conn.scalar(select(WEBHOOK.c.pk).where(WEBHOOK.c.url == url))
+    return get_webhook(engine, int(pk))
+
+
+def remove_webhook(engine: Engine, pk: int) -> None:
+    """Delete a receiver and its delivery log; WebhookError if unknown."""
+    with write(engine) as conn:
+        conn.execute(delete(DELIVERY).where(DELIVERY.c.webhook_pk == pk))
+        if conn.execute(delete(WEBHOOK).where(WEBHOOK.c.pk == pk)).rowcount != 1:
+            raise WebhookError(f"no webhook {pk}")
+
+
+def _json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.pk,
+        "url": row.url,
+        "kinds": [k for k in row.kinds.split(",") if k],
+        "signed": bool(row.secret),
+        "enabled": row.enabled,
+        "cursor_seq": row.cursor_seq,
+        "failures": row.failures,
+        "next_attempt_at": as_utc(row.next_attempt_at).isoformat(),
+        "last_error": row.last_error,
+    }
+
+
+def get_webhook(engine: Engine, pk: int) -> dict[str, Any]:
+    """One receiver as JSON (the secret is never shown)."""
+    with engine.connect() as conn:
+        row = conn.execute(select(WEBHOOK).where(WEBHOOK.c.pk == pk)).fetchone()
+    if row is None:
+        raise WebhookError(f"no webhook {pk}")
+    return _json(row)
+
+
+def list_webhooks(engine: Engine) -> list[dict[str, Any]]:
+    """Every receiver as JSON."""
+    with engine.connect() as conn:
+        return [_json(r) for r in conn.execute(select(WEBHOOK).order_by(WEBHOOK.c.pk))]
+
+
+def deliveries(engine: Engine, pk: int, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest delivery attempts of a receiver."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(DELIVERY)
+            .where(DELIVERY.c.webhook_pk == pk)
+            .order_by(DELIVERY.c.pk.desc())
+            .limit(limit)
+        ).fetchall()
+    return [
+        {
+            "first_seq": r.first_seq,
+            "last_seq": r.last_seq,
+            "events": r.events,
+            "attempt": r.attempt,
+            "ok": r.ok,
+            "status_code": r.status_code,
+            "error": r.error,
+            "duration_ms": r.duration_ms,
+            "attempted_at": as_utc(r.attempted_at).isoformat(),
+        }
+        for r in rows
+    ]
+
+
+class WebhookSender:
+    """Delivers the feed to every due receiver; ``start()`` runs it in a daemon thread."""
+
+    def __init__(self, settings: Settings, engine: Engine, owner: str) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.owner = owner
+        self.backoff = Backoff(
+            settings.webhook_retry_base_seconds, settings.webhook_retry_max_seconds
+        )
+        self.client = httpx.Client(timeout=settings.webhook_timeout)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sync_configured(self) -> None:
+        """Register ``PACS_WEBHOOK_URLS`` (with ``PACS_WEBHOOK_SECRET``) if not yet known."""
+        for url in filter(None, (u.strip() for u in self.settings.webhook_urls.split(","))):
+            with self.engine.connect() as conn:
+                known = conn.scalar(select(WEBHOOK.c.pk).where(WEBHOOK.c.url == url))
+            if known is None:
+                add_webhook(self.engine, url, self.settings.webhook_secret)
+
+    def start(self) -> None:
+        """Deliver in a background thread until ``stop()``."""
+        self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current delivery."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.settings.webhook_timeout + 5)
+        self.client.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sent = self.run_once()
+            except Exception as exc:  # database down: keep trying
+                log.error("webhook delivery round failed: %s", exc)
+                sent = 0
+            if not sent:
+                self._stop.wait(0.2)
+
+    def run_once(self) -> int:
+        """One round over the due receivers; returns how many events were acknowledged."""
+        now = utcnow()
+        with self.engine.connect() as conn:
+            hooks = conn.execute(
+                select(WEBHOOK).where(WEBHOOK.c.enabled.is_(True), WEBHOOK.c.next_attempt_at <= now)
+            ).fetchall()
+        sent = 0
+        for hook in hooks:
+            if (
+                hook.lease_owner not in (None, self.owner)
+                and hook.lease_expires_at is not None
+                and as_utc(hook.lease_expires_at) > now
+            ):
+                continue
+            kinds = {k for k in hook.kinds.split(",") if k} or None
+            with self.engine.connect() as conn:
+                events = read_since(conn, hook.cursor_seq, self.settings.webhook_batch_size, kinds)
+            if events and self._lease(hook.pk):
+                sent += self._deliver(hook, events)
+        return sent
+
+    def _lease(self, pk: int) -> bool:
+        now = utcnow()
+        free = (
+            (WEBHOOK.c.lease_owner.is_(None))
+            | (WEBHOOK.c.lease_expires_at < now)
+            | (WEBHOOK.c.lease_owner == self.owner)
+        )
+        with write(self.engine) as conn:
+            return bool(
+                conn.execute(
+                    update(WEBHOOK)
+                    .where(WEBHOOK.c.pk == pk, free)
+                    .values(
+                        lease_owner=self.owner,
+                        lease_expires_at=now
+                        + timedelta(seconds=self.settings.webhook_timeout + 30),
+                    )
+                ).rowcount
+            )
+
+    def _deliver(self, hook: Any, events: list[ChangeEvent]) -> int:
+        with self.engine.connect() as conn:  # the cursor may have moved before our lease
+            cursor = conn.scalar(select(WEBHOOK.c.cursor_seq).where(WEBHOOK.c.pk == hook.pk))
+        events = [e for e in events if e.seq > (cursor or 0)]
+        if not events:
+            self._release(hook.pk, {})
+            return 0
+        body = json.dumps(
+            {"webhook": hook.pk, "events": [e.as_json() for e in events]},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-PACS-Delivery": f"{hook.pk}:{events[0].seq}-{events[-1].seq}",
+        }
+        if hook.secret:
+            headers["X-PACS-Signature"] = signature(hook.secret, body)
+        started = time.perf_counter()
+        status_code: int | None = None
+        try:
+            response = self.client.post(hook.url, content=body, headers=headers)
+            status_code = response.status_code
+            error = "" if response.is_success else f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        duration = (time.perf_counter() - started) * 1000
+        ok = not error
+        failures = 0 if ok else hook.failures + 1
+        values: dict[str, Any] = {"failures": failures, "last_error": error}
+        if ok:
+            values["cursor_seq"] = events[-1].seq
+            values["next_attempt_at"] = utcnow()
+        else:
+            values["next_attempt_at"] = utcnow() + self.backoff.delay(failures)
+        with write(self.engine) as conn:
+            conn.execute(
+                DELIVERY.insert().values(
+                    webhook_pk=hook.pk,
+                    first_seq=events[0].seq,
+                    last_seq=events[-1].seq,
+                    events=len(events),
+                    attempt=hook.failures + 1,
+                    status_code=status_code,
+                    ok=ok,
+                    error=error,
+                    duration_ms=duration,
+                    attempted_at=utcnow(),
+                )
+            )
+            conn.execute(
+                update(WEBHOOK)
+                .where(WEBHOOK.c.pk == hook.pk, WEBHOOK.c.lease_owner == self.owner)
+                .values(lease_owner=None, lease_expires_at=None, **values)
+            )
+        job_metrics.WEBHOOK_DELIVERIES.labels("ok" if ok else "failed").inc()
+        if ok:
+            job_metrics.WEBHOOK_EVENTS.inc(len(events))
+            return len(events)
+        log.warning("webhook %d: delivery failed (%s), attempt %d", hook.pk, error, failures)
+        return 0
+
+    def _release(self, pk: int, values: dict[str, Any]) -> None:
+        with write(self.engine) as conn:
+            conn.execute(
+                update(WEBHOOK)
+                .where(WEBHOOK.c.pk == pk, WEBHOOK.c.lease_owner == self.owner)
+                .values(lease_owner=None, lease_expires_at=None, **values)
+            )
