@@ -11,12 +11,15 @@ from typing import Annotated, Any
 import typer
 
 from pacs.config import Settings
+from pacs.jobs.cli import jobs_app, worker
 
 app = typer.Typer(help="Regional imaging archive.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Index database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 ae_app = typer.Typer(help="Registry of remote AEs (destinations).", no_args_is_help=True)
 app.add_typer(ae_app, name="ae")
+app.add_typer(jobs_app, name="jobs")
+app.command("worker")(worker)
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Data directory \\[env PACS_DATA_DIR].")

@@ -12,6 +12,8 @@ from pacs.dimse.server import DicomServer
 from pacs.emr.feed import start_emr_feed
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
+from pacs.jobs.background import Background
+from pacs.jobs.rules import RulesError
 from pacs.logging import configure_logging
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,10 @@ def run_serve(settings: Settings, http: bool) -> None:
     engine = create_index_engine(settings)
     upgrade(engine)
     engine.dispose()
+    background = _background(settings, worker=http and settings.serve_worker)
     dicom = DicomServer(settings)
     dicom.start()
+    background.start()  # sweeper, job reaper, webhooks (and a worker): after the SCP forks
     stop_emr_feed = start_emr_feed(settings) if http else None
     print(
         f"DICOM: AE title {settings.ae_title} on {settings.host}:{dicom.port}"
@@ -40,7 +44,16 @@ def run_serve(settings: Settings, http: bool) -> None:
     finally:
         if stop_emr_feed is not None:
             stop_emr_feed()
+        background.stop()
         dicom.stop()
+
+
+def _background(settings: Settings, worker: bool) -> Background:
+    """The lifecycle/job threads of this node; a bad rules file or setting stops the start."""
+    try:
+        return Background(settings, worker=worker)
+    except (ValueError, RulesError) as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def _run_http(settings: Settings, dicom: DicomServer) -> None:

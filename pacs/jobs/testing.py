@@ -15,12 +15,13 @@ from __future__ import annotations
 import io
 import os
 import time
+import uuid
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian
 from sqlalchemy import select
 
 from pacs.index.models import Instance, Series, Study
@@ -98,8 +99,8 @@ def analyse_test(ctx: AnalysisContext) -> AnalysisResult:
 
 def _report(ctx: AnalysisContext, source: Dataset, instances: int) -> bytes:
     """The Basic Text SR of a study version: every UID and value derived from it alone."""
-    seed = [ctx.study_instance_uid, str(ctx.study_version), ctx.analysis]
-    sop_uid = generate_uid(prefix=None, entropy_srcs=[*seed, "sop"])
+    seed = f"{ctx.study_instance_uid}|{ctx.study_version}|{ctx.analysis}"
+    sop_uid = _name_uid(seed + "|sop")
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
@@ -111,7 +112,7 @@ def _report(ctx: AnalysisContext, source: Dataset, instances: int) -> bytes:
     ds.StudyInstanceUID = ctx.study_instance_uid
     ds.SOPClassUID = BasicTextSRStorage
     ds.SOPInstanceUID = sop_uid
-    ds.SeriesInstanceUID = generate_uid(prefix=None, entropy_srcs=[*seed, "series"])
+    ds.SeriesInstanceUID = _name_uid(seed + "|series")
     ds.Modality = "SR"
     ds.SeriesNumber = 9000 + ctx.study_version
     ds.SeriesDescription = "Test analysis"
@@ -136,6 +137,11 @@ def _report(ctx: AnalysisContext, source: Dataset, instances: int) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def _name_uid(name: str) -> str:
+    """A 2.25 UID from a name-based (v5) UUID: the same name, the same UID."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
