@@ -136,8 +136,10 @@ def _search(
         response = JSONResponse({"detail": str(exc)}, status_code=400)
     except SQLAlchemyError:
         log.exception("QIDO-RS failed in the index")
-        session.rollback()
         response = JSONResponse({"detail": "index unavailable"}, status_code=503)
+    # end the read transaction first: on SQLite, upgrading a read snapshot to a write fails
+    # at once ("database is locked") when another process committed in between
+    session.rollback()
     record_access(session, request, user, "search", response.status_code)
     return response
 
