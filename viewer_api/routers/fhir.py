@@ -60,6 +60,7 @@ async def metadata(request: Request, session: SessionDep, user: CurrentUser) -> 
 
 
 @router.post("")
+@router.post("/", include_in_schema=False)
 async def transaction_or_batch(
     request: Request, session: SessionDep, user: CurrentUser
 ) -> Response:
