@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     webhook_retry_max_seconds: float = Field(600.0, ge=0, description="Longest webhook backoff.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_phi: bool = Field(False, description="Allow patient identifiers in logs (never default).")
+    models_dir: Path | None = Field(
+        None, description="Root of the model registry; default the repository's models/."
+    )
+    inference_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads per session; 0 = one per core."
+    )
     inference_lung_model: str = Field("lung-seg", description="Registry name of the lung model.")
     inference_lung_model_version: str | None = Field(
         None, description="Version of the lung model; default the newest registered."
