@@ -16,14 +16,17 @@ from pacs.runtime import build_ingest
 from pacs.storage import open_store
 from viewer_api.routers import (
     aes,
+    changes,
     dicomweb_qido,
     dicomweb_stow,
     dicomweb_wado,
     fhir,
     health,
+    jobs,
     review,
     studies,
     ui,
+    webhooks,
 )
 
 
@@ -52,6 +55,9 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     app.include_router(dicomweb_qido.router)
     app.include_router(fhir.router)
     app.include_router(review.router)
+    app.include_router(jobs.router)
+    app.include_router(changes.router)
+    app.include_router(webhooks.router)
     _add_middleware(app, settings)
     return app
 
