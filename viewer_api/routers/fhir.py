@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pacs.fhir.capability import capability_statement
 from pacs.fhir.errors import InvalidResource, InvalidSearch
+from pacs.fhir.everything import everything
 from pacs.fhir.store import check_type
 from viewer_api.deps import CurrentUser, SessionDep
 from viewer_api.fhir_http import (
@@ -164,6 +165,21 @@ async def conditional_update(
         return _written(request, entry["resource"], int(entry["response"]["status"][:3]))
 
     return await handle(request, session, user, "update", work)
+
+
+@router.get("/Patient/{patient_id}/$everything")
+async def patient_everything(
+    patient_id: str, request: Request, session: SessionDep, user: CurrentUser
+) -> Response:
+    """``Patient/$everything`` (``_type`` to narrow): the patient's case (pacs.fhir.everything)."""
+
+    async def work() -> Response:
+        types = {t for v in request.query_params.getlist("_type") for t in v.split(",") if t}
+        store, base = fhir_store(request), base_url(request)
+        bundle = await run_in_threadpool(everything, store, patient_id, types or None, base)
+        return fhir_response(bundle)
+
+    return await handle(request, session, user, "read", work)
 
 
 @router.get("/{resource_type}/{resource_id}")
