@@ -40,6 +40,7 @@ def worker(
     data_dir: DataDir = None,
 ) -> None:
     """Run analysis jobs (and the sweeper and webhook sender) until SIGTERM/SIGINT."""
+    from pacs.emr.feed import start_emr_feed
     from pacs.index.engine import create_index_engine
     from pacs.index.migrate import upgrade
     from pacs.jobs.background import Background
@@ -63,8 +64,10 @@ def worker(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     background.start()
+    stop_emr_feed = start_emr_feed(settings)  # EMR link: ImagingStudy / AI report projection
     typer.echo(f"worker {background.owner}: {settings.worker_concurrency} slot(s)")
     stop.wait()
+    stop_emr_feed()
     background.stop()
 
 
