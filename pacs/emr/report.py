@@ -186,6 +186,26 @@ def observation(
     return resource
 
 
+def check_measurements(measurements: Mapping[str, Any]) -> dict[str, Any]:
+    """The measurements of a result, checked before anything is written (``EmrLinkError``
+    for a grade outside CT-0..CT-4 or a value that is not a number)."""
+    checked: dict[str, Any] = {}
+    for key, spec in MEASUREMENTS.items():
+        value = measurements.get(key)
+        if value is None:
+            continue
+        if not spec.unit:
+            if str(value) not in GRADES:
+                raise EmrLinkError(f"unknown CT severity grade {value!r}")
+            checked[key] = str(value)
+            continue
+        try:
+            checked[key] = float(value)
+        except (TypeError, ValueError):
+            raise EmrLinkError(f"{key}: {value!r} is not a number") from None
+    return checked
+
+
 def preliminary_conclusion(measurements: Mapping[str, Any]) -> str:
     """The conclusion of an unreviewed AI report."""
     grade = measurements.get("ct_severity_grade")
@@ -276,6 +296,7 @@ def publish_result(session: Session, store: FhirStore, result_pk: int, endpoint:
     if known is not None and known.status != "preliminary":
         log.info("AI result %s already signed off (%s); report kept", result_pk, known.status)
         return False
+    measurements = check_measurements(result.get("measurements") or {})
     study = project_study(session, store, str(result["study_instance_uid"]), endpoint)
     if study is None:
         log.warning("study of AI result %s is not in the archive", result_pk)
@@ -290,7 +311,6 @@ def publish_result(session: Session, store: FhirStore, result_pk: int, endpoint:
         "imaging_study": {"reference": f"ImagingStudy/{study['id']}"},
         "device": {"reference": f"Device/{device_id}"},
     }
-    measurements = dict(result.get("measurements") or {})
     observation_ids: dict[str, str] = {}
     for key in MEASUREMENTS:
         if measurements.get(key) is None:

@@ -1,0 +1,69 @@
+"""The EMR-link change-feed consumer: stored position, idempotent re-runs, refusals skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import update
+
+from inference.records import ResultRecord, store_result
+from pacs.emr.feed import CONSUMER, EmrFeed
+from pacs.emr.tables import FeedPosition
+from pacs.fhir.store import FhirStore
+from pacs.index.engine import create_index_engine
+from pacs.ingest.source import Source
+from pacs.runtime import build_ingest
+from tests.conftest import Backend
+from tests.dicom_factory import write_ct_series
+
+
+def _count(store: FhirStore, rtype: str) -> int:
+    return int(store.search(rtype, [("_summary", "count")])["total"])
+
+
+def test_feed_position_is_stored_and_a_replay_changes_nothing(
+    db_backend: Backend, tmp_path: Path
+) -> None:
+    settings = db_backend.settings
+    engine = create_index_engine(settings)
+    ingest = build_ingest(settings)
+    paths = write_ct_series(tmp_path / "ct", slices=2, size=16, patient_id="P-77")
+    for path in paths:
+        assert ingest.store_part10(path.read_bytes(), Source("import")).status.ok
+    store = FhirStore(engine)
+    feed = EmrFeed(engine, store, "http://archive.example")
+    assert feed.run_once() > 0
+    position = feed.position()
+    assert position > 0
+    studies = store.search("ImagingStudy", [])["entry"]
+    assert len(studies) == 1 and studies[0]["resource"]["numberOfInstances"] == 2
+    patient = store.read("Patient", studies[0]["resource"]["subject"]["reference"][8:])
+    assert patient["meta"]["tag"][0]["code"] == "reconcile"
+
+    restarted = EmrFeed(engine, FhirStore(engine), "http://archive.example")
+    assert restarted.position() == position and restarted.run_once() == 0
+
+    with engine.begin() as conn:  # replay the whole feed: upserts change nothing
+        conn.execute(update(FeedPosition).where(FeedPosition.consumer == CONSUMER).values(seq=0))
+    assert restarted.run_once() > 0 and restarted.position() == position
+    again = store.search("ImagingStudy", [])["entry"]
+    assert [e["resource"]["meta"]["versionId"] for e in again] == ["1"]
+    assert (_count(store, "Patient"), _count(store, "Endpoint")) == (1, 1)
+
+    study_uid = studies[0]["resource"]["identifier"][0]["value"][8:]
+    series_uid = studies[0]["resource"]["series"][0]["uid"]
+    bad = ResultRecord(
+        study_uid, 1, "ct-chest", series_uid, {"m": "1"}, {"involvement_percent": 9.0, "ct_severity_grade": "CT-9"},
+        "", "", "", "",
+    )  # fmt: skip
+    store_result(engine, bad)
+    orphan = ResultRecord(
+        "1.2.3.999", 1, "ct-chest", "1.2.3.999.1", {"m": "1"}, {"involvement_percent": 3.0},
+        "", "", "", "",
+    )  # fmt: skip
+    store_result(engine, orphan)
+    assert restarted.run_once() == 2  # a refused result is skipped, not retried forever
+    assert restarted.run_once() == 0
+    assert (_count(store, "DiagnosticReport"), _count(store, "Observation")) == (0, 0)
+    engine.dispose()
+    ingest.engine.dispose()
