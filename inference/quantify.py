@@ -114,11 +114,11 @@ def quantify(hu: sitk.Image, lungs: sitk.Image, bands: Bands) -> Quantification:
 
     spacing = hu.GetSpacing()
     dense = lung & (values >= bands.ggo_max_hu)
-    blobs = _in_plane(dense, "opening", bands.vessel_max_diameter_mm, spacing)
+    blobs = _opening(dense, bands.vessel_max_diameter_mm, spacing)
     vessels = dense & ~blobs
-    if bands.vessel_halo_mm > 0 and vessels.any():
-        rim = _in_plane(vessels, "dilate", 2 * bands.vessel_halo_mm, spacing)
-        vessels = rim & ~blobs
+    rim = [round(bands.vessel_halo_mm / s) for s in spacing[:2]]
+    if any(rim) and vessels.any():
+        vessels = _dilate(vessels, rim) & ~blobs
     parenchyma = lung & ~vessels & (values <= bands.consolidation_max_hu)
     ggo = parenchyma & (values >= bands.ggo_min_hu) & (values < bands.ggo_max_hu)
     consolidation = parenchyma & (values >= bands.ggo_max_hu)
@@ -152,12 +152,17 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def _in_plane(mask: np.ndarray, operation: str, diameter_mm: float, spacing: Any) -> np.ndarray:
-    """Binary ``opening`` or ``dilate`` of ``mask`` with an in-plane disc of ~``diameter_mm``."""
+def _opening(mask: np.ndarray, diameter_mm: float, spacing: Any) -> np.ndarray:
+    """Binary opening of ``mask`` with an in-plane disc about ``diameter_mm`` across (at
+    least 3 voxels): what survives is wider than the disc."""
     radius = [max(1, round((diameter_mm / s - 1) / 2)) for s in spacing[:2]] + [0]
     image = sitk.GetImageFromArray(mask.view(np.uint8))
-    if operation == "opening":
-        result = sitk.BinaryMorphologicalOpening(image, radius, sitk.sitkBall, 0, 1)
-    else:
-        result = sitk.BinaryDilate(image, radius, sitk.sitkBall, 0, 1)
-    return sitk.GetArrayViewFromImage(result).astype(bool)
+    opened = sitk.BinaryMorphologicalOpening(image, radius, sitk.sitkBall, 0, 1)
+    return sitk.GetArrayViewFromImage(opened).astype(bool)
+
+
+def _dilate(mask: np.ndarray, radius: list[int]) -> np.ndarray:
+    """Binary dilation of ``mask`` by ``radius`` voxels in-plane."""
+    image = sitk.GetImageFromArray(mask.view(np.uint8))
+    dilated = sitk.BinaryDilate(image, [*radius, 0], sitk.sitkBall, 0, 1)
+    return sitk.GetArrayViewFromImage(dilated).astype(bool)

@@ -39,53 +39,65 @@ def chest_phantom(
     spacing: tuple[float, float, float] | None = None,
     seed: int = 0,
 ) -> Phantom:
-    """A chest phantom with ``involvement`` (0..1) of the parenchyma affected."""
+    """A chest phantom with ``involvement`` (0..1) of the parenchyma affected.
+
+    Built slice by slice, so a 512 x 512 x 300 phantom needs little more than its own arrays.
+    """
     rng = np.random.default_rng(seed)
     pixel = 350.0 / size
     spacing = spacing or (pixel, pixel, 300.0 / slices)
-    z, y, x = np.meshgrid(
-        (np.arange(slices) + 0.5) / slices * 2 - 1,
-        (np.arange(size) + 0.5) / size * 2 - 1,
-        (np.arange(size) + 0.5) / size * 2 - 1,
-        indexing="ij",
-    )
-    hu = np.full(z.shape, -1000, dtype=np.int16)
-    hu[(x / 0.95) ** 2 + (y / 0.7) ** 2 <= 1] = TISSUE_HU
-    lungs = np.zeros(z.shape, dtype=np.uint8)
-    for label, centre in ((1, -0.42), (2, 0.42)):
-        inside = ((x - centre) / 0.33) ** 2 + (y / 0.5) ** 2 + (z / 1.15) ** 2 <= 1
-        lungs[inside] = label
-    lung = lungs > 0
-    hu[lung] = LUNG_HU
-    vessels = np.zeros(z.shape, dtype=bool)
+    axis = (np.arange(size) + 0.5) / size * 2 - 1
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    body = (x / 0.95) ** 2 + (y / 0.7) ** 2 <= 1
+    vessels = np.zeros((size, size), dtype=bool)
     for vx, vy in rng.uniform(-0.6, 0.6, (24, 2)):
         vessels |= ((x - vx) ** 2 + (y - vy * 0.7) ** 2) <= (0.9 * 2 / size) ** 2
-    vessels &= lung
-    parenchyma = lung & ~vessels
-    lesion = _dependent_share(parenchyma, y, involvement)
-    ggo = lesion & (z < np.quantile(z[lesion], 0.5)) if lesion.any() else lesion
-    hu[lesion] = CONSOLIDATION_HU
-    hu[ggo] = GGO_HU
-    bullae = _dependent_share(parenchyma & ~lesion, -y, emphysema)
-    hu[bullae] = -990
-    hu[vessels & ~lesion] = VESSEL_HU
-    noise = rng.normal(0, 12, z.shape).astype(np.int16)
-    hu = np.where(hu > -1000, hu + noise, hu).astype(np.int16)
+    lungs = np.zeros((slices, size, size), dtype=np.uint8)
+    for k, z in enumerate((np.arange(slices) + 0.5) / slices * 2 - 1):
+        for label, centre in ((1, -0.42), (2, 0.42)):
+            inside = ((x - centre) / 0.33) ** 2 + (y / 0.5) ** 2 + (z / 1.15) ** 2 <= 1
+            lungs[k][inside] = label
+    # lesions fill the posterior (largest y) share of the parenchyma, bullae the anterior one
+    parenchyma_rows = np.count_nonzero((lungs > 0) & ~vessels, axis=(0, 2))  # voxels per row
+    lesion_rows = _rows_for_share(parenchyma_rows, involvement, from_end=True)
+    bullae_rows = _rows_for_share(parenchyma_rows, emphysema, from_end=False)
+    hu = np.empty((slices, size, size), dtype=np.int16)
+    lesion_count = bullae_count = 0
+    half = slices // 2
+    for k in range(slices):
+        plane = np.where(body, TISSUE_HU, -1000).astype(np.int16)
+        lung = lungs[k] > 0
+        plane[lung] = LUNG_HU
+        plane[lung & vessels] = VESSEL_HU
+        lesion = lung & lesion_rows[:, np.newaxis]
+        plane[lesion] = GGO_HU if k < half else CONSOLIDATION_HU
+        bullae = lung & ~vessels & bullae_rows[:, np.newaxis]
+        plane[bullae] = -990
+        lesion_count += int(np.count_nonzero(lesion & ~vessels))
+        bullae_count += int(np.count_nonzero(bullae))
+        noise = rng.normal(0, 12, plane.shape).astype(np.int16)
+        hu[k] = np.where(body, plane + noise, plane)
+    lung_voxels = int(np.count_nonzero(lungs))
+    parenchyma_voxels = int(parenchyma_rows.sum())
     return Phantom(
         hu=hu,
         lungs=lungs,
         spacing=spacing,
-        involvement_percent=100.0 * np.count_nonzero(lesion) / np.count_nonzero(parenchyma),
-        emphysema_percent=100.0 * np.count_nonzero(bullae) / np.count_nonzero(lung),
+        involvement_percent=100.0 * lesion_count / parenchyma_voxels,
+        emphysema_percent=100.0 * bullae_count / lung_voxels,
     )
 
 
-def _dependent_share(region: np.ndarray, depth: np.ndarray, share: float) -> np.ndarray:
-    """The ``share`` of ``region`` with the largest ``depth`` (posterior = +y in LPS)."""
+def _rows_for_share(per_row: np.ndarray, share: float, from_end: bool) -> np.ndarray:
+    """Rows (y) holding about ``share`` of the voxels, taken from the last or the first row."""
+    rows = np.zeros(per_row.shape, dtype=bool)
     if share <= 0:
-        return np.zeros(region.shape, dtype=bool)
-    cut = np.quantile(depth[region], 1 - share)
-    return region & (depth >= cut)
+        return rows
+    order = np.arange(per_row.size)[::-1] if from_end else np.arange(per_row.size)
+    cumulative = np.cumsum(per_row[order])
+    taken = order[cumulative - per_row[order] / 2 < share * per_row.sum()]
+    rows[taken] = True
+    return rows
 
 
 def phantom_series(

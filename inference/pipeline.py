@@ -1,0 +1,188 @@
+"""The ``ct-chest`` analysis: chest CT -> lungs -> measurements -> DICOM SEG + SR -> archive.
+
+Stages, each testable alone (MONAI Deploy's habit):
+
+- ``pre_process``: choose the series among those the routing rules selected and build its
+  volume (``inference.volume``); a series the volume checks refuse is skipped for the next.
+- ``predict``: the lung model from the registry (``inference.segmentation.LungSegmenter``).
+- ``post_process``: quantification, SEG + SR (``inference.results``), stored through the
+  ingest path (overwrite policy: a re-run replaces its own objects), and the ``ai_result``
+  row with its ``result.stored`` change.
+
+``ctx.heartbeat()`` runs between stages (it raises if an operator cancelled the job). Any
+failure propagates, so the job is marked failed with the error and retried per its policy.
+Logs carry the job id and stage timings, never patient identifiers.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import SimpleITK as sitk
+from sqlalchemy import func, select
+
+from inference import records, results
+from inference.errors import InferenceError, VolumeRefusedError
+from inference.quantify import Bands, quantify
+from inference.volume import CT_SOP_CLASSES, Volume, load_volume
+from pacs.config import DuplicatePolicy
+from pacs.index.models import Instance, Series
+
+if TYPE_CHECKING:
+    from inference.segmentation import LungSegmenter
+    from pacs.jobs.analysis import AnalysisContext, AnalysisResult
+
+log = logging.getLogger(__name__)
+
+ANALYSIS = "ct-chest"
+
+
+class ResultStoreError(InferenceError):
+    """The archive refused a SEG or SR the analysis produced."""
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - started, 3)
+
+
+def analyse_ct_chest(ctx: AnalysisContext) -> AnalysisResult:
+    """Analyse the chest CT of one study version; store SEG + SR and the ``ai_result`` row."""
+    timings: dict[str, float] = {}
+    with _stage(timings, "pre_process"):
+        volume = pre_process(ctx)
+    ctx.heartbeat()
+    with _stage(timings, "predict"):
+        segmenter = lung_segmenter(ctx.settings)
+        lungs = predict(volume, segmenter)
+    ctx.heartbeat()
+    with _stage(timings, "post_process"):
+        result = post_process(ctx, volume, lungs, model_versions(segmenter))
+    result.summary["timings_s"] = timings
+    log.info(
+        "job %s: %s on %d slices in %s s", ctx.job_id, ANALYSIS, volume.image.GetSize()[2], timings
+    )
+    return result
+
+
+# ---------------------------------------------------------------- pre_process
+
+
+def candidate_series(ctx: AnalysisContext) -> list[str]:
+    """The selected series that hold CT images, most slices first."""
+    if not ctx.series_instance_uids:
+        return []
+    with ctx.engine.connect() as conn:
+        rows = list(
+            conn.execute(
+                select(Series.series_instance_uid, func.count(Instance.pk), func.max(Instance.rows))
+                .join(Instance, Instance.series_pk == Series.pk)
+                .where(Series.series_instance_uid.in_(ctx.series_instance_uids))
+                .where(Instance.sop_class_uid.in_(sorted(CT_SOP_CLASSES)))
+                .group_by(Series.series_instance_uid)
+            ).all()
+        )
+    rows.sort(key=lambda row: (-row[1], ctx.series_instance_uids.index(row[0])))
+    return [row[0] for row in rows]
+
+
+def pre_process(ctx: AnalysisContext) -> Volume:
+    """The volume of the first candidate series the volume checks accept."""
+    refusals: list[VolumeRefusedError] = []
+    for series_uid in candidate_series(ctx):
+        try:
+            return load_volume(ctx.engine, ctx.store, series_uid, ctx.settings)
+        except VolumeRefusedError as exc:
+            log.warning("job %s: series skipped: %s", ctx.job_id, exc)
+            refusals.append(exc)
+        ctx.heartbeat()
+    if refusals:
+        raise refusals[0]
+    raise InferenceError(f"no CT series among the {len(ctx.series_instance_uids)} selected")
+
+
+# ---------------------------------------------------------------- predict
+
+
+def lung_segmenter(settings: Any) -> LungSegmenter:
+    """The configured lung model, from the model registry (digest verified on load)."""
+    from inference.registry import ModelRegistry
+    from inference.segmentation import LungSegmenter
+
+    return LungSegmenter(
+        ModelRegistry(),
+        name=settings.inference_lung_model,
+        version=settings.inference_lung_model_version,
+    )
+
+
+def predict(volume: Volume, segmenter: LungSegmenter) -> sitk.Image:
+    """Lung labels (1 right, 2 left) on the volume's grid."""
+    labels = segmenter.segment(volume.image)
+    if labels.GetSize() != volume.image.GetSize():
+        raise InferenceError(f"lung model returned {labels.GetSize()} for {volume.image.GetSize()}")
+    return labels
+
+
+def model_versions(segmenter: LungSegmenter) -> dict[str, str]:
+    """Name -> version of every algorithm behind the result (part of the result UIDs)."""
+    manifest = segmenter.manifest
+    return {
+        str(manifest.name): str(manifest.version),
+        results.QUANTIFICATION: results.QUANTIFICATION_VERSION,
+    }
+
+
+# ---------------------------------------------------------------- post_process
+
+
+def post_process(
+    ctx: AnalysisContext, volume: Volume, lungs: sitk.Image, versions: dict[str, str]
+) -> AnalysisResult:
+    """Quantify, build and store SEG + SR, record the result."""
+    from pacs.jobs.analysis import AnalysisResult
+
+    quantification = quantify(volume.image, lungs, Bands.from_settings(ctx.settings))
+    uids = results.result_uids(ctx.study_instance_uid, ctx.study_version, ctx.analysis, versions)
+    labels = sitk.GetArrayViewFromImage(lungs)
+    segmentation = results.build_segmentation(volume, labels, quantification, uids, versions)
+    ctx.heartbeat()
+    report = results.build_report(volume, segmentation, quantification, uids, versions)
+    ingest = copy.copy(ctx.ingest)  # same store and engine; results replace their own UIDs
+    ingest.duplicate_policy = DuplicatePolicy.OVERWRITE
+    for dataset in (segmentation, report):
+        outcome = ingest.store_part10(results.encode(dataset), ctx.source)
+        if not outcome.status.ok:
+            raise ResultStoreError(f"{dataset.Modality} refused: {outcome.status} {outcome.reason}")
+    measurements = quantification.measurements()
+    pk = records.store_result(
+        ctx.engine,
+        records.ResultRecord(
+            study_instance_uid=ctx.study_instance_uid,
+            study_version=ctx.study_version,
+            analysis=ctx.analysis,
+            source_series_instance_uid=volume.series_instance_uid,
+            model_versions=versions,
+            measurements=measurements,
+            seg_sop_instance_uid=uids.seg_instance,
+            seg_series_instance_uid=uids.seg_series,
+            sr_sop_instance_uid=uids.sr_instance,
+            sr_series_instance_uid=uids.sr_series,
+        ),
+    )
+    return AnalysisResult(
+        output_sop_instance_uids=[uids.seg_instance, uids.sr_instance],
+        summary={
+            "result_pk": pk,
+            "source_series_instance_uid": volume.series_instance_uid,
+            "model_versions": versions,
+            "measurements": measurements,
+        },
+    )
