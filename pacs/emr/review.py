@@ -270,6 +270,43 @@ def _reviewed_observation(
     return observation
 
 
+def sign_provenance(
+    report: dict[str, Any], practitioner: dict[str, str], signed_at: datetime
+) -> dict[str, Any]:
+    """The Provenance of a sign-off: the radiologist verified this version of the report."""
+    version = report["meta"]["versionId"]
+    return {
+        "resourceType": "Provenance",
+        "target": [{"reference": f"DiagnosticReport/{report['id']}/_history/{version}"}],
+        "recorded": signed_at.isoformat(),
+        "activity": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DocumentCompletion",
+                    "code": "LA" if report["status"] == "final" else "CA",
+                    "display": "legally authenticated"
+                    if report["status"] == "final"
+                    else "cancelled",
+                }
+            ]
+        },
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/"
+                            "provenance-participant-type",
+                            "code": "verifier",
+                        }
+                    ]
+                },
+                "who": practitioner,
+            }
+        ],
+    }
+
+
 def sign_off(
     session: Session,
     store: FhirStore,
@@ -337,6 +374,10 @@ def sign_off(
         )
         written = store.tx_update(conn, "DiagnosticReport", report_id, body)
         store.check_references(conn, written.resource)
+        signature = store.tx_create(
+            conn, sign_provenance(written.resource, practitioner, signed_at)
+        )
+        store.check_references(conn, signature.resource)
         conn.execute(
             update(AiReport)
             .where(AiReport.pk == report_pk)

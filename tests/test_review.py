@@ -1,0 +1,74 @@
+"""Sign-off service (pacs.emr.review) in process: rejection, the sign-off Provenance, audit,
+change feed, and a second sign-off refused; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from inference.records import AI_RESULT, ResultRecord, store_result
+from pacs import changes
+from pacs.emr.feed import EmrFeed
+from pacs.emr.review import Decision, FindingDecision, ReviewConflict, review_view, sign_off
+from pacs.emr.tables import ReviewDecision
+from pacs.fhir.store import FhirStore
+from pacs.index.engine import create_index_engine
+from pacs.index.models import AuditEvent
+from pacs.ingest.source import Source
+from pacs.runtime import build_ingest
+from tests.conftest import Backend
+from tests.dicom_factory import write_ct_series
+
+MEASUREMENTS = {"involvement_percent": 40.0, "ct_severity_grade": "CT-2"}
+
+
+def test_rejected_report_is_cancelled_with_provenance_audit_and_change(
+    db_backend: Backend, tmp_path: Path
+) -> None:
+    settings = db_backend.settings
+    engine = create_index_engine(settings)
+    ingest = build_ingest(settings)
+    paths = write_ct_series(tmp_path / "ct", slices=2, size=16, patient_id="P-9")
+    for path in paths:
+        assert ingest.store_part10(path.read_bytes(), Source("import")).status.ok
+    store = FhirStore(engine)
+    feed = EmrFeed(engine, store, "http://archive.example")
+    feed.run_once()
+    study = store.search("ImagingStudy", [])["entry"][0]["resource"]
+    record = ResultRecord(
+        study["identifier"][0]["value"][8:], 1, "ct-chest", study["series"][0]["uid"],
+        {"lung-seg": "2.0"}, MEASUREMENTS, "", "", "", "",
+    )  # fmt: skip
+    pk = store_result(engine, record)
+    with Session(engine) as session:  # the review publishes the report if the feed has not
+        view = review_view(session, store, pk, "http://archive.example")
+        assert [f["status"] for f in view["findings"]] == ["preliminary", "preliminary"]
+        decision = Decision(
+            "reject", "Motion artefacts; AI result not usable.",
+            [FindingDecision("involvement_percent", "reject")],
+        )  # fmt: skip
+        after = sign_off(session, store, ingest, pk, decision, "dr.ivanova", "10.0.0.7", "x")
+        assert after["status"] == "cancelled"
+        assert {f["status"] for f in after["findings"]} == {"cancelled"}
+        assert after["decision"]["sr_sop_instance_uid"] == ""  # no verified SR for a rejection
+        with pytest.raises(ReviewConflict):
+            sign_off(session, store, ingest, pk, Decision("sign", "x"), "dr.other", "", "x")
+        signed = session.scalars(select(ReviewDecision)).all()
+        assert [(d.decision, d.signer) for d in signed] == [("cancelled", "dr.ivanova")]
+        audit = session.scalars(select(AuditEvent).where(AuditEvent.action == "sign")).all()
+        assert [(a.user_name, a.client_address) for a in audit] == [("dr.ivanova", "10.0.0.7")]
+        assert session.scalar(select(AI_RESULT.c.status).where(AI_RESULT.c.pk == pk)) == "cancelled"
+    report_id = view["diagnostic_report"]
+    provenance = store.search("Provenance", [("target", report_id)])["entry"]
+    agents = sorted(p["resource"]["agent"][0]["type"]["coding"][0]["code"] for p in provenance)
+    assert agents == ["author", "verifier"]
+    with engine.connect() as conn:
+        signed_events = changes.read_since(conn, 0, kinds={"result.signed"})
+    assert [e.payload["decision"] for e in signed_events] == ["cancelled"]  # type: ignore[index]
+    feed.run_once()  # a re-announced result never reopens a signed report
+    assert store.read("DiagnosticReport", report_id[17:])["status"] == "cancelled"
+    engine.dispose()
+    ingest.engine.dispose()
