@@ -26,6 +26,7 @@ from pacs.fhir.errors import (
     UnprocessableResource,
 )
 from pacs.fhir.searchparams import SEARCH_PARAMS
+from pacs.fhir.store import PendingWrites
 from pacs.fhir.validation import validate
 
 if TYPE_CHECKING:
@@ -91,10 +92,11 @@ def _parse_entry(index: int, raw: Any, base: str) -> Entry:
     if method in ("POST", "PUT"):
         if not isinstance(resource, dict):
             raise InvalidResource(f"{where}.resource is missing", expression=[f"{where}.resource"])
-        try:
-            validate(resource, rtype)
-        except FhirError as exc:
-            raise _located(exc, index) from None
+        if resource.get("resourceType") != rtype:
+            try:
+                validate(resource, rtype)  # raises: the type does not match the URL
+            except FhirError as exc:
+                raise _located(exc, index) from None
     if method == "POST" and rid is not None:
         raise InvalidResource(f"{where}: POST goes to the type URL, not {url!r}")
     if method in ("PUT", "DELETE") and rid is None and query is None:
@@ -188,8 +190,11 @@ class _Run:
 
         return resolve
 
-    def execute(self, conn: Connection, entry: Entry) -> dict[str, Any]:
-        """Run one entry on ``conn``; its ``response`` entry."""
+    def execute(
+        self, conn: Connection, entry: Entry, pending: PendingWrites | None = None
+    ) -> dict[str, Any]:
+        """Run one entry on ``conn`` (new resources queued in ``pending`` when given); its
+        ``response`` entry."""
         store, rtype = self.store, entry.resource_type
         if entry.method == "DELETE":
             targets = [entry.resource_id] if entry.resource_id else []
@@ -213,7 +218,7 @@ class _Run:
         if entry.method == "POST" and entry.existing:
             resource, status = store.tx_read(conn, rtype, entry.resource_id), 200
         elif entry.method == "POST":
-            written = store.tx_create(conn, body, new_id=entry.resource_id)
+            written = store.tx_create(conn, body, new_id=entry.resource_id, pending=pending)
             resource, status = written.resource, written.status
         else:
             body["id"] = entry.resource_id
@@ -267,6 +272,7 @@ def _transaction(store: FhirStore, base: str, entries: list[Entry]) -> dict[str,
     if len(targets) != len(set(targets)):
         raise InvalidResource("a transaction may change each resource only once")
     responses: dict[int, dict[str, Any]] = {}
+    pending = PendingWrites()
     with store.write_transaction() as conn:
         for entry in entries:
             try:
@@ -274,16 +280,23 @@ def _transaction(store: FhirStore, base: str, entries: list[Entry]) -> dict[str,
             except FhirError as exc:
                 raise _located(exc, entry.index) from None
         for entry in _ordered(entries):
+            if entry.method == "GET":
+                pending.flush(conn)  # reads see this transaction's writes
             try:
-                responses[entry.index] = run.execute(conn, entry)
+                responses[entry.index] = run.execute(conn, entry, pending)
             except FhirError as exc:
                 raise _located(exc, entry.index) from None
-        for entry in entries:
-            if entry.written is not None:
+        pending.flush(conn)
+        written = [e for e in entries if e.written is not None]
+        try:
+            store.check_references(conn, *(e.written for e in written if e.written))
+        except FhirError:
+            for entry in written:  # find the entry at fault, for its path
                 try:
-                    store.check_references(conn, entry.written)
+                    store.check_references(conn, entry.written or {})
                 except FhirError as exc:
                     raise _located(exc, entry.index) from None
+            raise
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",

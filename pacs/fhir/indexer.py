@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,8 +72,16 @@ def _dates(value: Any) -> Iterator[tuple[str, str]]:
         yield start, end
 
 
-def extract(resource: dict[str, Any]) -> IndexRows:
-    """The index rows of ``resource`` (already validated) for its type's search parameters."""
+def extract(
+    resource: dict[str, Any],
+    local_target: Callable[[str], tuple[str, str] | None] | None = None,
+) -> IndexRows:
+    """The index rows of ``resource`` (already validated) for its type's search parameters.
+
+    With ``local_target`` (reference string -> ``(type, id)`` of a local resource, or None),
+    every other local reference is indexed too, under the empty parameter name, so that a
+    delete can tell whether anything still refers to a resource.
+    """
     rows = IndexRows()
     for name, param in SEARCH_PARAMS[resource["resourceType"]].items():
         for path in param.paths:
@@ -92,6 +100,13 @@ def extract(resource: dict[str, Any]) -> IndexRows:
                     rows.strings.extend(
                         (name, norm) for text in _strings(value) if (norm := normalise(text))
                     )
+    if local_target is not None:
+        indexed = {(t, i) for _, t, i in rows.references}
+        for _, ref in local_references(resource):
+            target = local_target(ref)
+            if target and target not in indexed:
+                indexed.add(target)
+                rows.references.append(("", *target))
     return rows
 
 

@@ -21,7 +21,18 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
-from sqlalchemy import Connection, Engine, Table, delete, false, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    delete,
+    false,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from pacs.fhir import search as fhir_search
@@ -34,7 +45,7 @@ from pacs.fhir.errors import (
     UnprocessableResource,
     UnsupportedResourceType,
 )
-from pacs.fhir.indexer import extract, local_references
+from pacs.fhir.indexer import IndexRows, extract, local_references
 from pacs.fhir.schema import (
     FhirDate,
     FhirReference,
@@ -329,8 +340,12 @@ class FhirStore:
         if_none_exist: str | None = None,
         *,
         new_id: str | None = None,
+        pending: PendingWrites | None = None,
     ) -> Written:
-        """Create inside ``conn``'s transaction (references are checked by the caller)."""
+        """Create inside ``conn``'s transaction (references are checked by the caller).
+
+        ``new_id``: an id the caller generated for it (a UUID no resource has); ``pending``:
+        queue the insert there instead of writing it now."""
         rtype = _type_of(resource)
         if if_none_exist:
             query = parse_qsl(if_none_exist.split("?", 1)[-1], keep_blank_values=True)
@@ -342,7 +357,8 @@ class FhirStore:
                 )
             if ids:
                 return Written(self.tx_read(conn, rtype, ids[0]), 200)
-        return self._write(conn, rtype, new_id or str(uuid.uuid4()), resource, "POST", None)
+        rid = new_id or str(uuid.uuid4())
+        return self._write(conn, rtype, rid, resource, "POST", None, fresh=True, pending=pending)
 
     def tx_update(
         self,
@@ -375,7 +391,8 @@ class FhirStore:
         if len(ids) > 1:
             raise PreconditionFailed(f"several {rtype} resources have the identifier")
         if not ids:
-            return self._write(conn, rtype, str(uuid.uuid4()), resource, "POST", None)
+            rid = str(uuid.uuid4())
+            return self._write(conn, rtype, rid, resource, "POST", None, fresh=True)
         current = self.tx_read(conn, rtype, ids[0])
         if _content(current) == _content(resource):
             return Written(current, 200)
@@ -422,18 +439,29 @@ class FhirStore:
         )
         self._clear_index(conn, row.pk)
 
-    def check_references(self, conn: Connection, resource: dict[str, Any]) -> None:
-        """Raise ``UnprocessableResource`` if a local reference of ``resource`` points at no
-        (or a deleted) resource; external absolute URLs and contained references are not checked."""
-        rtype = resource["resourceType"]
-        for path, ref in local_references(resource):
-            target = self._local_target(ref)
-            if target is None:
-                continue
-            found = conn.execute(
-                select(R.c.deleted).where(R.c.resource_type == target[0], R.c.id == target[1])
-            ).first()
-            if found is None or found.deleted:
+    def check_references(self, conn: Connection, *resources: dict[str, Any]) -> None:
+        """Raise ``UnprocessableResource`` if a local reference of one of ``resources`` points
+        at no (or a deleted) resource; external absolute URLs and contained references are not
+        checked. One query for all of them."""
+        found: list[tuple[str, str, str, tuple[str, str]]] = []
+        for resource in resources:
+            for path, ref in local_references(resource):
+                target = self._local_target(ref)
+                if target is not None:
+                    found.append((resource["resourceType"], path, ref, target))
+        if not found:
+            return
+        wanted = sorted({target for *_, target in found})
+        present = {
+            (row.resource_type, row.id)
+            for row in conn.execute(
+                select(R.c.resource_type, R.c.id).where(
+                    tuple_(R.c.resource_type, R.c.id).in_(wanted), R.c.deleted == false()
+                )
+            )
+        }
+        for rtype, path, ref, target in found:
+            if target not in present:
                 raise UnprocessableResource(
                     f"{path}: reference {ref!r} points at no resource",
                     expression=[f"{rtype}.{path}"],
@@ -462,12 +490,17 @@ class FhirStore:
         resource: dict[str, Any],
         method: str,
         expected_version: int | None,
+        *,
+        fresh: bool = False,
+        pending: PendingWrites | None = None,
     ) -> Written:
+        """Write a new version. ``fresh``: ``rid`` was just generated, so no row can exist;
+        such creates go to ``pending`` (when given) to be inserted together."""
         check_type(rtype)
         body = copy.deepcopy(resource)
         body["id"] = rid
         now = _now()
-        row = self._current(conn, rtype, rid)
+        row = None if fresh else self._current(conn, rtype, rid)
         if expected_version is not None and (row is None or row.version_id != expected_version):
             have = "none" if row is None else f'W/"{row.version_id}"'
             raise PreconditionFailed(
@@ -480,80 +513,87 @@ class FhirStore:
         body["meta"] = {"versionId": str(version), "lastUpdated": _instant(now), **meta}
         validate(body, rtype)
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        try:
+            rows = extract(body, self._local_target)
+        except ValueError as exc:
+            raise InvalidResource(str(exc)) from None
+        values = {
+            "resource_type": rtype,
+            "id": rid,
+            "version_id": version,
+            "last_updated": now,
+            "deleted": False,
+            "content": content,
+        }
+        if row is None and pending is not None:
+            pending.add(values, method, rows)
+            return Written(body, 201)
         if row is None:
-            pk = conn.execute(
-                insert(R)
-                .values(
-                    resource_type=rtype,
-                    id=rid,
-                    version_id=version,
-                    last_updated=now,
-                    deleted=False,
-                    content=content,
-                )
-                .returning(R.c.pk)
-            ).scalar_one()
+            pk = conn.execute(insert(R).values(**values).returning(R.c.pk)).scalar_one()
         else:
             pk = row.pk
-            conn.execute(
-                update(R)
-                .where(R.c.pk == pk)
-                .values(version_id=version, last_updated=now, deleted=False, content=content)
-            )
+            conn.execute(update(R).where(R.c.pk == pk).values(**values))
             self._clear_index(conn, pk)
-        conn.execute(
-            insert(H).values(
-                resource_type=rtype,
-                id=rid,
-                version_id=version,
-                last_updated=now,
-                deleted=False,
-                method=method,
-                content=content,
-            )
-        )
-        self._index(conn, pk, body)
+        conn.execute(insert(H).values(**values, method=method))
+        insert_index(conn, [(pk, rtype, rows)])
         return Written(body, 201 if row is None or row.deleted else 200)
 
     def _clear_index(self, conn: Connection, pk: int) -> None:
         for table in _INDEX_TABLES:
             conn.execute(delete(table).where(table.c.resource_pk == pk))
 
-    def _index(self, conn: Connection, pk: int, resource: dict[str, Any]) -> None:
-        rtype = resource["resourceType"]
-        try:
-            rows = extract(resource)
-        except ValueError as exc:
-            raise InvalidResource(str(exc)) from None
+
+class PendingWrites:
+    """New resources of one transaction, inserted together by ``flush`` (a few statements
+    instead of several per resource)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[dict[str, Any], str, IndexRows]] = []
+
+    def add(self, values: dict[str, Any], method: str, rows: IndexRows) -> None:
+        """Queue one new resource (``fhir_resource`` values, history method, index rows)."""
+        self.items.append((values, method, rows))
+
+    def flush(self, conn: Connection) -> None:
+        """Insert everything queued, on ``conn``."""
+        if not self.items:
+            return
+        result = conn.execute(
+            insert(R).returning(R.c.pk, sort_by_parameter_order=True),
+            [values for values, _, _ in self.items],
+        )
+        pks = list(result.scalars())
+        conn.execute(insert(H), [{**values, "method": method} for values, method, _ in self.items])
+        insert_index(
+            conn,
+            [
+                (pk, values["resource_type"], rows)
+                for pk, (values, _, rows) in zip(pks, self.items, strict=True)
+            ],
+        )
+        self.items = []
+
+
+def insert_index(conn: Connection, items: list[tuple[int, str, IndexRows]]) -> None:
+    """Insert the search index rows of resources ``(pk, type, rows)``."""
+    token, reference, date, string = _INDEX_TABLES
+    batches: dict[Table, list[dict[str, Any]]] = {token: [], reference: [], date: [], string: []}
+    for pk, rtype, rows in items:
         common = {"resource_pk": pk, "resource_type": rtype}
-        indexed = {(t, i) for _, t, i in rows.references}
-        for _, ref in local_references(resource):
-            target = self._local_target(ref)
-            if target and target not in indexed:
-                indexed.add(target)
-                rows.references.append(("", *target))
-        token, reference, date, string = _INDEX_TABLES
-        batches: list[tuple[Table, list[dict[str, Any]]]] = [
-            (
-                token,
-                [{**common, "param": p, "system": s, "code": c} for p, s, c in set(rows.tokens)],
-            ),
-            (
-                reference,
-                [
-                    {**common, "param": p, "target_type": t, "target_id": i}
-                    for p, t, i in set(rows.references)
-                ],
-            ),
-            (
-                date,
-                [{**common, "param": p, "low": lo, "high": hi} for p, lo, hi in set(rows.dates)],
-            ),
-            (string, [{**common, "param": p, "value": v} for p, v in set(rows.strings)]),
+        batches[token] += [
+            {**common, "param": p, "system": s, "code": c} for p, s, c in set(rows.tokens)
         ]
-        for table, values in batches:
-            if values:
-                conn.execute(insert(table), values)
+        batches[reference] += [
+            {**common, "param": p, "target_type": t, "target_id": i}
+            for p, t, i in set(rows.references)
+        ]
+        batches[date] += [
+            {**common, "param": p, "low": lo, "high": hi} for p, lo, hi in set(rows.dates)
+        ]
+        batches[string] += [{**common, "param": p, "value": v} for p, v in set(rows.strings)]
+    for table, values in batches.items():
+        if values:
+            conn.execute(insert(table), values)
 
 
 def _type_of(resource: Any) -> str:
