@@ -57,7 +57,7 @@ def emr_archive(db_backend: Backend, tmp_path: Path) -> Iterator[RunningArchive]
         tmp_path / "serve.log",
         PACS_EMR_FEED_INTERVAL="0.2",
         PACS_SCP_PROCESSES="1",
-        PACS_STUDY_STABLE_SECONDS="600",
+        PACS_STABLE_AFTER_SECONDS="600",
     )
     yield running
     stop_archive(running)
