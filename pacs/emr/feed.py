@@ -1,10 +1,11 @@
 """The EMR link's change-feed consumer: keeps ImagingStudy and AI reports in step.
 
-It reads ``instance.stored``, ``series.added``, ``study.stable`` (project the study, once per
-batch however many instances arrived) and ``result.stored`` (publish the preliminary report)
-after the position stored in ``feed_position``, and advances the position only once a batch
-is handled. Every write is an upsert, so a batch handled twice (a crash before the position
-was saved, or two nodes running the consumer) changes nothing.
+It reads ``instance.stored``, ``series.added``, ``study.stable`` and ``object.deleted``
+(project the study, once per batch however many instances arrived) and ``result.stored``
+(publish the preliminary report) after the position stored in ``feed_position``, and
+advances the position only once a batch is handled. Every write is an upsert, so a batch
+handled twice (a crash before the position was saved, or two nodes running the consumer)
+changes nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CONSUMER = "emr-link"
 """Name of this consumer's row in ``feed_position``."""
-STUDY_KINDS = frozenset({"instance.stored", "series.added", "study.stable"})
+STUDY_KINDS = frozenset({"instance.stored", "series.added", "study.stable", "object.deleted"})
 KINDS = STUDY_KINDS | {"result.stored"}
 BATCH = 500
 
