@@ -15,7 +15,7 @@ from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, Res
 from tests.conftest import RunningArchive, _make_backend, start_archive, stop_archive
 
 SNILS = "urn:oid:1.2.643.100.3"
-OMS = "urn:oid:1.2.643.5.1.13.2.1.1.725"
+OMS = "urn:oid:1.2.643.2.69.1.1.1.6.228"
 LOINC = "http://loinc.org"
 MAX_BODY = 64 * 1024
 

@@ -400,11 +400,11 @@ def execute(conn: Connection, request: SearchRequest, base: str) -> dict[str, An
     rtype = request.resource_type
     where = [R.c.resource_type == rtype, R.c.deleted == false(), *request.where]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-    if request.total or request.summary_count:
+    if request.total or request.summary_count or request.count == 0:
         bundle["total"] = conn.execute(
             select(func.count()).select_from(R).where(*where)
         ).scalar_one()
-    if request.summary_count:
+    if request.summary_count or request.count == 0:  # _count=0: the total only
         bundle["link"] = [{"relation": "self", "url": _link(base, rtype, request.kept)}]
         return bundle
     order = [_sort_key(rtype, n, d) for n, d in request.sort] + [R.c.pk.asc()]
