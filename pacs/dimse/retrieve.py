@@ -4,7 +4,15 @@ The identifier's unique keys (PatientID, StudyInstanceUID, SeriesInstanceUID,
 SOPInstanceUID, lists of UIDs allowed) down to its QueryRetrieveLevel select the instances
 in the index; their stored objects are sent as C-STORE sub-operations, to a registered
 Move Destination (C-MOVE) or back on the requesting association (C-GET). The handlers are
-generators in pynetdicom's protocol and never raise; no patient identifier is logged.
+generators in pynetdicom's protocol and raise only to refuse a bad C-MOVE identifier (see
+``on_c_move``); no patient identifier is logged.
+
+Each sub-operation carries the stored data set bytes untouched when the peer accepted the
+stored transfer syntax: the handlers yield a :class:`StoredDataset` (a ``Dataset`` that only
+names the instance and holds its encoded bytes) and the sub-operation association's
+``send_c_store`` is wrapped to send those bytes as they are (``pacs.dimse.scu``'s raw
+C-STORE). An object is decoded only when the peer needs a native syntax. A C-MOVE with a
+bad identifier is refused (0xA900) before the destination is contacted.
 """
 
 from __future__ import annotations
@@ -12,18 +20,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from functools import partial
-from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 from pynetdicom import evt
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from pacs.aes import AERegistryError, get_ae
-from pacs.dimse.scu import StoreItem, choose_syntax, requested_contexts
+from pacs.dimse.scu import (
+    MoveOriginator,
+    StoreItem,
+    _send_dataset,
+    choose_syntax,
+    requested_contexts,
+    split_part10,
+    transcode,
+)
 from pacs.index.models import Instance, Patient, Series, Study
 from pacs.storage.base import ObjectStore
 
@@ -130,17 +144,18 @@ class RetrieveService:
             return
         items, failure = self._locate(event)
         sub_association: list[Any] = []  # pynetdicom's association to the destination
-        options: dict[str, Any] = {
-            "evt_handlers": [(evt.EVT_ACCEPTED, lambda e: sub_association.append(e.assoc))]
-        }
+        requestor = str(event.assoc.requestor.ae_title).strip()
+        handler = _raw_sender(sub_association, requestor)
+        options: dict[str, Any] = {"evt_handlers": [(evt.EVT_ACCEPTED, handler)]}
         contexts = requested_contexts_safe(items)
         if contexts:
             options["contexts"] = contexts
         yield (*address, options)
         if failure is not None:
-            yield 1
-            yield failure, None
-            return
+            # refuse without associating with the destination: pynetdicom would associate
+            # before a pending yield, so the final status replaces its "unable to process"
+            _answer_instead(event.assoc, failure)
+            raise IdentifierError("retrieve identifier refused")
         yield len(items)
         yield from self._datasets(
             event, items, lambda: _accepted(sub_association[0]) if sub_association else {}
@@ -154,6 +169,7 @@ class RetrieveService:
             yield failure, None
             return
         yield len(items)
+        _raw_sender([])(event)
         yield from self._datasets(event, items, lambda: _accepted(event.assoc))
 
     def _locate(self, event: Any) -> tuple[list[StoreItem], int | None]:
@@ -200,24 +216,98 @@ def requested_contexts_safe(items: list[StoreItem]) -> list[Any]:
         return []
 
 
-def _prepare(item: StoreItem, accepted: dict[str, list[str]]) -> Dataset | Any:
-    """The data set to send: decoded as stored, or decompressed when the peer accepted only
-    a native syntax; a bare marker (counted as failed) when it cannot be prepared."""
+class StoredDataset(Dataset):
+    """Names one instance to send and holds its encoded data set (``encoded``) in the
+    transfer syntax of ``file_meta``; ``reason`` (instead) says why it cannot be sent."""
+
+    def __init__(self, item: StoreItem, syntax: str, encoded: bytes = b"", reason: str = ""):
+        super().__init__()
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = UID(syntax or item.transfer_syntax_uid)
+        self.SOPClassUID = UID(item.sop_class_uid)
+        self.SOPInstanceUID = UID(item.sop_instance_uid)
+        self._item = item
+        self._encoded = encoded
+        self._reason = reason
+
+
+def _prepare(item: StoreItem, accepted: dict[str, list[str]]) -> StoredDataset:
+    """The stored data set bytes as they are, or decoded to the native syntax the peer
+    accepted; a dataset with a reason (counted failed, listed in FailedSOPInstanceUIDList)
+    when it cannot be prepared."""
     syntax = choose_syntax(accepted, item)
     if not syntax:
-        return _failed(item)
+        return StoredDataset(item, "", reason="no accepted presentation context")
     try:
-        ds = dcmread(BytesIO(item.load()))
-        if syntax != item.transfer_syntax_uid:
-            if ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress(generate_instance_uid=False)
-            ds.file_meta.TransferSyntaxUID = UID(syntax)
-        return ds
+        data = item.load()
+        if syntax == item.transfer_syntax_uid:
+            return StoredDataset(item, syntax, split_part10(data))
+        return StoredDataset(item, syntax, transcode(data, syntax))
     except Exception as exc:
         log.warning("cannot prepare instance for retrieve: %s", type(exc).__name__)
-        return _failed(item)
+        return StoredDataset(item, syntax, reason=f"cannot prepare: {type(exc).__name__}")
 
 
-def _failed(item: StoreItem) -> Any:
-    """pynetdicom counts a pending yield whose data set is not a Dataset as failed."""
-    return ["failed", item.sop_instance_uid]
+def _raw_sender(sink: list[Any], move_originator: str = "") -> Callable[[Any], None]:
+    """An EVT_ACCEPTED handler (also called directly for C-GET) that makes the association's
+    ``send_c_store`` send a :class:`StoredDataset`'s bytes untouched. ``move_originator`` is
+    the AE title of the C-MOVE's requestor (PS3.7 9.3.1.1; pynetdicom would put its own)."""
+
+    def wrap(event: Any) -> None:
+        assoc = event.assoc
+        sink.append(assoc)
+        original = assoc.send_c_store
+
+        def send_c_store(dataset: Any, msg_id: int = 1, **kwargs: Any) -> Dataset:
+            if not isinstance(dataset, StoredDataset):
+                return cast(Dataset, original(dataset, msg_id=msg_id, **kwargs))
+            originator = None
+            if kwargs.get("originator_id") is not None:
+                title = move_originator or str(kwargs.get("originator_aet") or "")
+                originator = MoveOriginator(title, int(kwargs["originator_id"]))
+            return _send_stored(assoc, dataset, msg_id, originator)
+
+        assoc.send_c_store = send_c_store
+
+    return wrap
+
+
+def _send_stored(
+    assoc: Any, dataset: StoredDataset, msg_id: int, originator: MoveOriginator | None
+) -> Dataset:
+    """One C-STORE sub-operation with the stored bytes; raising counts it as failed."""
+    if dataset._reason:
+        raise ValueError(dataset._reason)
+    item: StoreItem = dataset._item
+    syntax = str(dataset.file_meta.TransferSyntaxUID)
+    context_id = next(
+        (
+            cx.context_id
+            for cx in assoc.accepted_contexts
+            if cx.as_scu
+            and str(cx.abstract_syntax) == item.sop_class_uid
+            and str(cx.transfer_syntax[0]) == syntax
+        ),
+        None,
+    )
+    if context_id is None:
+        raise ValueError("no accepted presentation context")
+    status = _send_dataset(assoc, context_id, item, dataset._encoded, msg_id, originator)
+    if status < 0:
+        raise ConnectionError("no C-STORE response")
+    result = Dataset()
+    result.Status = status
+    return result
+
+
+def _answer_instead(assoc: Any, status: int) -> None:
+    """Make the next response pynetdicom sends on ``assoc`` carry ``status``."""
+    dimse = assoc.dimse
+    original = dimse.send_msg
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        primitive.Status = status
+        dimse.send_msg = original
+        original(primitive, context_id)
+
+    dimse.send_msg = send_msg
