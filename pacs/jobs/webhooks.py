@@ -21,6 +21,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 WEBHOOK: Table = Webhook.__table__  # type: ignore[assignment]
 DELIVERY: Table = WebhookDelivery.__table__  # type: ignore[assignment]
+MAX_PARALLEL = 8  # receivers delivered at once by one process
 
 
 class WebhookError(JobError):
@@ -172,6 +174,7 @@ class WebhookSender:
         self.client = httpx.Client(timeout=settings.webhook_timeout)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._in_flight: set[int] = set()
 
     def sync_configured(self) -> None:
         """Register ``PACS_WEBHOOK_URLS`` (with ``PACS_WEBHOOK_SECRET``) if not yet known."""
@@ -194,36 +197,53 @@ class WebhookSender:
         self.client.close()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sent = self.run_once()
-            except Exception as exc:  # database down: keep trying
-                log.error("webhook delivery round failed: %s", exc)
-                sent = 0
-            if not sent:
+        """Every receiver is delivered by a thread of its own, so that one slow receiver
+        does not hold up the others."""
+        with ThreadPoolExecutor(MAX_PARALLEL, thread_name_prefix="webhook") as pool:
+            while not self._stop.is_set():
+                try:
+                    for hook in self._due():
+                        if hook.pk not in self._in_flight:
+                            self._in_flight.add(hook.pk)
+                            pool.submit(self._one, hook)
+                except Exception as exc:  # database down: keep trying
+                    log.error("webhook round failed: %s", exc)
                 self._stop.wait(0.2)
 
-    def run_once(self) -> int:
-        """One round over the due receivers; returns how many events were acknowledged."""
+    def _one(self, hook: Any) -> None:
+        try:
+            self.deliver_next(hook)
+        except Exception as exc:
+            log.error("webhook %d: delivery round failed: %s", hook.pk, exc)
+        finally:
+            self._in_flight.discard(hook.pk)
+
+    def _due(self) -> list[Any]:
         now = utcnow()
         with self.engine.connect() as conn:
             hooks = conn.execute(
                 select(WEBHOOK).where(WEBHOOK.c.enabled.is_(True), WEBHOOK.c.next_attempt_at <= now)
             ).fetchall()
-        sent = 0
-        for hook in hooks:
-            if (
-                hook.lease_owner not in (None, self.owner)
-                and hook.lease_expires_at is not None
-                and as_utc(hook.lease_expires_at) > now
-            ):
-                continue
-            kinds = {k for k in hook.kinds.split(",") if k} or None
-            with self.engine.connect() as conn:
-                events = read_since(conn, hook.cursor_seq, self.settings.webhook_batch_size, kinds)
-            if events and self._lease(hook.pk):
-                sent += self._deliver(hook, events)
-        return sent
+        return [
+            hook
+            for hook in hooks
+            if hook.lease_owner in (None, self.owner)
+            or hook.lease_expires_at is None
+            or as_utc(hook.lease_expires_at) <= now
+        ]
+
+    def run_once(self) -> int:
+        """One round over the due receivers in this thread; returns the events acknowledged."""
+        return sum(self.deliver_next(hook) for hook in self._due())
+
+    def deliver_next(self, hook: Any) -> int:
+        """Deliver the next batch of events to one receiver; returns how many it took."""
+        kinds = {k for k in hook.kinds.split(",") if k} or None
+        with self.engine.connect() as conn:
+            events = read_since(conn, hook.cursor_seq, self.settings.webhook_batch_size, kinds)
+        if events and self._lease(hook.pk):
+            return self._deliver(hook, events)
+        return 0
 
     def _lease(self, pk: int) -> bool:
         now = utcnow()
