@@ -3,8 +3,10 @@ change feed, and a second sign-off refused; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
+import pydicom
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,7 +18,7 @@ from pacs.emr.review import Decision, FindingDecision, ReviewConflict, review_vi
 from pacs.emr.tables import ReviewDecision
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine
-from pacs.index.models import AuditEvent
+from pacs.index.models import AuditEvent, Instance
 from pacs.ingest.source import Source
 from pacs.runtime import build_ingest
 from tests.conftest import Backend
@@ -72,3 +74,50 @@ def test_rejected_report_is_cancelled_with_provenance_audit_and_change(
     assert store.read("DiagnosticReport", report_id[17:])["status"] == "cancelled"
     engine.dispose()
     ingest.engine.dispose()
+
+
+def test_real_ct_analysis_is_reported_and_signed(
+    db_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ct-chest pipeline's own result and TID 1500 SR through report and sign-off."""
+    from inference import pipeline
+    from tests.chest_phantom import chest_phantom, phantom_series
+    from tests.inference_helpers import TruthSegmenter, open_archive
+
+    phantom = chest_phantom(size=48, slices=12, involvement=0.3, emphysema=0.05, seed=3)
+    for archive in open_archive(db_backend.with_settings(inference_min_slices=10)):
+        datasets = phantom_series(phantom, shuffle_seed=1)
+        archive.store(datasets)
+        study, series = str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID)
+        monkeypatch.setattr(pipeline, "lung_segmenter", lambda s: TruthSegmenter(phantom.lungs))
+        result = pipeline.analyse_ct_chest(archive.context(study, [series]))
+        ai_sr_uid = result.output_sop_instance_uids[1]
+        store = FhirStore(archive.engine)
+        EmrFeed(archive.engine, store, "http://archive.example").run_once()
+        [report] = store.search("DiagnosticReport", [])["entry"]
+        assert report["resource"]["status"] == "preliminary"
+        assert len(report["resource"]["result"]) == 7
+        [device] = store.search("Device", [])["entry"]
+        assert {v["type"]["text"] for v in device["resource"]["version"]} == {
+            "lung-seg",
+            "lung-densitometry",
+        }
+        with Session(archive.engine) as session:
+            pk = int(result.summary["result_pk"])
+            decision = Decision("sign", "Viral pneumonia.", [], "City Hospital 1")
+            after = sign_off(session, store, archive.ingest, pk, decision, "Ivanova^Anna", "", "x")
+            sr_uid = after["decision"]["sr_sop_instance_uid"]
+            keys = dict(
+                session.execute(
+                    select(Instance.sop_instance_uid, Instance.object_key).where(
+                        Instance.sop_instance_uid.in_([sr_uid, ai_sr_uid])
+                    )
+                ).all()
+            )
+        verified = pydicom.dcmread(BytesIO(archive.ingest.store.get(keys[sr_uid])))
+        original = pydicom.dcmread(BytesIO(archive.ingest.store.get(keys[ai_sr_uid])))
+        assert (verified.VerificationFlag, original.VerificationFlag) == ("VERIFIED", "UNVERIFIED")
+        assert verified.StudyInstanceUID == study
+        evidence = verified.CurrentRequestedProcedureEvidenceSequence[0]
+        referenced = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+        assert referenced.ReferencedSOPInstanceUID == ai_sr_uid
