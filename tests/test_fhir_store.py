@@ -138,3 +138,89 @@ def test_search_parameters(store: FhirStore) -> None:
         f"Observation/{obs}"
     ]
     assert ids(store.search("Observation", [("patient", p2)])) == []
+
+
+def test_date_prefixes_sort_and_result_parameters(store: FhirStore) -> None:
+    pid = store.create(patient("777"))["id"]
+    enc = store.create(
+        {
+            "resourceType": "Encounter",
+            "status": "finished",
+            "class": {"code": "AMB"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "period": {"start": "2024-03-10T08:00:00Z", "end": "2024-03-12T08:00:00Z"},
+        }
+    )["id"]
+    for day in ("2024-03-09", "2024-03-10", "2024-03-11"):
+        store.create(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": day},
+                "subject": {"reference": f"Patient/{pid}"},
+                "encounter": {"reference": f"Encounter/{enc}"},
+                "effectiveDateTime": day,
+            }
+        )
+
+    def days(*params: tuple[str, str]) -> list[str]:
+        bundle = store.search("Observation", [("patient", pid), *params])
+        return [e["resource"]["effectiveDateTime"] for e in bundle.get("entry", [])]
+
+    assert days(("date", "ne2024-03-10")) == ["2024-03-09", "2024-03-11"]
+    assert days(("date", "sa2024-03-10")) == ["2024-03-11"]
+    assert days(("date", "eb2024-03-10")) == ["2024-03-09"]
+    assert days(("date", "ge2024-03-10"), ("date", "le2024-03-10")) == ["2024-03-10"]
+    assert days(("date", "2024-03-09,2024-03-11")) == ["2024-03-09", "2024-03-11"]
+    assert days(("_sort", "-date")) == ["2024-03-11", "2024-03-10", "2024-03-09"]
+    assert len(days(("date", "ap2024-03-10"))) == 3
+    # a Period matches a day it overlaps only with ge/le, not with eq
+    assert store.search("Encounter", [("date", "2024-03-11")])["total"] == 0
+    assert store.search("Encounter", [("date", "ge2024-03-11")])["total"] == 1
+    assert days(("_lastUpdated", "gt2000-01-01"), ("_count", "1")) == ["2024-03-09"]
+    assert days(("_lastUpdated", "lt2000-01-01")) == []
+
+    counted = store.search("Observation", [("patient", pid), ("_count", "0")])
+    assert counted["total"] == 3 and "entry" not in counted
+    assert [link["relation"] for link in counted["link"]] == ["self"]
+    case = store.search(
+        "Encounter",
+        [("_id", enc), ("_revinclude", "Observation:encounter"), ("_include", "Encounter:patient")],
+    )
+    assert sorted(ids(case, "include")) == sorted(
+        [f"Patient/{pid}", *ids(store.search("Observation", [("encounter", enc)]))]
+    )
+    with pytest.raises(InvalidSearch):
+        store.search("Observation", [("_sort", "shoe-size")], strict=True)
+
+
+def test_transaction_is_atomic(store: FhirStore) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:a",
+                "resource": patient("888"),
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "x"},
+                    "subject": {"reference": "urn:uuid:a"},
+                    "focus": [{"reference": "Device/missing"}],
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+    with pytest.raises(UnprocessableResource) as err:
+        store.process_bundle(bundle)
+    assert err.value.outcome["issue"][0]["expression"] == ["Bundle.entry[1].resource.focus[0]"]
+    assert store.search("Patient", [("identifier", f"{SNILS}|888")])["total"] == 0
+    del bundle["entry"][1]["resource"]["focus"]
+    result = store.process_bundle(bundle)
+    pid = result["entry"][0]["resource"]["id"]
+    assert result["entry"][1]["resource"]["subject"] == {"reference": f"Patient/{pid}"}
