@@ -305,6 +305,7 @@ def test_bad_input_changes_nothing(server: RunningArchive) -> None:
         ),
         ("PUT", f"/Patient/{pid}", {"json": {**patient("999"), "id": "other"}}, 400),
         ("POST", "/Patient", {"content": b"x" * (MAX_BODY + 1)}, 413),
+        ("POST", "/Patient", {"content": b"[" * 20000 + b"]" * 20000}, 400),
         (
             "POST",
             "/Patient",

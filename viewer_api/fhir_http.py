@@ -111,6 +111,8 @@ async def read_json(request: Request) -> Any:
         raise InvalidResource(
             f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise InvalidResource("the JSON is nested too deeply") from None
 
 
 async def read_form(request: Request) -> list[tuple[str, str]]:

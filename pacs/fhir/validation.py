@@ -62,3 +62,5 @@ def validate(resource: Any, expected_type: str | None = None) -> None:
         ) from None
     except (TypeError, ValueError) as exc:
         raise InvalidResource(f"{rtype}: {exc}", expression=[rtype]) from None
+    except RecursionError:
+        raise InvalidResource(f"{rtype} is nested too deeply", expression=[rtype]) from None
