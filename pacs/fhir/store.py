@@ -77,12 +77,6 @@ class Written:
     resource: dict[str, Any]
     status: int
 
-    @property
-    def location(self) -> str:
-        """``Type/id/_history/version`` of the stored version."""
-        r = self.resource
-        return f"{r['resourceType']}/{r['id']}/_history/{r['meta']['versionId']}"
-
 
 def check_type(resource_type: str) -> None:
     """Raise ``UnsupportedResourceType`` unless the server implements ``resource_type``."""
@@ -297,7 +291,8 @@ class FhirStore:
         resource: dict[str, Any],
         if_match: str | None = None,
     ) -> dict[str, Any]:
-        """Replace (or create with this id); ``if_match`` (``W/"n"``) guards the version."""
+        """Replace (or create with this id; the body's ``id`` must be ``resource_id``);
+        ``if_match`` (``W/"n"``) guards the version."""
         return self.update_written(resource_type, resource_id, resource, if_match).resource
 
     def update_written(
