@@ -141,6 +141,25 @@ def _chunks(rows: Iterator[dict[str, Any]], size: int = CHUNK) -> Iterator[list[
         yield batch
 
 
+def _copy(conn: Any, table: Any, rows: Iterator[dict[str, Any]], now: datetime) -> None:
+    """PostgreSQL COPY of ``rows``; columns left out get their model default."""
+    columns = list(table.columns)
+    defaults: dict[str, Any] = {}
+    for column in columns:
+        default = column.default
+        if default is None:
+            defaults[column.name] = None
+        elif getattr(default, "is_callable", False):
+            defaults[column.name] = now
+        else:
+            defaults[column.name] = getattr(default, "arg", None)
+    names = ", ".join(f'"{column.name}"' for column in columns)
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row.get(c.name, defaults[c.name]) for c in columns])
+
+
 def load_index(engine: Engine, corpus: Corpus) -> float:
     """Insert the corpus into empty index tables (explicit primary keys); seconds taken."""
     started = time.perf_counter()
@@ -219,8 +238,20 @@ def load_index(engine: Engine, corpus: Corpus) -> float:
             (Series, series()),
             (Instance, instances()),
         ):
+            if conn.dialect.name == "postgresql":
+                _copy(conn, table.__table__, rows, now)
+                continue
             for batch in _chunks(rows):
                 conn.execute(insert(table), batch)
+        if conn.dialect.name == "postgresql":  # explicit keys: move the sequences past them
+            for table in (Patient, Study, Series, Instance):
+                name = table.__tablename__
+                conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{name}', 'pk'), "
+                        f"(SELECT max(pk) FROM {name}))"
+                    )
+                )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("ANALYZE"))
     return time.perf_counter() - started
