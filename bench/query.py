@@ -19,6 +19,7 @@ measured with C-FIND and ``/tools/find``. See ``bench/README.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -279,7 +280,7 @@ def queries(corpus: Corpus, count: int, seed: int = 7) -> list[Query]:
         last = first + timedelta(days=6)
         out += [
             Query(KINDS[0], {"PatientID": patient_id}),
-            Query(KINDS[1], {"PatientName": name.split("^")[0][:5] + "*"}),
+            Query(KINDS[1], {"PatientName": name.split("^")[0][:6] + "*"}),
             Query(
                 KINDS[2],
                 {
@@ -557,6 +558,91 @@ def bench_orthanc(corpus: Corpus, count: int, workload: list[Query], workdir: Pa
         return figures
 
 
+# ---------------------------------------------------------------- report
+
+DOC = ROOT / "docs" / "performance.md"
+BEGIN = "<!-- bench/query.py: begin (generated, do not edit by hand) -->"
+END = "<!-- bench/query.py: end -->"
+
+
+def render(report: dict[str, Any], command: str) -> str:
+    """The generated Query section of docs/performance.md."""
+    rows = [
+        f"| {f['target']} | {f['interface']} | {f['kind']} | {f['p50_ms']} | {f['p95_ms']} "
+        f"| {f['mean_matches']} |"
+        for f in report["figures"]
+    ]
+    return "\n".join(
+        [
+            BEGIN,
+            "## Query: QIDO-RS and C-FIND (`bench/query.py`)",
+            "",
+            f"Measured {report['date']} with `{command}` on {report['machine']}, PostgreSQL "
+            f"{report.get('postgres', '?')}, Orthanc {report.get('orthanc', '?')} (no DICOMweb "
+            "plugin in Debian's package: its C-FIND and REST `/tools/find` instead).",
+            "",
+            f"The archive's index holds {report['studies']} synthetic studies ({SERIES_PER_STUDY} "
+            f"series of {INSTANCES_PER_SERIES} instances each, about two studies per patient, 10% "
+            "Cyrillic names, dates 2015-2026), inserted straight into the index tables. Orthanc "
+            f"holds the first {report.get('orthanc_studies', 0)} of them (one instance each: "
+            "loading all five series of 100,000 studies through Orthanc's REST API takes hours "
+            "here). Each "
+            f"kind of query runs {report['queries']} times with values drawn from the data (so "
+            "every query matches), after a few warm-up queries; latency is measured at the "
+            f"client. QIDO-RS: `GET /dicomweb/studies?...&limit={QIDO_LIMIT}` on one keep-alive "
+            "connection, the whole DICOM JSON response read and parsed (audit record included). "
+            "C-FIND: Study Root, STUDY level, 10 return keys, on one association (TCP_NODELAY), "
+            f"every pending response received. Orthanc `/tools/find` with `Limit: {QIDO_LIMIT}` "
+            "and `Expand: true`. Queries: PatientID exact; PatientName = the first six letters of "
+            "a family name + `*`; StudyDate one-week range + ModalitiesInStudy; AccessionNumber "
+            "exact. `matches` is the mean number of results per query.",
+            "",
+            "| target | interface | query | p50 (ms) | p95 (ms) | matches |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            END,
+        ]
+    )
+
+
+def write_doc(text: str) -> None:
+    """Replace the generated Query section of docs/performance.md (append it the first time)."""
+    old = DOC.read_text()
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        DOC.write_text(head + text + rest.split(END, 1)[1])
+    else:
+        DOC.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
+
+
+def _machine() -> str:
+    model = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return (
+        f"{model}, {os.cpu_count()} cores, {memory:.0f} GB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    with contextlib.suppress(Exception):
+        engine = create_engine(POSTGRES_ADMIN)
+        with engine.connect() as conn:
+            found["postgres"] = str(conn.scalar(text("SHOW server_version")))
+        engine.dispose()
+    with contextlib.suppress(Exception):
+        binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        run = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20)
+        found["orthanc"] = run.stdout.split()[1] if run.stdout.split() else "?"
+    return found
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -573,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         default=10_000,
         help="studies loaded into Orthanc (0: skip Orthanc)",
     )
+    parser.add_argument("--write", action="store_true", help="update docs/performance.md")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "query.json")
     args = parser.parse_args(argv)
     corpus = generate(args.studies)
@@ -590,15 +677,20 @@ def main(argv: list[str] | None = None) -> int:
             orthanc_workload = queries(small, args.queries, seed=8)
             figures += bench_orthanc(small, count, orthanc_workload, Path(tmp))
     report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}",
+        **_versions(),
+        "queries": args.queries,
+        "orthanc_studies": min(args.orthanc_studies, args.studies),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": _machine(),
         "studies": args.studies,
         "figures": [vars(f) for f in figures],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"written {args.out}")
+    if args.write:
+        write_doc(render(report, "python bench/query.py " + " ".join(argv or sys.argv[1:])))
+        print(f"updated {DOC}")
     return 0
 
 
