@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from inference import records, results
 from inference.errors import InferenceError, VolumeRefusedError
 from inference.quantify import Bands, quantify
-from inference.volume import CT_SOP_CLASSES, Volume, load_volume
+from inference.volume import CT_SOP_CLASSES, Volume, build_volume, read_series
 from pacs.config import DuplicatePolicy
 from pacs.index.models import Instance, Series
 
@@ -56,15 +56,13 @@ def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
 def analyse_ct_chest(ctx: AnalysisContext) -> AnalysisResult:
     """Analyse the chest CT of one study version; store SEG + SR and the ``ai_result`` row."""
     timings: dict[str, float] = {}
-    with _stage(timings, "pre_process"):
-        volume = pre_process(ctx)
+    volume = pre_process(ctx, timings)
     ctx.heartbeat()
     with _stage(timings, "predict"):
         segmenter = lung_segmenter(ctx.settings)
         lungs = predict(volume, segmenter)
     ctx.heartbeat()
-    with _stage(timings, "post_process"):
-        result = post_process(ctx, volume, lungs, model_versions(segmenter))
+    result = post_process(ctx, volume, lungs, model_versions(segmenter), timings)
     result.summary["timings_s"] = timings
     log.info(
         "job %s: %s on %d slices in %s s", ctx.job_id, ANALYSIS, volume.image.GetSize()[2], timings
@@ -93,12 +91,16 @@ def candidate_series(ctx: AnalysisContext) -> list[str]:
     return [row[0] for row in rows]
 
 
-def pre_process(ctx: AnalysisContext) -> Volume:
+def pre_process(ctx: AnalysisContext, timings: dict[str, float] | None = None) -> Volume:
     """The volume of the first candidate series the volume checks accept."""
+    timings = {} if timings is None else timings
     refusals: list[VolumeRefusedError] = []
     for series_uid in candidate_series(ctx):
         try:
-            return load_volume(ctx.engine, ctx.store, series_uid, ctx.settings)
+            with _stage(timings, "read"):
+                datasets = read_series(ctx.engine, ctx.store, series_uid)
+            with _stage(timings, "volume"):
+                return build_volume(datasets, ctx.settings)
         except VolumeRefusedError as exc:
             log.warning("job %s: series skipped: %s", ctx.job_id, exc)
             refusals.append(exc)
@@ -144,39 +146,50 @@ def model_versions(segmenter: LungSegmenter) -> dict[str, str]:
 
 
 def post_process(
-    ctx: AnalysisContext, volume: Volume, lungs: sitk.Image, versions: dict[str, str]
+    ctx: AnalysisContext,
+    volume: Volume,
+    lungs: sitk.Image,
+    versions: dict[str, str],
+    timings: dict[str, float] | None = None,
 ) -> AnalysisResult:
     """Quantify, build and store SEG + SR, record the result."""
     from pacs.jobs.analysis import AnalysisResult
 
-    quantification = quantify(volume.image, lungs, Bands.from_settings(ctx.settings))
+    timings = {} if timings is None else timings
+    with _stage(timings, "quantify"):
+        quantification = quantify(volume.image, lungs, Bands.from_settings(ctx.settings))
     uids = results.result_uids(ctx.study_instance_uid, ctx.study_version, ctx.analysis, versions)
     labels = sitk.GetArrayViewFromImage(lungs)
-    segmentation = results.build_segmentation(volume, labels, quantification, uids, versions)
+    with _stage(timings, "seg"):
+        segmentation = results.build_segmentation(volume, labels, quantification, uids, versions)
     ctx.heartbeat()
-    report = results.build_report(volume, segmentation, quantification, uids, versions)
+    with _stage(timings, "sr"):
+        report = results.build_report(volume, segmentation, quantification, uids, versions)
     ingest = copy.copy(ctx.ingest)  # same store and engine; results replace their own UIDs
     ingest.duplicate_policy = DuplicatePolicy.OVERWRITE
-    for dataset in (segmentation, report):
-        outcome = ingest.store_part10(results.encode(dataset), ctx.source)
-        if not outcome.status.ok:
-            raise ResultStoreError(f"{dataset.Modality} refused: {outcome.status} {outcome.reason}")
+    with _stage(timings, "store"):
+        for dataset in (segmentation, report):
+            outcome = ingest.store_part10(results.encode(dataset), ctx.source)
+            if not outcome.status.ok:
+                kind = dataset.Modality
+                raise ResultStoreError(f"{kind} refused: {outcome.status} {outcome.reason}")
     measurements = quantification.measurements()
-    pk = records.store_result(
-        ctx.engine,
-        records.ResultRecord(
-            study_instance_uid=ctx.study_instance_uid,
-            study_version=ctx.study_version,
-            analysis=ctx.analysis,
-            source_series_instance_uid=volume.series_instance_uid,
-            model_versions=versions,
-            measurements=measurements,
-            seg_sop_instance_uid=uids.seg_instance,
-            seg_series_instance_uid=uids.seg_series,
-            sr_sop_instance_uid=uids.sr_instance,
-            sr_series_instance_uid=uids.sr_series,
-        ),
-    )
+    with _stage(timings, "record"):
+        pk = records.store_result(
+            ctx.engine,
+            records.ResultRecord(
+                study_instance_uid=ctx.study_instance_uid,
+                study_version=ctx.study_version,
+                analysis=ctx.analysis,
+                source_series_instance_uid=volume.series_instance_uid,
+                model_versions=versions,
+                measurements=measurements,
+                seg_sop_instance_uid=uids.seg_instance,
+                seg_series_instance_uid=uids.seg_series,
+                sr_sop_instance_uid=uids.sr_instance,
+                sr_series_instance_uid=uids.sr_series,
+            ),
+        )
     return AnalysisResult(
         output_sop_instance_uids=[uids.seg_instance, uids.sr_instance],
         summary={

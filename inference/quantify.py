@@ -5,10 +5,11 @@ Method (every number comes from ``Bands``, i.e. the settings ``PACS_INFERENCE_*`
 - lung = the segmentation's labels 1 (right) and 2 (left); volumes = voxel count x voxel volume.
 - emphysema index (LAA-950) = % of lung voxels below ``emphysema_hu``.
 - vessels: lung voxels at or above ``ggo_max_hu`` (dense) that a morphological opening with an
-  in-plane disc of ``vessel_max_diameter_mm`` removes, i.e. thin (tubular in cross-section)
-  dense structures; blobs that survive the opening are consolidation. Vessels, a rim of
-  ``vessel_halo_mm`` around them (partial volume looks like ground glass) and voxels denser
-  than ``consolidation_max_hu`` are not parenchyma.
+  in-plane square about ``vessel_max_diameter_mm`` wide (at least 3 voxels) removes, i.e. thin
+  (tubular in cross-section) dense structures; blobs that survive the opening are
+  consolidation. Vessels, a rim of ``vessel_halo_mm`` (in whole voxels) around them (partial
+  volume looks like ground glass) and voxels denser than ``consolidation_max_hu`` are not
+  parenchyma.
 - ground-glass = parenchyma in ``[ggo_min_hu, ggo_max_hu)``, consolidation = parenchyma in
   ``[ggo_max_hu, consolidation_max_hu]``; both as % of the parenchyma.
 - involvement = ground-glass % + consolidation %; the CT grade is CT-0 below ``grade_bounds[0]``,
@@ -102,7 +103,7 @@ def quantify(hu: sitk.Image, lungs: sitk.Image, bands: Bands) -> Quantification:
     values = sitk.GetArrayViewFromImage(hu)
     findings = np.zeros(labels.shape, dtype=np.uint8)
     voxel_ml = float(np.prod(hu.GetSpacing())) / 1000.0
-    box = _bounding_box(labels > 0)
+    box = _bounding_box(labels)
     if box is None:
         raise InferenceError("the lung segmentation is empty")
     labels, values = labels[box], values[box]
@@ -141,28 +142,56 @@ def quantify(hu: sitk.Image, lungs: sitk.Image, bands: Bands) -> Quantification:
     )
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(np.any(mask, axis=other))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
+def _bounding_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest (z, y, x) box holding every non-zero label (two passes over the volume)."""
+    plane = labels.max(axis=0)  # (y, x)
+    per_slice = labels.max(axis=(1, 2))  # (z,)
+    hits = [np.flatnonzero(per_slice), np.flatnonzero(plane.any(axis=1))]
+    hits.append(np.flatnonzero(plane.any(axis=0)))
+    if hits[0].size == 0:
+        return None
+    return tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)
 
 
 def _opening(mask: np.ndarray, diameter_mm: float, spacing: Any) -> np.ndarray:
-    """Binary opening of ``mask`` with an in-plane disc about ``diameter_mm`` across (at
-    least 3 voxels): what survives is wider than the disc."""
-    radius = [max(1, round((diameter_mm / s - 1) / 2)) for s in spacing[:2]] + [0]
-    image = sitk.GetImageFromArray(mask.view(np.uint8))
-    opened = sitk.BinaryMorphologicalOpening(image, radius, sitk.sitkBall, 0, 1)
-    return sitk.GetArrayViewFromImage(opened).astype(bool)
+    """Binary opening of ``mask`` with an in-plane square about ``diameter_mm`` wide (at least
+    3 voxels): what survives is at least that wide in both in-plane directions."""
+    radius = [max(1, round((diameter_mm / s - 1) / 2)) for s in spacing[:2]]
+    return _dilate(_erode(mask, radius), radius)
+
+
+def _shifted(mask: np.ndarray, axis: int, step: int, fill: bool) -> np.ndarray:
+    """``mask`` moved by ``step`` voxels along ``axis``, ``fill`` shifted in."""
+    out = np.full(mask.shape, fill, dtype=bool)
+    source = [slice(None)] * mask.ndim
+    target = [slice(None)] * mask.ndim
+    if step > 0:
+        source[axis], target[axis] = slice(None, -step), slice(step, None)
+    else:
+        source[axis], target[axis] = slice(-step, None), slice(None, step)
+    out[tuple(target)] = mask[tuple(source)]
+    return out
+
+
+def _erode(mask: np.ndarray, radius: list[int]) -> np.ndarray:
+    """Erosion by a (2 ry + 1) x (2 rx + 1) in-plane square (separable: rows, then columns)."""
+    out = mask
+    for axis, r in ((mask.ndim - 1, radius[0]), (mask.ndim - 2, radius[1])):
+        result = out.copy()
+        for step in range(1, r + 1):
+            result &= _shifted(out, axis, step, False)
+            result &= _shifted(out, axis, -step, False)
+        out = result
+    return out
 
 
 def _dilate(mask: np.ndarray, radius: list[int]) -> np.ndarray:
-    """Binary dilation of ``mask`` by ``radius`` voxels in-plane."""
-    image = sitk.GetImageFromArray(mask.view(np.uint8))
-    dilated = sitk.BinaryDilate(image, [*radius, 0], sitk.sitkBall, 0, 1)
-    return sitk.GetArrayViewFromImage(dilated).astype(bool)
+    """Dilation by a (2 ry + 1) x (2 rx + 1) in-plane square (separable)."""
+    out = mask
+    for axis, r in ((mask.ndim - 1, radius[0]), (mask.ndim - 2, radius[1])):
+        result = out.copy()
+        for step in range(1, r + 1):
+            result |= _shifted(out, axis, step, False)
+            result |= _shifted(out, axis, -step, False)
+        out = result
+    return out

@@ -196,13 +196,20 @@ def build_report(
             model_name=" ".join(_software_versions(model_versions))[:64],
         ),
     )
+    # the segment applies to the whole source series: referenced as a series, not per image
+    source_series = hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid)
     lung_groups = [
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=derived_uid(uids.sr_instance, label),
                 identifier=label,
             ),
-            referenced_segment=hd.sr.ReferencedSegment.from_segmentation(segmentation, number),
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=segmentation.SOPClassUID,
+                sop_instance_uid=segmentation.SOPInstanceUID,
+                segment_number=number,
+                source_series=source_series,
+            ),
             finding_type=LUNG_CODE,
             finding_sites=[hd.sr.FindingSite(anatomic_location=site)],
             algorithm_id=algorithms[lung_model],
@@ -248,7 +255,7 @@ def build_report(
         title=codes.DCM.ImagingMeasurementReport,
     )
     return hd.sr.Comprehensive3DSR(
-        evidence=[segmentation, *volume.datasets],
+        evidence=[segmentation],
         content=report,
         series_instance_uid=uids.sr_series,
         series_number=SR_SERIES_NUMBER,

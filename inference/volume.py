@@ -24,7 +24,12 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, EnhancedCTImageStorage
+from pydicom.uid import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from sqlalchemy import Engine, select
 
 from inference.errors import RefusalReason, VolumeRefusedError
@@ -306,6 +311,24 @@ def _check_tilt(frames: list[Frame], normal: np.ndarray, max_degrees: float) -> 
 # ---------------------------------------------------------------- pixel data
 
 
+def _is_native(ds: Dataset) -> bool:
+    """Uncompressed little endian 16-bit grey pixels: read without pydicom's pixel handlers."""
+    return (
+        ds.file_meta.get("TransferSyntaxUID") in (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+        and ds.get("BitsAllocated") == 16
+        and ds.get("SamplesPerPixel", 1) == 1
+        and ds.get("BitsStored") == 16
+        and "PixelData" in ds
+    )
+
+
+def _native(ds: Dataset, frames: int) -> np.ndarray:
+    """The stored values of a native 16-bit object as (frames, rows, columns)."""
+    dtype = np.int16 if ds.PixelRepresentation == 1 else np.uint16
+    shape = (int(ds.get("NumberOfFrames") or 1), int(ds.Rows), int(ds.Columns))
+    return np.frombuffer(ds.PixelData, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
 def _decode(datasets: list[Dataset], frames: list[Frame]) -> np.ndarray:
     """Decode every frame into its z slot, in HU; int16 unless the rescale needs floats."""
     integral = all(
@@ -321,7 +344,7 @@ def _decode(datasets: list[Dataset], frames: list[Frame]) -> np.ndarray:
     for index, placed in slots.items():
         ds = datasets[index]
         try:
-            stored = ds.pixel_array
+            stored = _native(ds, len(placed)) if _is_native(ds) else ds.pixel_array
         except Exception as exc:  # a codec missing or corrupt data: one reason for all
             syntax = ds.file_meta.get("TransferSyntaxUID", "?")
             raise VolumeRefusedError(

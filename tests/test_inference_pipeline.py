@@ -58,7 +58,8 @@ def test_analysis_stores_seg_sr_and_result(
     seg_uid, sr_uid = result.output_sop_instance_uids
     assert series_of(archive, seg_uid)[1] == 1 and series_of(archive, sr_uid)[1] == 1
     assert len(archive.heartbeats) >= 2
-    assert set(result.summary["timings_s"]) == {"pre_process", "predict", "post_process"}
+    stages = {"read", "volume", "predict", "quantify", "seg", "sr", "store", "record"}
+    assert set(result.summary["timings_s"]) == stages
     measurements = result.summary["measurements"]
     assert measurements["involvement_percent"] == pytest.approx(30, abs=5)
     assert measurements["ct_severity_grade"] == "CT-2"

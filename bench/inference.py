@@ -1,0 +1,130 @@
+"""CT analysis end to end: a synthetic 512x512x300 chest CT through the ``ct-chest`` pipeline.
+
+Setup (not timed): a fresh embedded archive (SQLite + filesystem) under a temporary folder,
+a chest phantom (lungs, vessels, 30 % involvement) stored as 300 CT slices through ingest.
+Timed, in a fresh child process pinned to at most 2 CPU cores: ``analyse_ct_chest`` reading
+the series from the object store, decoding it, running the registered lung model, quantifying,
+building the SEG and the SR, storing both through ingest and recording the ``ai_result`` row.
+The child reports per-stage wall times and its peak RSS (``ru_maxrss``).
+
+    .venv/bin/python -m bench.inference                 # 512 x 512 x 300
+    .venv/bin/python -m bench.inference --slices 60 --size 256 --runs 1    # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TARGET_WALL_S, TARGET_RSS_GB = 30.0, 3.0
+
+
+def _settings(data_dir: Path) -> Any:
+    from pacs.config import Settings
+
+    return Settings.model_validate({"data_dir": data_dir, "log_level": "WARNING"})
+
+
+def prepare(data_dir: Path, size: int, slices: int) -> dict[str, Any]:
+    """Create the archive and store the phantom series; returns its UIDs and setup times."""
+    from pacs.index.engine import create_index_engine
+    from pacs.index.migrate import upgrade
+    from tests.chest_phantom import chest_phantom, phantom_series
+    from tests.inference_helpers import open_archive
+
+    settings = _settings(data_dir)
+    engine = create_index_engine(settings)
+    upgrade(engine)
+    engine.dispose()
+    started = time.perf_counter()
+    phantom = chest_phantom(size=size, slices=slices, involvement=0.3, seed=1)
+    datasets = phantom_series(phantom)
+    generated = time.perf_counter() - started
+    started = time.perf_counter()
+    for archive in open_archive(settings):
+        archive.store(datasets)
+    return {
+        "study": str(datasets[0].StudyInstanceUID),
+        "series": str(datasets[0].SeriesInstanceUID),
+        "truth_involvement_percent": round(phantom.involvement_percent, 2),
+        "generate_s": round(generated, 2),
+        "ingest_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def child(data_dir: Path, study: str, series: str, version: int) -> None:
+    """Run the analysis once in this process and print one JSON line."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    os.sched_setaffinity(0, cores)
+    from inference import pipeline
+    from tests.inference_helpers import open_archive
+
+    for archive in open_archive(_settings(data_dir)):
+        started = time.perf_counter()
+        result = pipeline.analyse_ct_chest(archive.context(study, [series], version=version))
+        wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        json.dumps(
+            {
+                "wall_s": round(wall, 2),
+                "peak_rss_bytes": peak,
+                "cores": len(cores),
+                "timings_s": result.summary["timings_s"],
+                "measurements": result.summary["measurements"],
+                "model_versions": result.summary["model_versions"],
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--child", nargs=4, metavar=("DIR", "STUDY", "SERIES", "VERSION"))
+    args = parser.parse_args()
+    if args.child:
+        data_dir, study, series, version = args.child
+        child(Path(data_dir), study, series, int(version))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as folder:
+        data_dir = Path(folder)
+        setup = prepare(data_dir, args.size, args.slices)
+        print(f"setup: {json.dumps(setup)}")
+        runs = []
+        for run in range(1, args.runs + 1):
+            command = [sys.executable, "-m", "bench.inference", "--child", str(data_dir)]
+            command += [setup["study"], setup["series"], str(run)]
+            out = subprocess.run(command, capture_output=True, text=True, check=False)
+            if out.returncode:
+                sys.exit(f"run {run} failed:\n{out.stderr}")
+            report = json.loads(out.stdout.strip().splitlines()[-1])
+            runs.append(report)
+            stages = " ".join(f"{k}={v:.2f}" for k, v in report["timings_s"].items())
+            print(
+                f"run {run}: wall {report['wall_s']:.2f} s, peak RSS "
+                f"{report['peak_rss_bytes'] / 1e9:.2f} GB on {report['cores']} cores | {stages}"
+            )
+        best = min(runs, key=lambda r: r["wall_s"])
+        print(f"measurements: {json.dumps(best['measurements'])}")
+        print(f"models: {json.dumps(best['model_versions'])}")
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+        wall_ok = best["wall_s"] <= TARGET_WALL_S
+        rss_ok = max(r["peak_rss_bytes"] for r in runs) <= TARGET_RSS_GB * 1e9
+        print(f"target <= {TARGET_WALL_S:.0f} s: {'met' if wall_ok else 'MISSED'}; ", end="")
+        print(f"<= {TARGET_RSS_GB:.0f} GB: {'met' if rss_ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
