@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
 from sqlalchemy import func, select
@@ -29,12 +29,13 @@ from sqlalchemy import func, select
 from inference import records, results
 from inference.errors import InferenceError, VolumeRefusedError
 from inference.quantify import Bands, quantify
+from inference.registry import DEFAULT_MODELS_DIR, ModelRegistry
+from inference.segmentation import LungSegmenter
 from inference.volume import CT_SOP_CLASSES, Volume, build_volume, read_series
-from pacs.config import DuplicatePolicy
+from pacs.config import DuplicatePolicy, Settings
 from pacs.index.models import Instance, Series
 
 if TYPE_CHECKING:
-    from inference.segmentation import LungSegmenter
     from pacs.jobs.analysis import AnalysisContext, AnalysisResult
 
 log = logging.getLogger(__name__)
@@ -113,13 +114,11 @@ def pre_process(ctx: AnalysisContext, timings: dict[str, float] | None = None) -
 # ---------------------------------------------------------------- predict
 
 
-def lung_segmenter(settings: Any) -> LungSegmenter:
+def lung_segmenter(settings: Settings) -> LungSegmenter:
     """The configured lung model, from the model registry (digest verified on load)."""
-    from inference.registry import ModelRegistry
-    from inference.segmentation import LungSegmenter
-
+    registry = ModelRegistry(settings.models_dir or DEFAULT_MODELS_DIR, settings.inference_threads)
     return LungSegmenter(
-        ModelRegistry(),
+        registry,
         name=settings.inference_lung_model,
         version=settings.inference_lung_model_version,
     )
