@@ -86,13 +86,6 @@ def read_series(engine: Engine, store: ObjectStore, series_instance_uid: str) ->
     return [dcmread(BytesIO(store.get(key))) for key in keys]
 
 
-def load_volume(
-    engine: Engine, store: ObjectStore, series_instance_uid: str, settings: Settings
-) -> Volume:
-    """Read a series from the archive and build its volume."""
-    return build_volume(read_series(engine, store, series_instance_uid), settings)
-
-
 def build_volume(datasets: list[Dataset], settings: Settings) -> Volume:
     """Check, sort and decode the objects of one series into a volume in HU."""
     if not datasets:
