@@ -1,0 +1,290 @@
+"""Lung segmentation with a registered ONNX model: pre_process -> predict -> post_process.
+
+- ``pre_process``: reorient the CT to LPS, resample it to the manifest's grid (area-averaged
+  when shrinking, then linear), apply the manifest's intensity transform, pad or crop slices
+  to the size the network takes.
+- ``predict``: onnxruntime over batches of slices (``context_slices`` neighbours each side as
+  channels); memory holds one batch of network input plus one probability volume on the
+  model grid.
+- ``post_process``: probability threshold inside the body outline, connected components
+  (those of at least ``min_component_fraction`` of the largest one are kept), split into
+  right (1) and left (2) lung by patient side (LPS: the right lung has the smaller x), then
+  back onto the input geometry (probability resampled linearly and thresholded, so the mask
+  is smooth on a finer input grid).
+
+``segment(volume)`` runs the three; the result is a uint8 SimpleITK image with the input's
+size, origin, spacing and direction.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from inference.errors import InferenceError
+from inference.registry import Manifest, ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+RIGHT_LUNG = 1
+LEFT_LUNG = 2
+BODY_MIN_HU = -500.0
+BODY_OPENING_MM = 3.0
+_SIDE_CODES = {"3341006": RIGHT_LUNG, "44029006": LEFT_LUNG}
+
+
+class SegmentationError(InferenceError):
+    """A volume the segmenter cannot process."""
+
+
+@dataclass
+class Prepared:
+    """The volume on the model grid, ready for the network."""
+
+    reference: sitk.Image  # the input volume (geometry of the result)
+    grid: sitk.Image  # HU on the model grid (LPS, manifest spacing), float32
+    body: np.ndarray  # [z, y, x] bool: inside the body outline, on the model grid
+    slices: np.ndarray  # [z, H, W] float32, intensity-transformed, padded/cropped
+    window: tuple[int, int, int, int]  # (y0, x0, height, width) of the grid inside ``slices``
+    pad_value: float
+
+
+class LungSegmenter:
+    """A lung model from the registry; thread-safe (the session is shared, read-only)."""
+
+    def __init__(
+        self, registry: ModelRegistry, name: str = "lung-seg", version: str | None = None
+    ) -> None:
+        loaded = registry.load(name, version)
+        self.manifest: Manifest = loaded.manifest
+        self.session = loaded.session
+        self._input_name = self.session.get_inputs()[0].name
+        codes = {label.code.value for label in self.manifest.output.labels}
+        self._sided = codes >= set(_SIDE_CODES)
+
+    # ------------------------------------------------------------------ pre_process
+
+    def _grid(self, canon: sitk.Image) -> sitk.Image:
+        spec = self.manifest.input.spacing_mm or (None, None, None)
+        spacing = [s if s else c for s, c in zip(spec, canon.GetSpacing(), strict=True)]
+        if np.allclose(spacing, canon.GetSpacing(), rtol=1e-3):
+            return canon
+        factors = [
+            max(1, int(t / c + 1e-3)) for t, c in zip(spacing, canon.GetSpacing(), strict=True)
+        ]
+        source = sitk.BinShrink(canon, factors) if max(factors) > 1 else canon
+        extent = [n * c for n, c in zip(canon.GetSize(), canon.GetSpacing(), strict=True)]
+        size = [max(1, math.ceil(e / t - 1e-3)) for e, t in zip(extent, spacing, strict=True)]
+        direction = np.array(canon.GetDirection()).reshape(3, 3)
+        corner = np.array(canon.GetOrigin()) - direction @ (np.array(canon.GetSpacing()) / 2)
+        origin = corner + direction @ (np.array(spacing) / 2)
+        return sitk.Resample(
+            source,
+            size,
+            sitk.Transform(),
+            sitk.sitkLinear,
+            origin.tolist(),
+            spacing,
+            canon.GetDirection(),
+            self.manifest.input.pad_value_hu,
+            sitk.sitkFloat32,
+        )
+
+    def pre_process(self, volume: sitk.Image) -> Prepared:
+        """Resample and normalise ``volume`` (HU) as the manifest says."""
+        if volume.GetDimension() != 3 or volume.GetNumberOfComponentsPerPixel() != 1:
+            raise SegmentationError("expected a 3D single-component CT volume")
+        spec = self.manifest.input
+        canon = sitk.DICOMOrient(sitk.Cast(volume, sitk.sitkFloat32), spec.orientation)
+        grid = self._grid(canon)
+        body = _body_mask(grid)
+        # outside the body outline (table, mattress, blankets) the network sees air
+        hu = np.where(body, sitk.GetArrayViewFromImage(grid), np.float32(spec.pad_value_hu))
+        t = spec.intensity
+
+        def transform(values: np.ndarray) -> np.ndarray:
+            v = values + np.float32(t.offset)
+            if t.clip_min is not None or t.clip_max is not None:
+                v = np.clip(v, t.clip_min, t.clip_max)
+            return (v * np.float32(t.scale) + np.float32(t.shift)).astype(np.float32)
+
+        pad_value = float(transform(np.array([spec.pad_value_hu], np.float32))[0])
+        z, h, w = hu.shape
+        if spec.slice_size:
+            out_h, out_w = spec.slice_size
+        else:
+            m = spec.size_multiple
+            out_h, out_w = -(-h // m) * m, -(-w // m) * m
+        slices = np.full((z, out_h, out_w), pad_value, np.float32)
+        # centre the grid in the slice (crop symmetrically when it is larger)
+        y0, x0 = (out_h - h) // 2, (out_w - w) // 2
+        sy, sx = max(0, -y0), max(0, -x0)
+        dy, dx = max(0, y0), max(0, x0)
+        ch, cw = min(h - sy, out_h), min(w - sx, out_w)
+        slices[:, dy : dy + ch, dx : dx + cw] = transform(hu[:, sy : sy + ch, sx : sx + cw])
+        return Prepared(volume, grid, body, slices, (y0, x0, h, w), pad_value)
+
+    # ------------------------------------------------------------------ predict
+
+    def predict(self, prepared: Prepared) -> np.ndarray:
+        """Probabilities [channel, z, y, x] on the model grid."""
+        spec = self.manifest.input
+        k = spec.context_slices
+        slices = prepared.slices
+        n = slices.shape[0]
+        channels = len(self.manifest.output.labels)
+        y0, x0, h, w = prepared.window
+        out = np.zeros((channels, n, h, w), np.float32)
+        # where the grid lies in the network's slice (crop), and where that lies in the grid
+        sy, sx = max(0, y0), max(0, x0)
+        gy, gx = max(0, -y0), max(0, -x0)
+        ch, cw = min(h - gy, slices.shape[1] - sy), min(w - gx, slices.shape[2] - sx)
+        for start in range(0, n, spec.batch_size):
+            idx = np.arange(start, min(n, start + spec.batch_size))
+            neighbours = np.clip(idx[:, None] + np.arange(-k, k + 1)[None, :], 0, n - 1)
+            batch = np.ascontiguousarray(slices[neighbours])  # [b, 2k+1, H, W]
+            (prob,) = self.session.run(None, {self._input_name: batch})
+            if self.manifest.output.activation == "none":
+                prob = 1.0 / (1.0 + np.exp(-prob))
+            for label in self.manifest.output.labels:
+                out[label.channel, idx, gy : gy + ch, gx : gx + cw] = prob[
+                    :, label.channel, sy : sy + ch, sx : sx + cw
+                ]
+        return out
+
+    # ------------------------------------------------------------------ post_process
+
+    def post_process(self, probability: np.ndarray, prepared: Prepared) -> sitk.Image:
+        """Right (1) / left (2) lung labels on the input geometry."""
+        thr = self.manifest.thresholds
+        body = prepared.body
+        lung_p = probability.max(axis=0) * body
+        mask = lung_p > thr.probability
+        voxel_ml = float(np.prod(prepared.grid.GetSpacing())) / 1000.0
+        labels = _lung_components(
+            mask,
+            sitk.GetArrayViewFromImage(prepared.grid),
+            fraction=thr.min_component_fraction,
+            min_voxels=thr.min_component_ml / voxel_ml,
+            gas_median_hu=thr.gas_median_hu,
+        )
+        if self._sided:
+            sides = self._sides_from_channels(probability)
+        else:
+            sides = _split_sides(labels > 0, body)
+        side = np.where(labels > 0, sides, 0).astype(np.uint8)
+        if not side.any():
+            logger.warning("no lung found in the volume")
+        # back to the input grid: smooth probability inside the kept lungs, nearest side
+        keep = sitk.GetArrayFromImage(
+            sitk.BinaryDilate(sitk.GetImageFromArray((side > 0).astype(np.uint8)), [1, 1, 1])
+        )
+        p_img = sitk.GetImageFromArray((lung_p * keep).astype(np.float32))
+        p_img.CopyInformation(prepared.grid)
+        s_img = sitk.GetImageFromArray(side)
+        s_img.CopyInformation(prepared.grid)
+        s_img = sitk.GrayscaleDilate(s_img, [1, 1, 1])
+        ref = prepared.reference
+        p_out = sitk.Resample(p_img, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        s_out = sitk.Resample(
+            s_img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+        )
+        result = sitk.Mask(s_out, sitk.BinaryThreshold(p_out, thr.probability, 2.0, 1, 0))
+        result = sitk.Cast(result, sitk.sitkUInt8)
+        result.CopyInformation(ref)
+        return result
+
+    def _sides_from_channels(self, probability: np.ndarray) -> np.ndarray:
+        by_side = {
+            _SIDE_CODES[lab.code.value]: lab.channel
+            for lab in self.manifest.output.labels
+            if lab.code.value in _SIDE_CODES
+        }
+        right = probability[by_side[RIGHT_LUNG]]
+        left = probability[by_side[LEFT_LUNG]]
+        return np.where(right >= left, RIGHT_LUNG, LEFT_LUNG).astype(np.uint8)
+
+    def segment(self, volume: sitk.Image) -> sitk.Image:
+        """pre_process -> predict -> post_process."""
+        prepared = self.pre_process(volume)
+        return self.post_process(self.predict(prepared), prepared)
+
+
+def _body_mask(grid: sitk.Image) -> np.ndarray:
+    """Voxels inside the body outline: the largest object denser than air, after an opening
+    that detaches the patient table, with its inner air (lungs, airways, bowel gas) filled
+    slice by slice."""
+    dense = sitk.BinaryThreshold(grid, BODY_MIN_HU, 1e9, 1, 0)
+    radius = [max(1, round(BODY_OPENING_MM / s)) for s in grid.GetSpacing()[:2]] + [0]
+    dense = sitk.BinaryMorphologicalOpening(dense, radius)
+    cc = sitk.RelabelComponent(sitk.ConnectedComponent(dense), sortByObjectSize=True)
+    body = sitk.GetArrayFromImage(cc) == 1
+    for z in range(body.shape[0]):
+        if body[z].any():
+            filled = sitk.BinaryFillhole(sitk.GetImageFromArray(body[z].astype(np.uint8)))
+            body[z] = sitk.GetArrayViewFromImage(filled) > 0
+    return body
+
+
+def _lung_components(
+    mask: np.ndarray,
+    hu: np.ndarray,
+    *,
+    fraction: float,
+    min_voxels: float,
+    gas_median_hu: float | None,
+) -> np.ndarray:
+    """Component ids of the lung candidates kept: not gas (median HU at or above
+    ``gas_median_hu``), at least ``min_voxels`` and ``fraction`` x the largest kept one."""
+    if not mask.any():
+        return np.zeros(mask.shape, np.uint32)
+    cc = sitk.RelabelComponent(
+        sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8))),
+        sortByObjectSize=True,
+    )
+    labels = sitk.GetArrayFromImage(cc)
+    sizes = np.bincount(labels.ravel())
+    candidates = [c for c in range(1, len(sizes)) if sizes[c] >= min_voxels]
+    if gas_median_hu is not None:
+        candidates = [c for c in candidates if np.median(hu[labels == c]) >= gas_median_hu]
+    if not candidates:
+        return np.zeros(mask.shape, np.uint32)
+    largest = max(sizes[c] for c in candidates)
+    keep = [c for c in candidates if sizes[c] >= fraction * largest]
+    return np.where(np.isin(labels, keep), labels, 0).astype(np.uint32)
+
+
+def _split_sides(lungs: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Right (1) / left (2) per voxel on an LPS grid (x index grows towards the patient's left).
+
+    Each connected component lying mostly on one side of the body midline goes to that side;
+    lungs joined across the midline are cut, slice by slice, at the column with the least lung
+    near the midline."""
+    sides = np.zeros(lungs.shape, np.uint8)
+    if not lungs.any():
+        return sides
+    xs = np.nonzero(body)[2] if body.any() else np.nonzero(lungs)[2]
+    midline = float(xs.mean())
+    cc = sitk.GetArrayFromImage(
+        sitk.ConnectedComponent(sitk.GetImageFromArray(lungs.astype(np.uint8)))
+    )
+    columns = np.arange(lungs.shape[2])
+    for comp in range(1, int(cc.max()) + 1):
+        voxels = cc == comp
+        x = np.nonzero(voxels)[2]
+        share_right = float((x < midline).mean()) if x.size else 0.0
+        if share_right >= 0.9 or share_right <= 0.1:
+            sides[voxels] = RIGHT_LUNG if share_right >= 0.9 else LEFT_LUNG
+            continue
+        near = np.abs(columns - midline) <= max(2, lungs.shape[2] // 8)
+        for z in np.unique(np.nonzero(voxels)[0]):
+            profile = voxels[z].sum(axis=0).astype(float)
+            profile[~near] = np.inf
+            cut = int(np.argmin(profile))
+            sides[z][voxels[z] & (columns < cut)[None, :]] = RIGHT_LUNG
+            sides[z][voxels[z] & (columns >= cut)[None, :]] = LEFT_LUNG
+    return sides
