@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from inference.models_cli import models_app
 from pacs.config import Settings
 from pacs.jobs.cli import jobs_app, worker
 
@@ -19,6 +20,7 @@ app.add_typer(db_app, name="db")
 ae_app = typer.Typer(help="Registry of remote AEs (destinations).", no_args_is_help=True)
 app.add_typer(ae_app, name="ae")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
 app.command("worker")(worker)
 
 DataDir = Annotated[
