@@ -13,5 +13,6 @@ from pacs.fhir import schema as fhir_schema  # noqa: F401  (fhir_resource, searc
 from pacs.index.models import Base
 from pacs.jobs import models as jobs_models  # noqa: F401  (study_state, job, webhook, ...)
 from pacs.metadata import records  # noqa: F401  (instance_metadata)
+from pacs.query import indexes as query_indexes  # noqa: F401  (ix_patient_name_lower)
 
 metadata = Base.metadata
