@@ -69,14 +69,19 @@ def child(data_dir: Path, study: str, series: str, version: int) -> None:
     from tests.inference_helpers import open_archive
 
     for archive in open_archive(_settings(data_dir)):
+        before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         result = pipeline.analyse_ct_chest(archive.context(study, [series], version=version))
         wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+    peak = usage.ru_maxrss * 1024
     print(
         json.dumps(
             {
                 "wall_s": round(wall, 2),
+                "cpu_s": round(cpu, 2),
+                "load_average": round(os.getloadavg()[0], 1),
                 "peak_rss_bytes": peak,
                 "cores": len(cores),
                 "timings_s": result.summary["timings_s"],
@@ -113,8 +118,9 @@ def main() -> None:
             runs.append(report)
             stages = " ".join(f"{k}={v:.2f}" for k, v in report["timings_s"].items())
             print(
-                f"run {run}: wall {report['wall_s']:.2f} s, peak RSS "
-                f"{report['peak_rss_bytes'] / 1e9:.2f} GB on {report['cores']} cores | {stages}"
+                f"run {run}: wall {report['wall_s']:.2f} s, CPU {report['cpu_s']:.2f} s, peak RSS "
+                f"{report['peak_rss_bytes'] / 1e9:.2f} GB on {report['cores']} cores, load "
+                f"{report['load_average']} | {stages}"
             )
         best = min(runs, key=lambda r: r["wall_s"])
         print(f"measurements: {json.dumps(best['measurements'])}")
