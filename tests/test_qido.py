@@ -155,7 +155,8 @@ def test_includefield(client: TestClient, corpus: QueryCorpus) -> None:
     (study,) = search(
         client,
         f"/studies?StudyInstanceUID={corpus.smith}&includefield=SOPClassesInStudy,00080080"
-        "&includefield=NumberOfPatientRelatedStudies&includefield=RequestAttributesSequence",
+        "&includefield=NumberOfPatientRelatedStudies"
+        "&includefield=RequestAttributesSequence.RequestedProcedureID",
     )
     ds = Dataset.from_json(study)
     assert len(ds.SOPClassesInStudy) == 2
@@ -224,6 +225,8 @@ BAD_REQUESTS = [
     ("/studies?offset=1e3", 400, "offset"),
     ("/studies?fuzzymatching=maybe", 400, "fuzzymatching"),
     ("/studies?includefield=NotAnAttribute", 400, "unknown attribute"),
+    ("/studies?includefield=PatientName.PatientID", 400, "not a sequence"),
+    ("/studies?PatientName.PatientID=x", 400, "not a sequence"),
     ("/studies?PatientID=1&PatientID=2", 400, "more than once"),
     ("/studies?SeriesInstanceUID=1.2.3", 400, "series-level attribute"),
     ("/studies?NumberOfStudyRelatedSeries=many", 400, "not an integer"),

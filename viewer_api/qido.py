@@ -257,7 +257,14 @@ def _return_keys(level: str, scope: dict[str, str], includes: list[str]) -> list
             keywords += [k for k, key in KEYS.items() if LEVELS.index(key.level) <= depth]
             keywords += [k for k, lvl in COMPUTED.items() if LEVELS.index(lvl) <= depth]
         else:
-            keywords.append(keyword_for_tag(resolve(name)))
+            top, _, nested = name.strip().partition(".")
+            tag = resolve(top)
+            if nested:  # an attribute path: returned as the (empty) sequence
+                if dictionary_VR(tag) != "SQ":
+                    raise QidoError(400, f"{top} is not a sequence: {name!r}")
+                for part in nested.split("."):
+                    resolve(part)
+            keywords.append(keyword_for_tag(tag))
     return list(dict.fromkeys(keywords))
 
 
