@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from pacs.cli import app as cli
 from pacs.config import Settings
-from pacs.index.engine import create_index_engine
+from pacs.index.engine import WRITE, create_index_engine
 from pacs.index.models import Instance, Series
 from pacs.ingest import IngestService
 from pacs.jobs import queue
@@ -75,7 +75,7 @@ def env(db_backend: Backend) -> Iterator[Env]:
     settings = db_backend.with_settings(
         stable_after_seconds=0.2,
         job_max_attempts=2,
-        job_retry_base_seconds=0.3,
+        job_retry_base_seconds=1.0,
         job_lease_seconds=5.0,
     )
     env = Env(settings)
@@ -123,7 +123,7 @@ def test_failures_back_off_then_dead_letter_with_the_error(env: Env) -> None:
     job = queue.get_job(env.engine, pk)
     assert job["status"] == "failed" and "boom" in job["error"] and job["attempts"] == 1
     assert queue.claim(env.engine, "other", 5.0) is None  # backing off
-    time.sleep(0.35)
+    time.sleep(1.05)
     assert env.run_next() == "dead"  # attempt 2 of 2
     job = queue.get_job(env.engine, pk)
     assert job["status"] == "dead" and "boom" in job["error"] and job["attempts"] == 2
@@ -192,8 +192,9 @@ def test_per_analysis_limit_in_one_worker(env: Env) -> None:
     env.enqueue("test")
     worker = Worker(env.settings, env.engine, env.ingest, concurrency=3, limits={"noop": 1})
     worker._running[0] = queue.ClaimedJob(0, "noop", "", 1, [], {}, 1, 1)  # one noop runs
-    assert worker._claim() is not None  # the test job, not a second noop
-    assert worker._claim() is None
+    with env.engine.connect().execution_options(**WRITE) as conn:
+        assert worker._claim(conn) is not None  # the test job, not a second noop
+        assert worker._claim(conn) is None
     assert parse_limits("ct-chest=1, test=4") == {"ct-chest": 1, "test": 4}
     with pytest.raises(ValueError, match="ANALYSIS=count"):
         parse_limits("ct-chest=0")

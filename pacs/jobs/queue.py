@@ -69,19 +69,28 @@ class ClaimedJob:
     max_attempts: int
 
 
-def write(engine: Engine) -> Any:
+Bind = Engine | Connection
+"""Where a queue operation runs: an engine (a pooled connection per call) or a connection a
+worker slot keeps open (no pool checkout per call; it must not be in a transaction)."""
+
+
+def write(bind: Bind) -> Any:
     """A write transaction: the SQLite writer turn, ``BEGIN IMMEDIATE``; use with ``with``."""
-    return _WriteTx(engine)
+    return _WriteTx(bind)
 
 
 class _WriteTx:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, bind: Bind) -> None:
+        self.bind = bind
 
     def __enter__(self) -> Connection:
-        self._turn = writer_turn(self.engine)
+        engine = self.bind if isinstance(self.bind, Engine) else self.bind.engine
+        self._turn = writer_turn(engine)
         self._turn.__enter__()
-        self._conn = self.engine.connect().execution_options(**WRITE)
+        if isinstance(self.bind, Engine):
+            self._conn = self.bind.connect().execution_options(**WRITE)
+        else:
+            self._conn = self.bind
         self._tx = self._conn.begin()
         return self._conn
 
@@ -92,7 +101,8 @@ class _WriteTx:
             else:
                 self._tx.rollback()
         finally:
-            self._conn.close()
+            if isinstance(self.bind, Engine):
+                self._conn.close()
             self._turn.__exit__(kind, exc, tb)
 
 
@@ -161,7 +171,7 @@ def has_claimable(engine: Engine, busy: set[str] | None = None) -> bool:
 
 
 def claim(
-    engine: Engine, owner: str, lease_seconds: float, busy: set[str] | None = None
+    engine: Bind, owner: str, lease_seconds: float, busy: set[str] | None = None
 ) -> ClaimedJob | None:
     """Take the most urgent ready job (highest priority, oldest) under a lease."""
     now = utcnow()
@@ -233,7 +243,7 @@ def _finish(conn: Connection, pk: int, owner: str, **values: Any) -> Any:
     ).fetchone()
 
 
-def complete(engine: Engine, job: ClaimedJob, owner: str, result: dict[str, Any]) -> bool:
+def complete(engine: Bind, job: ClaimedJob, owner: str, result: dict[str, Any]) -> bool:
     """Mark a job succeeded; False if the lease was lost meanwhile (another worker has it)."""
     with write(engine) as conn:
         row = _finish(conn, job.pk, owner, status=SUCCEEDED, error="", result=result)
@@ -244,7 +254,7 @@ def complete(engine: Engine, job: ClaimedJob, owner: str, result: dict[str, Any]
 
 
 def fail(
-    engine: Engine, job: ClaimedJob, owner: str, error: str, backoff: Backoff, permanent: bool
+    engine: Bind, job: ClaimedJob, owner: str, error: str, backoff: Backoff, permanent: bool
 ) -> str | None:
     """Record a failed attempt: ``failed`` (retried after the backoff) or ``dead``; returns
     the new status, None if the lease was lost."""
@@ -274,7 +284,7 @@ def fail(
     return status
 
 
-def cancelled(engine: Engine, job: ClaimedJob, owner: str) -> bool:
+def cancelled(engine: Bind, job: ClaimedJob, owner: str) -> bool:
     """A running job stopped on an operator's request."""
     with write(engine) as conn:
         row = _finish(conn, job.pk, owner, status=CANCELLED, error="cancelled by an operator")

@@ -21,7 +21,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian
+from pydicom.uid import UID, BasicTextSRStorage, ExplicitVRLittleEndian
 from sqlalchemy import select
 
 from pacs.index.models import Instance, Series, Study
@@ -139,9 +139,9 @@ def _report(ctx: AnalysisContext, source: Dataset, instances: int) -> bytes:
     return buffer.getvalue()
 
 
-def _name_uid(name: str) -> str:
+def _name_uid(name: str) -> UID:
     """A 2.25 UID from a name-based (v5) UUID: the same name, the same UID."""
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
+    return UID(f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}")
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:

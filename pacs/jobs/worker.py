@@ -20,9 +20,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from pacs.config import Settings
+from pacs.index.engine import WRITE
 from pacs.ingest import IngestService
 from pacs.jobs import JobError, metrics
 from pacs.jobs import queue as jobs
@@ -41,6 +42,15 @@ def parse_limits(text: str) -> dict[str, int]:
             raise ValueError(f"bad limit {entry!r}: expected ANALYSIS=count (count >= 1)")
         limits[name.strip()] = int(count)
     return limits
+
+
+def _close(conn: Connection | None) -> None:
+    """Close a slot's connection, whatever state it is in."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception as exc:  # already broken
+            log.debug("closing a job slot connection: %s", exc)
 
 
 def backoff_of(settings: Settings) -> jobs.Backoff:
@@ -96,28 +106,37 @@ class Worker:
         return {name for name, limit in self.limits.items() if counts[name] >= limit}
 
     def _slot(self) -> None:
+        """One slot: claim, run, record, on a connection of its own (no pool checkout and
+        ping per statement); a database error closes it and the next round opens another."""
+        conn: Connection | None = None
         while not self._stop.is_set():
+            job = None
             try:
-                job = self._claim()
-            except Exception as exc:  # database down: keep trying, do not die
-                log.error("claiming a job failed: %s", exc)
-                job = None
+                conn = conn or self.engine.connect().execution_options(**WRITE)
+                job = self._claim(conn)
+                if job is not None:
+                    self.run(job, conn)
+            except Exception as exc:  # database down: keep trying, never die
+                log.error("job slot: %s: %s", type(exc).__name__, exc)
+                _close(conn)
+                conn = None
+                self._stop.wait(self.settings.worker_poll_seconds)
+            finally:
+                if job is not None:
+                    with self._lock:
+                        self._running.pop(job.pk, None)
             if job is None:
                 self._stop.wait(self.settings.worker_poll_seconds)
-                continue
-            try:
-                self.run(job)
-            finally:
-                with self._lock:
-                    self._running.pop(job.pk, None)
+        _close(conn)
 
-    def _claim(self) -> jobs.ClaimedJob | None:
+    def _claim(self, conn: Connection) -> jobs.ClaimedJob | None:
         with self._lock:
             busy = self._busy()
-        if not jobs.has_claimable(self.engine, busy):
+        # SQLite: a read first, so idle workers never take the write lock
+        if self.engine.dialect.name == "sqlite" and not jobs.has_claimable(self.engine, busy):
             return None
         with self._lock:  # claims of one process one at a time, so limits hold
-            job = jobs.claim(self.engine, self.owner, self.lease, self._busy())
+            job = jobs.claim(conn, self.owner, self.lease, self._busy())
             if job is not None:
                 self._running[job.pk] = job
         return job
@@ -156,29 +175,30 @@ class Worker:
             options=dict(job.options or {}),
         )
 
-    def run(self, job: jobs.ClaimedJob) -> str:
+    def run(self, job: jobs.ClaimedJob, conn: Connection | None = None) -> str:
         """Run one claimed job to its outcome; returns the job's new status."""
+        bind: jobs.Bind = conn if conn is not None else self.engine
         started = time.perf_counter()
         status: str | None
         try:
             analysis: Callable[[AnalysisContext], AnalysisResult] = resolve(job.analysis)
             result = analysis(self.context(job))
         except JobCancelled:
-            status = jobs.CANCELLED if jobs.cancelled(self.engine, job, self.owner) else None
+            status = jobs.CANCELLED if jobs.cancelled(bind, job, self.owner) else None
         except UnknownAnalysisError as exc:
-            status = jobs.fail(self.engine, job, self.owner, str(exc), self.backoff, True)
+            status = jobs.fail(bind, job, self.owner, str(exc), self.backoff, True)
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(exc)).strip()
             log.warning(
                 "job %d (%s) attempt %d failed: %s", job.pk, job.analysis, job.attempts, detail
             )
-            status = jobs.fail(self.engine, job, self.owner, detail, self.backoff, False)
+            status = jobs.fail(bind, job, self.owner, detail, self.backoff, False)
         else:
             summary = {
                 "output_sop_instance_uids": list(result.output_sop_instance_uids),
                 "summary": result.summary,
             }
-            ok = jobs.complete(self.engine, job, self.owner, summary)
+            ok = jobs.complete(bind, job, self.owner, summary)
             status = jobs.SUCCEEDED if ok else None
         seconds = time.perf_counter() - started
         if status is None:

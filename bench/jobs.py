@@ -1,0 +1,384 @@
+"""Benchmark of the study lifecycle and the job queue (issue 4).
+
+1. Latency: time from the last instance of a study to its job starting, with a quiet period of
+   ``--quiet`` seconds, against ``pacs worker`` processes (which run the sweeper) on SQLite
+   (1 worker) and on PostgreSQL (2 workers). Target: quiet period + < 1 s.
+2. Throughput: no-op jobs claimed and completed by 4 ``pacs worker`` processes (one slot each)
+   on PostgreSQL, from the first start to the last finish. Target: >= 200 jobs/s.
+3. Ingest with the lifecycle on (study state + change feed at ingest, a worker process running
+   the sweeper against the same database) against off (``PACS_STUDY_LIFECYCLE=false``, nothing
+   else running): instances/s through the ingest service (4 threads, default fsync policy),
+   off and on runs interleaved. Target: on within 10 % of off.
+
+    .venv/bin/python bench/jobs.py                 # everything, writes docs/performance.md
+    .venv/bin/python bench/jobs.py --quick --no-write
+
+PostgreSQL at ``PACS_BENCH_POSTGRES_URL`` (default postgres@127.0.0.1:5432); each part uses
+fresh databases and data directories under a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pydicom.uid import generate_uid  # noqa: E402
+from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from pacs.config import Settings  # noqa: E402
+from pacs.index.engine import create_index_engine  # noqa: E402
+from pacs.index.migrate import upgrade  # noqa: E402
+from pacs.index.models import as_utc  # noqa: E402
+from pacs.ingest import Source  # noqa: E402
+from pacs.jobs import queue  # noqa: E402
+from pacs.jobs.models import Job  # noqa: E402
+from pacs.runtime import build_ingest  # noqa: E402
+from tests.dicom_factory import ct_slice  # noqa: E402
+
+DOC = ROOT / "docs" / "performance.md"
+BEGIN = "<!-- bench/jobs.py: begin (generated, do not edit by hand) -->"
+END = "<!-- bench/jobs.py: end -->"
+POSTGRES = os.environ.get(
+    "PACS_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+NOOP_RULES = "rules:\n  - name: every-ct\n    analysis: noop\n    when: {modality: [CT]}\n"
+MODALITY = Source(channel="dimse", ae_title="BENCH", host="127.0.0.1")
+
+
+# ---------------------------------------------------------------- environments
+
+
+@contextmanager
+def database(kind: str, workdir: Path) -> Iterator[dict[str, str]]:
+    """Environment variables of a fresh, migrated index (SQLite file or PostgreSQL database)."""
+    env = {
+        "PACS_DATA_DIR": str(workdir / f"var-{uuid.uuid4().hex[:6]}"),
+        "PACS_LOG_LEVEL": "WARNING",
+    }
+    drop = None
+    if kind == "postgresql":
+        name = f"pacs_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(make_url(POSTGRES), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        env["PACS_DATABASE_URL"] = (
+            make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+        )
+
+        def drop() -> None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+    engine = create_index_engine(settings_of(env))
+    upgrade(engine)
+    engine.dispose()
+    try:
+        yield env
+    finally:
+        if drop is not None:
+            drop()
+
+
+def settings_of(env: dict[str, str], **overrides: Any) -> Settings:
+    values = {k.removeprefix("PACS_").lower(): v for k, v in env.items()}
+    return Settings(**{**values, **overrides})
+
+
+@contextmanager
+def workers(n: int, env: dict[str, str], workdir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``n`` ``pacs worker`` processes, started and ready."""
+    procs = []
+    logs = []
+    for i in range(n):
+        log = workdir / f"worker-{uuid.uuid4().hex[:6]}-{i}.log"
+        logs.append(log)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pacs.cli", "worker"],
+                env={**os.environ, **env, "PACS_LOG_LEVEL": "INFO"},
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
+            )
+        )
+    deadline = time.monotonic() + 120
+    while not all(b"worker " in log.read_bytes() for log in logs):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError("workers did not start:\n" + "\n".join(f.read_text() for f in logs))
+        time.sleep(0.1)
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def part10(study: str, series: str, index: int, size: int) -> bytes:
+    buffer = io.BytesIO()
+    ct_slice(study, series, index, size=size).save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- 1. latency
+
+
+def latency(kind: str, n_workers: int, studies: int, quiet: float, workdir: Path) -> list[float]:
+    """Seconds from each study's last instance to its job starting, minus the quiet period."""
+    rules = workdir / "noop-rules.yaml"
+    rules.write_text(NOOP_RULES)
+    with database(kind, workdir) as env:
+        env = {**env, "PACS_RULES_FILE": str(rules), "PACS_STABLE_AFTER_SECONDS": str(quiet)}
+        settings = settings_of(env)
+        ingest = build_ingest(settings)
+        engine = create_index_engine(settings)
+        delays = []
+        with workers(n_workers, env, workdir):
+            for _ in range(studies):
+                study, series = generate_uid(), generate_uid()
+                for i in range(5):
+                    assert ingest.store_part10(part10(study, series, i, 64), MODALITY).status.ok
+                last = datetime.now(UTC)
+                deadline = time.monotonic() + quiet + 30
+                started = None
+                while started is None and time.monotonic() < deadline:
+                    with engine.connect() as conn:
+                        started = conn.scalar(
+                            select(Job.started_at).where(Job.study_instance_uid == study)
+                        )
+                    time.sleep(0.02)
+                if started is None:
+                    raise RuntimeError(f"no job started for study {study}")
+                delays.append((as_utc(started) - last).total_seconds() - quiet)
+        engine.dispose()
+        ingest.engine.dispose()
+    return delays
+
+
+# ---------------------------------------------------------------- 2. throughput
+
+
+def throughput(n_workers: int, jobs: int, workdir: Path) -> float:
+    """No-op jobs per second through ``n_workers`` worker processes on PostgreSQL."""
+    with database("postgresql", workdir) as env:
+        env = {**env, "PACS_WORKER_POLL_SECONDS": "0.01"}
+        engine = create_index_engine(settings_of(env))
+        with queue.write(engine) as conn:
+            for version in range(jobs):
+                queue.enqueue(
+                    conn,
+                    analysis="noop",
+                    study_instance_uid="1.2.3",
+                    study_version=version,
+                    series_instance_uids=[],
+                )
+        with workers(n_workers, env, workdir):
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                with engine.connect() as conn:
+                    done = conn.scalar(
+                        select(func.count()).select_from(Job).where(Job.status == "succeeded")
+                    )
+                if done == jobs:
+                    break
+                time.sleep(0.2)
+        with engine.connect() as conn:
+            first, last = conn.execute(
+                select(func.min(Job.started_at), func.max(Job.finished_at))
+            ).one()
+        engine.dispose()
+    if first is None or last is None:
+        raise RuntimeError("no job ran")
+    return jobs / (as_utc(last) - as_utc(first)).total_seconds()
+
+
+# ---------------------------------------------------------------- 3. ingest on/off
+
+
+def ingest_rate(kind: str, lifecycle: bool, studies: int, slices: int, workdir: Path) -> float:
+    """Instances/s of 4 ingest threads; with the lifecycle on, a worker runs the sweeper."""
+    rules = workdir / "noop-rules.yaml"
+    rules.write_text(NOOP_RULES)
+    with database(kind, workdir) as env:
+        env = {
+            **env,
+            "PACS_STUDY_LIFECYCLE": str(lifecycle).lower(),
+            "PACS_STABLE_AFTER_SECONDS": "1",
+            "PACS_RULES_FILE": str(rules),
+        }
+        settings = settings_of(env)
+        ingest = build_ingest(settings)
+        data = [
+            [part10(study, series, i, 256) for i in range(slices)]
+            for study, series in ((generate_uid(), generate_uid()) for _ in range(studies))
+        ]
+        groups = [data[i::4] for i in range(4)]
+
+        def send(group: list[list[bytes]]) -> None:
+            for study in group:
+                for blob in study:
+                    assert ingest.store_part10(blob, MODALITY).status.ok
+
+        with workers(1 if lifecycle else 0, env, workdir):
+            started = time.perf_counter()
+            threads = [threading.Thread(target=send, args=(g,)) for g in groups]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - started
+        ingest.engine.dispose()
+    return studies * slices / elapsed
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
+        platform.processor() or "unknown",
+    )
+    mem = Path("/proc/meminfo").read_text().split()
+    ram = int(mem[mem.index("MemTotal:") + 1]) / 1024**2
+    engine = create_engine(POSTGRES)
+    with engine.connect() as conn:
+        pg = conn.execute(text("SHOW server_version")).scalar()
+    engine.dispose()
+    return (
+        f"{model}, {os.cpu_count()} cores, {ram:.1f} GiB RAM, Linux {platform.release()}; "
+        f"Python {platform.python_version()}, PostgreSQL {pg}"
+    )
+
+
+def git_version() -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def write_doc(section: str) -> None:
+    old = DOC.read_text() if DOC.exists() else "# Performance\n"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        DOC.write_text(head + section + rest.split(END, 1)[1])
+    else:
+        DOC.write_text(old.rstrip("\n") + "\n\n" + section + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes, 1 run")
+    p.add_argument("--quiet", type=float, default=2.0, help="quiet period of the latency part")
+    p.add_argument("--runs", type=int, default=3, help="ingest on/off runs per backend")
+    p.add_argument("--no-write", action="store_true", help="leave docs/performance.md alone")
+    p.add_argument("--parts", nargs="+", default=["latency", "throughput", "ingest"])
+    args = p.parse_args(argv)
+    studies, jobs, runs = (3, 300, 1) if args.quick else (10, 3000, args.runs)
+    ingest_studies, slices = (4, 20) if args.quick else (8, 50)
+    before = loadavg()
+    started = datetime.now(UTC)
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
+        workdir = Path(tmp)
+        if "latency" in args.parts:
+            lines.append(
+                f"Latency, last instance -> job started, minus the {args.quiet:g} s quiet "
+                f"period ({studies} studies of 5 instances each, one after another):\n"
+            )
+            lines.append("| index | workers | median (s) | max (s) | target |")
+            lines.append("|---|---|---|---|---|")
+            for kind, n in (("sqlite", 1), ("postgresql", 2)):
+                d = latency(kind, n, studies, args.quiet, workdir)
+                verdict = "met" if max(d) < 1 else "MISSED"
+                median = statistics.median(d)
+                lines.append(f"| {kind} | {n} | {median:.2f} | {max(d):.2f} | < 1 s: {verdict} |")
+                print(lines[-1], flush=True)
+            lines.append("")
+        if "throughput" in args.parts:
+            rate = throughput(4, jobs, workdir)
+            verdict = "met" if rate >= 200 else "MISSED"
+            lines.append(
+                f"Throughput: {jobs} no-op jobs claimed and completed by 4 `pacs worker` "
+                f"processes (1 slot each) on PostgreSQL: **{rate:.0f} jobs/s** "
+                f"(target >= 200: {verdict}).\n"
+            )
+            print(lines[-1], flush=True)
+        if "ingest" in args.parts:
+            lines.append(
+                f"Ingest, {ingest_studies} studies x {slices} CT slices of 256x256 "
+                f"(128 KiB) through the ingest service from 4 threads, default fsync "
+                f"policy; lifecycle on = study state + change feed at ingest and a "
+                f"`pacs worker` running the sweeper; {runs} interleaved run(s) each:\n"
+            )
+            lines.append("| index | off: inst/s (runs) | on: inst/s (runs) | on / off | target |")
+            lines.append("|---|---|---|---|---|")
+            for kind in ("sqlite", "postgresql"):
+                off: list[float] = []
+                on: list[float] = []
+                for _ in range(runs):
+                    off.append(ingest_rate(kind, False, ingest_studies, slices, workdir))
+                    on.append(ingest_rate(kind, True, ingest_studies, slices, workdir))
+                ratio = statistics.median(on) / statistics.median(off)
+                verdict = "met" if ratio >= 0.9 else "MISSED"
+                off_runs = ", ".join(f"{r:.0f}" for r in off)
+                on_runs = ", ".join(f"{r:.0f}" for r in on)
+                lines.append(
+                    f"| {kind} | {statistics.median(off):.0f} ({off_runs}) "
+                    f"| {statistics.median(on):.0f} ({on_runs}) | {ratio:.2f} "
+                    f"| >= 0.90: {verdict} |"
+                )
+                print(lines[-1], flush=True)
+            lines.append("")
+    section = "\n".join(
+        [
+            BEGIN,
+            "## Study lifecycle and jobs (`bench/jobs.py`)",
+            "",
+            f"Measured {started:%Y-%m-%d %H:%M} UTC with `python bench/jobs.py"
+            f"{' --quick' if args.quick else ''}` on {machine()}; archive at `{git_version()}`. "
+            f"Load average {before} before, {loadavg()} after (the machine is shared).",
+            "",
+            *lines,
+            END,
+        ]
+    )
+    print(section)
+    if not args.no_write and not args.quick:
+        write_doc(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
