@@ -149,11 +149,13 @@ def unet_small_manifest(sha256: str, version: str = "1.0.0") -> dict[str, object
         "input": {
             "axes": "NCHW",
             "orientation": "LPS",
-            "spacing_mm": None,
+            # the slices it was trained on: 512 x 512 at about 1 mm (native z)
+            "spacing_mm": [0.9765625, 0.9765625, None],
             "slice_size": [512, 512],
             "context_slices": 0,
             "intensity": {"offset": 1024.0, "clip_min": None, "clip_max": None, "scale": 1.0},
             "pad_value_hu": -1024.0,
+            "batch_size": 4,  # 512 x 512 slices: bounded activation memory
         },
         "output": {
             "activation": "sigmoid",

@@ -149,7 +149,7 @@ def _blur(image: Array, sigma_vox: tuple[float, float, float]) -> Array:
         freq = np.fft.rfftfreq(n) if axis == 2 else np.fft.fftfreq(n)
         gain = np.exp(-2 * (np.pi * freq * sigma) ** 2)
         spectrum *= gain.reshape([-1 if i == axis else 1 for i in range(3)])
-    out = np.fft.irfftn(spectrum, s=padded.shape)
+    out = np.fft.irfftn(spectrum, s=padded.shape, axes=(0, 1, 2))
     sl = tuple(slice(p[0], p[0] + n) for p, n in zip(pad, image.shape, strict=True))
     return out[sl].astype(np.float32)
 
