@@ -75,13 +75,16 @@ def analyse_ct_chest(ctx: AnalysisContext) -> AnalysisResult:
 
 
 def candidate_series(ctx: AnalysisContext) -> list[str]:
-    """The selected series that hold CT images, most slices first."""
+    """The selected series that hold CT images, most slices (frames) first."""
     if not ctx.series_instance_uids:
         return []
     with ctx.engine.connect() as conn:
         rows = list(
             conn.execute(
-                select(Series.series_instance_uid, func.count(Instance.pk), func.max(Instance.rows))
+                select(
+                    Series.series_instance_uid,
+                    func.sum(func.coalesce(Instance.number_of_frames, 1)),
+                )
                 .join(Instance, Instance.series_pk == Series.pk)
                 .where(Series.series_instance_uid.in_(ctx.series_instance_uids))
                 .where(Instance.sop_class_uid.in_(sorted(CT_SOP_CLASSES)))
