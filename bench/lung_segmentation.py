@@ -4,12 +4,15 @@
 
 The CT is a synthetic phantom (models/training/phantom.py) rendered at 3 mm and resampled to
 0.75 x 0.75 x 1 mm, int16 HU, so that the input has the size of a real thin-slice chest CT.
-Prints the median seconds of pre_process, predict and post_process, and peak memory.
+Prints the median seconds of pre_process, predict and post_process and peak memory, and writes
+them with the model's evaluation figures (from its manifest) into docs/performance.md, section
+*Lung segmentation model* (``--no-write`` to leave the file alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
 import resource
@@ -23,6 +26,9 @@ import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+DOC = ROOT / "docs" / "performance.md"
+BEGIN = "<!-- bench/lung_segmentation.py: begin (generated, do not edit by hand) -->"
+END = "<!-- bench/lung_segmentation.py: end -->"
 
 from inference.registry import ModelRegistry  # noqa: E402
 from inference.segmentation import LungSegmenter  # noqa: E402
@@ -54,6 +60,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true", help="do not touch docs/performance.md")
     args = ap.parse_args()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     volume = chest_ct()
@@ -70,16 +77,79 @@ def main() -> int:
         for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             times[key].append(value)
     lung_ml = sitk.GetArrayViewFromImage(labels).astype(bool).sum() * 0.75 * 0.75 / 1000
-    total = sum(statistics.median(v) for v in times.values())
-    print(f"machine: {platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-    print(f"model {segmenter.manifest.name} {segmenter.manifest.version}, threads {args.threads}")
-    print(f"input {volume.GetSize()} int16, lungs found {lung_ml:.0f} mL")
-    for key, values in times.items():
-        print(f"{key:>13}: {statistics.median(values):.2f} s (median of {len(values)})")
-    print(f"{'total':>13}: {total:.2f} s")
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    total = sum(medians.values())
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: {peak_mib:.0f} MiB")
+    load = os.getloadavg()[0]
+    for key, value in medians.items():
+        print(f"{key:>13}: {value:.2f} s (median of {args.repeat})")
+    print(f"{'total':>13}: {total:.2f} s, peak RSS {peak_mib:.0f} MiB, lungs {lung_ml:.0f} mL")
+    if not args.no_write:
+        write_doc(section(segmenter, medians, total, peak_mib, load, args))
     return 0
+
+
+def section(
+    segmenter: LungSegmenter,
+    medians: dict[str, float],
+    total: float,
+    peak_mib: float,
+    load: float,
+    args: argparse.Namespace,
+) -> str:
+    m = segmenter.manifest
+    ev = m.evaluation
+    real, synth, run = ev["real_ct"], ev["synthetic_held_out"], ev["training"]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in medians.items())
+    keys = ("dice_lungs", "dice_right", "dice_left")
+    size_mb = (ROOT / "models" / m.name / m.version / "model.onnx").stat().st_size / 1e6
+    table = "\n".join(
+        [
+            f"| real CT `{real['ct']}` (lung bases, {real['reference_volume_ml']} mL) | "
+            + " | ".join(str(real[k]) for k in keys)
+            + " |",
+            f"| {synth['count']} held-out synthetic phantoms, mean (min) | "
+            + " | ".join(f"{synth['mean_' + k]} ({synth['min_' + k]})" for k in keys)
+            + " |",
+        ]
+    )
+    return f"""{BEGIN}
+## Lung segmentation model (`bench/lung_segmentation.py`)
+
+Model `{m.name} {m.version}` ([model card](../models/lung-seg/MODEL_CARD.md)): 2D U-Net,
+2.5D input at 3 mm, ONNX {size_mb:.1f} MB.
+
+Accuracy (`models/evaluate.py`, figures from the manifest):
+
+| data | Dice both lungs | right | left |
+|---|---|---|---|
+{table}
+
+Training: {run["samples_rendered"]} synthetic samples rendered in {run["render_s"]} s and
+{run["steps_done"]} steps in {run["train_s"]} s on {run["gpu"] or "CPU"} ({run["cpus"]} CPU
+cores), torch {run["torch"]}.
+
+Inference, measured {now} with `python bench/lung_segmentation.py --threads {args.threads}` on
+{platform.node()} ({os.cpu_count()} CPUs, load average {load:.1f} at the end: the machine was
+shared), a 512 x 512 x 300 int16 CT (0.75 x 0.75 x 1 mm), onnxruntime CPU, median of
+{args.repeat} runs; peak RSS of the process {peak_mib:.0f} MiB:
+
+| stage | seconds |
+|---|---|
+{rows}
+| **total** | **{total:.2f}** |
+{END}"""
+
+
+def write_doc(text: str) -> None:
+    """Replace this benchmark's section of docs/performance.md (append it the first time)."""
+    old = DOC.read_text()
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        DOC.write_text(head + text + rest.split(END, 1)[1])
+    else:
+        DOC.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
 
 
 if __name__ == "__main__":
