@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from tests.conftest import SHARED_DATA, require
+from tests.conftest import (
+    SHARED_DATA,
+    RunningArchive,
+    _make_backend,
+    require,
+    start_archive,
+    stop_archive,
+)
 from tests.dicom_factory import ct_slice
 
 J2K_CT = SHARED_DATA / "totalsegmentator" / "example_ct_dicom"
@@ -63,3 +72,18 @@ def rle_rgb_2frame(study_uid: str) -> Dataset:
     path = get_testdata_file("SC_rgb_rle_2frame.dcm")
     require(path is not None, "pydicom test file SC_rgb_rle_2frame.dcm missing")
     return _renamed(dcmread(Path(str(path))), study_uid, generate_uid())
+
+
+def module_archive(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningArchive]:
+    """One running archive for a whole test module, on the backend ``request.param``
+    (``sqlite-file`` or ``postgresql-s3``); one SCP process, so it starts fast."""
+    database, storage = str(request.param).split("-")
+    tmp = tmp_path_factory.mktemp(f"archive-{database}")
+    for backend in _make_backend(request, tmp, database, storage):
+        archive = start_archive(backend, tmp / "serve.log", PACS_SCP_PROCESSES="1")
+        try:
+            yield archive
+        finally:
+            stop_archive(archive)

@@ -105,8 +105,17 @@ class Call:
 
     @property
     def base(self) -> str:
+        """The DICOMweb base URL for BulkDataURIs (absolute, as clients need them)."""
         public = self.request.app.state.settings.public_base_url
-        return (public or str(self.request.base_url)).rstrip("/") + "/dicomweb"
+        if public:
+            return public.rstrip("/") + "/dicomweb"
+        url = self.request.base_url
+        server = self.request.scope.get("server")
+        # dicomweb-client sends Host without the port; when the host is the address this
+        # server listens on, the port it was reached at is the one to put back
+        if url.port is None and server and server[0] == url.hostname and server[1]:
+            url = url.replace(port=int(server[1]))
+        return str(url).rstrip("/") + "/dicomweb"
 
 
 def _call(request: Request, session: SessionDep, user: CurrentUser) -> Call:
