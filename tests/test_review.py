@@ -3,11 +3,13 @@ change feed, and a second sign-off refused; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import ComprehensiveSRStorage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -24,6 +26,7 @@ from pacs.runtime import build_ingest
 from tests.conftest import Backend
 from tests.dicom_factory import write_ct_series
 
+URL = "http://archive.example"
 MEASUREMENTS = {"involvement_percent": 40.0, "ct_severity_grade": "CT-2"}
 
 
@@ -37,7 +40,7 @@ def test_rejected_report_is_cancelled_with_provenance_audit_and_change(
     for path in paths:
         assert ingest.store_part10(path.read_bytes(), Source("import")).status.ok
     store = FhirStore(engine)
-    feed = EmrFeed(engine, store, "http://archive.example")
+    feed = EmrFeed(engine, store, URL)
     feed.run_once()
     study = store.search("ImagingStudy", [])["entry"][0]["resource"]
     record = ResultRecord(
@@ -46,18 +49,21 @@ def test_rejected_report_is_cancelled_with_provenance_audit_and_change(
     )  # fmt: skip
     pk = store_result(engine, record)
     with Session(engine) as session:  # the review publishes the report if the feed has not
-        view = review_view(session, store, pk, "http://archive.example")
+        view = review_view(session, store, pk, URL)
+        [study_now] = store.search("ImagingStudy", [])["entry"]
+        endpoint_ref = study_now["resource"]["endpoint"][0]["reference"]
+        assert store.read("Endpoint", endpoint_ref[9:])["address"] == f"{URL}/dicomweb"
         assert [f["status"] for f in view["findings"]] == ["preliminary", "preliminary"]
         decision = Decision(
             "reject", "Motion artefacts; AI result not usable.",
             [FindingDecision("involvement_percent", "reject")],
         )  # fmt: skip
-        after = sign_off(session, store, ingest, pk, decision, "dr.ivanova", "10.0.0.7", "x")
+        after = sign_off(session, store, ingest, pk, decision, "dr.ivanova", "10.0.0.7", URL)
         assert after["status"] == "cancelled"
         assert {f["status"] for f in after["findings"]} == {"cancelled"}
         assert after["decision"]["sr_sop_instance_uid"] == ""  # no verified SR for a rejection
         with pytest.raises(ReviewConflict):
-            sign_off(session, store, ingest, pk, Decision("sign", "x"), "dr.other", "", "x")
+            sign_off(session, store, ingest, pk, Decision("sign", "x"), "dr.other", "", URL)
         signed = session.scalars(select(ReviewDecision)).all()
         assert [(d.decision, d.signer) for d in signed] == [("cancelled", "dr.ivanova")]
         audit = session.scalars(select(AuditEvent).where(AuditEvent.action == "sign")).all()
@@ -93,7 +99,7 @@ def test_real_ct_analysis_is_reported_and_signed(
         result = pipeline.analyse_ct_chest(archive.context(study, [series]))
         ai_sr_uid = result.output_sop_instance_uids[1]
         store = FhirStore(archive.engine)
-        EmrFeed(archive.engine, store, "http://archive.example").run_once()
+        EmrFeed(archive.engine, store, URL).run_once()
         [report] = store.search("DiagnosticReport", [])["entry"]
         assert report["resource"]["status"] == "preliminary"
         assert len(report["resource"]["result"]) == 7
@@ -105,7 +111,7 @@ def test_real_ct_analysis_is_reported_and_signed(
         with Session(archive.engine) as session:
             pk = int(result.summary["result_pk"])
             decision = Decision("sign", "Viral pneumonia.", [], "City Hospital 1")
-            after = sign_off(session, store, archive.ingest, pk, decision, "Ivanova^Anna", "", "x")
+            after = sign_off(session, store, archive.ingest, pk, decision, "Ivanova^Anna", "", URL)
             sr_uid = after["decision"]["sr_sop_instance_uid"]
             keys = dict(
                 session.execute(
@@ -121,3 +127,49 @@ def test_real_ct_analysis_is_reported_and_signed(
         evidence = verified.CurrentRequestedProcedureEvidenceSequence[0]
         referenced = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
         assert referenced.ReferencedSOPInstanceUID == ai_sr_uid
+
+
+def test_concurrent_sign_offs_one_wins_and_one_sr_is_stored(
+    db_backend: Backend, tmp_path: Path
+) -> None:
+    settings = db_backend.settings
+    engine = create_index_engine(settings)
+    ingest = build_ingest(settings)
+    for path in write_ct_series(tmp_path / "ct", slices=2, size=16, patient_id="P-10"):
+        assert ingest.store_part10(path.read_bytes(), Source("import")).status.ok
+    store = FhirStore(engine)
+    EmrFeed(engine, store, URL).run_once()
+    study = store.search("ImagingStudy", [])["entry"][0]["resource"]
+    pk = store_result(
+        engine,
+        ResultRecord(
+            study["identifier"][0]["value"][8:], 1, "ct-chest", study["series"][0]["uid"],
+            {"lung-seg": "2.0"}, MEASUREMENTS, "", "", "", "",
+        ),
+    )  # fmt: skip
+    outcomes: list[str] = []
+
+    def sign(name: str) -> None:
+        with Session(engine) as session:
+            try:
+                sign_off(session, store, ingest, pk, Decision("sign", "ok"), name, "", URL)
+                outcomes.append("signed")
+            except ReviewConflict:
+                outcomes.append("conflict")
+
+    threads = [threading.Thread(target=sign, args=(f"dr.{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes) == ["conflict", "signed"]
+    with Session(engine) as session:
+        srs = session.scalars(
+            select(Instance.sop_instance_uid).where(
+                Instance.sop_class_uid == ComprehensiveSRStorage
+            )
+        ).all()
+        [decision] = session.scalars(select(ReviewDecision)).all()
+    assert srs == [decision.sr_sop_instance_uid]
+    engine.dispose()
+    ingest.engine.dispose()

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -24,12 +26,13 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import insert, select, update
+from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from pacs import changes
 from pacs.emr import EmrLinkError
 from pacs.emr.identifiers import USER
+from pacs.emr.projection import dicomweb_endpoint
 from pacs.emr.report import (
     GRADES,
     MEASUREMENTS,
@@ -99,12 +102,12 @@ class Decision:
     practitioner: str | None = None  # "Practitioner/<id>"; default: the signer's own
 
 
-def _report(session: Session, store: FhirStore, result_pk: int, endpoint: str) -> AiReport:
+def _report(session: Session, store: FhirStore, result_pk: int, public_url: str) -> AiReport:
     if load_result(session, result_pk) is None:
         raise ReviewNotFound(f"AI result {result_pk} does not exist")
     known = session.scalar(select(AiReport).where(AiReport.result_pk == result_pk))
     if known is None:  # the feed has not got to it yet: publish it now
-        publish_result(session, store, result_pk, endpoint)
+        publish_result(session, store, result_pk, dicomweb_endpoint(store, public_url))
         known = session.scalar(select(AiReport).where(AiReport.result_pk == result_pk))
     if known is None:
         raise ReviewConflict(f"AI result {result_pk} has no report (is its study archived?)")
@@ -112,10 +115,10 @@ def _report(session: Session, store: FhirStore, result_pk: int, endpoint: str) -
 
 
 def review_view(
-    session: Session, store: FhirStore, result_pk: int, endpoint: str
+    session: Session, store: FhirStore, result_pk: int, public_url: str
 ) -> dict[str, Any]:
     """The findings of an AI result for review, with the decision if it is signed off."""
-    known = _report(session, store, result_pk, endpoint)
+    known = _report(session, store, result_pk, public_url)
     result = load_result(session, result_pk)
     assert result is not None
     report = store.read("DiagnosticReport", known.diagnostic_report_id)
@@ -307,6 +310,30 @@ def sign_provenance(
     }
 
 
+_LOCAL_SIGN_LOCK = threading.Lock()
+SIGN_LOCK = 0x5349474E  # PostgreSQL advisory lock class of sign-offs ("SIGN")
+
+
+@contextmanager
+def _sign_lock(engine: Engine, result_pk: int) -> Iterator[None]:
+    """One sign-off of a result at a time, across processes and nodes on PostgreSQL (an
+    advisory lock), within the API process on SQLite (the embedded deployment has one), so
+    that a losing concurrent sign-off never leaves a verified SR behind."""
+    if engine.dialect.name != "postgresql":
+        with _LOCAL_SIGN_LOCK:
+            yield
+        return
+    with engine.connect() as conn:
+        key = {"k1": SIGN_LOCK, "k2": result_pk}
+        conn.execute(text("SELECT pg_advisory_lock(:k1, :k2)"), key)
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k1, :k2)"), key)
+            conn.commit()
+
+
 def sign_off(
     session: Session,
     store: FhirStore,
@@ -315,7 +342,7 @@ def sign_off(
     decision: Decision,
     signer: str,
     client_address: str,
-    endpoint: str,
+    public_url: str,
 ) -> dict[str, Any]:
     """Record a radiologist's decision on an AI result (see the module docstring)."""
     status = DECISIONS.get(decision.decision)
@@ -323,7 +350,25 @@ def sign_off(
         raise InvalidReview(f"decision {decision.decision!r} is not one of {', '.join(DECISIONS)}")
     if not decision.conclusion.strip():
         raise InvalidReview("a conclusion is required")
-    known = _report(session, store, result_pk, endpoint)
+    with _sign_lock(store.engine, result_pk):
+        session.rollback()  # see what a previous holder of the lock committed
+        return _sign(
+            session, store, ingest, result_pk, decision, status, signer, client_address, public_url
+        )
+
+
+def _sign(
+    session: Session,
+    store: FhirStore,
+    ingest: IngestService,
+    result_pk: int,
+    decision: Decision,
+    status: str,
+    signer: str,
+    client_address: str,
+    public_url: str,
+) -> dict[str, Any]:
+    known = _report(session, store, result_pk, public_url)
     result = load_result(session, result_pk)
     assert result is not None
     if known.status != "preliminary" or session.scalar(
@@ -403,7 +448,7 @@ def sign_off(
             payload={"result_pk": result_pk, "decision": status, "sr_sop_instance_uid": sr_uid},
         )
     log.info("AI result %s signed off: %s", result_pk, status)
-    return review_view(session, store, result_pk, endpoint)
+    return review_view(session, store, result_pk, public_url)
 
 
 def _store_verified_sr(
