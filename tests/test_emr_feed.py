@@ -52,9 +52,9 @@ def test_feed_position_is_stored_and_a_replay_changes_nothing(
 
     study_uid = studies[0]["resource"]["identifier"][0]["value"][8:]
     series_uid = studies[0]["resource"]["series"][0]["uid"]
+    invalid = {"involvement_percent": 9.0, "ct_severity_grade": "CT-9"}
     bad = ResultRecord(
-        study_uid, 1, "ct-chest", series_uid, {"m": "1"}, {"involvement_percent": 9.0, "ct_severity_grade": "CT-9"},
-        "", "", "", "",
+        study_uid, 1, "ct-chest", series_uid, {"m": "1"}, invalid, "", "", "", "",
     )  # fmt: skip
     store_result(engine, bad)
     orphan = ResultRecord(
