@@ -99,7 +99,15 @@ class LungSegmenter:
         if volume.GetDimension() != 3 or volume.GetNumberOfComponentsPerPixel() != 1:
             raise SegmentationError("expected a 3D single-component CT volume")
         spec = self.manifest.input
-        canon = sitk.DICOMOrient(sitk.Cast(volume, sitk.sitkFloat32), spec.orientation)
+        # average-shrink in the stored axes first (cheap, int16), then reorient the small image
+        target = spec.spacing_mm or (None, None, None)
+        direction = np.abs(np.array(volume.GetDirection()).reshape(3, 3))
+        factors = []
+        for axis, step in enumerate(volume.GetSpacing()):
+            want = target[int(np.argmax(direction[:, axis]))]
+            factors.append(max(1, int(want / step + 1e-3)) if want else 1)
+        shrunk = sitk.BinShrink(volume, factors) if max(factors) > 1 else volume
+        canon = sitk.DICOMOrient(sitk.Cast(shrunk, sitk.sitkFloat32), spec.orientation)
         grid = self._grid(canon)
         body = _body_mask(grid)
         # outside the body outline (table, mattress, blankets) the network sees air
@@ -188,15 +196,7 @@ class LungSegmenter:
         s_img = sitk.GetImageFromArray(side)
         s_img.CopyInformation(prepared.grid)
         s_img = sitk.GrayscaleDilate(s_img, [1, 1, 1])
-        ref = prepared.reference
-        p_out = sitk.Resample(p_img, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        s_out = sitk.Resample(
-            s_img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
-        )
-        result = sitk.Mask(s_out, sitk.BinaryThreshold(p_out, thr.probability, 2.0, 1, 0))
-        result = sitk.Cast(result, sitk.sitkUInt8)
-        result.CopyInformation(ref)
-        return result
+        return _to_reference(p_img, s_img, prepared.reference, thr.probability)
 
     def _sides_from_channels(self, probability: np.ndarray) -> np.ndarray:
         by_side = {
@@ -212,6 +212,56 @@ class LungSegmenter:
         """pre_process -> predict -> post_process."""
         prepared = self.pre_process(volume)
         return self.post_process(self.predict(prepared), prepared)
+
+
+def _to_reference(
+    probability: sitk.Image, side: sitk.Image, reference: sitk.Image, threshold: float
+) -> sitk.Image:
+    """Labels on the reference grid: probability resampled linearly and thresholded, side by
+    nearest neighbour; only the box around the lungs is resampled (the rest is 0)."""
+    out = np.zeros(reference.GetSize()[::-1], np.uint8)
+    found = np.argwhere(sitk.GetArrayViewFromImage(side) > 0)
+    if found.size:
+        lo, hi = found.min(axis=0)[::-1] - 1.0, found.max(axis=0)[::-1] + 1.0  # x, y, z
+        corners = [
+            reference.TransformPhysicalPointToContinuousIndex(
+                side.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+            )
+            for corner in np.array(np.meshgrid(*zip(lo, hi, strict=True))).reshape(3, -1).T
+        ]
+        size = np.array(reference.GetSize())
+        start = np.clip(np.floor(np.min(corners, axis=0)).astype(int), 0, size)
+        stop = np.clip(np.ceil(np.max(corners, axis=0)).astype(int) + 1, 0, size)
+        extent = [int(v) for v in stop - start]
+        if min(extent) > 0:
+            origin = reference.TransformIndexToPhysicalPoint([int(v) for v in start])
+            geometry = (origin, reference.GetSpacing(), reference.GetDirection())
+            p_box = sitk.Resample(
+                probability,
+                extent,
+                sitk.Transform(),
+                sitk.sitkLinear,
+                *geometry,
+                0.0,
+                sitk.sitkFloat32,
+            )
+            s_box = sitk.Resample(
+                side,
+                extent,
+                sitk.Transform(),
+                sitk.sitkNearestNeighbor,
+                *geometry,
+                0,
+                sitk.sitkUInt8,
+            )
+            box = np.where(
+                sitk.GetArrayViewFromImage(p_box) > threshold, sitk.GetArrayViewFromImage(s_box), 0
+            )
+            (x0, y0, z0), (x1, y1, z1) = start, stop
+            out[z0:z1, y0:y1, x0:x1] = box
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(reference)
+    return result
 
 
 def _body_mask(grid: sitk.Image) -> np.ndarray:
