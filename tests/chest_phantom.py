@@ -38,8 +38,10 @@ def chest_phantom(
     emphysema: float = 0.0,
     spacing: tuple[float, float, float] | None = None,
     seed: int = 0,
+    consolidation: float = 0.5,
 ) -> Phantom:
-    """A chest phantom with ``involvement`` (0..1) of the parenchyma affected.
+    """A chest phantom with ``involvement`` (0..1) of the parenchyma affected, the cranial
+    ``1 - consolidation`` of the lesion slices ground glass, the rest consolidation.
 
     Built slice by slice, so a 512 x 512 x 300 phantom needs little more than its own arrays.
     """
@@ -63,14 +65,14 @@ def chest_phantom(
     bullae_rows = _rows_for_share(parenchyma_rows, emphysema, from_end=False)
     hu = np.empty((slices, size, size), dtype=np.int16)
     lesion_count = bullae_count = 0
-    half = slices // 2
+    first_dense = round(slices * (1 - consolidation))
     for k in range(slices):
         plane = np.where(body, TISSUE_HU, -1000).astype(np.int16)
         lung = lungs[k] > 0
         plane[lung] = LUNG_HU
         plane[lung & vessels] = VESSEL_HU
         lesion = lung & lesion_rows[:, np.newaxis]
-        plane[lesion] = GGO_HU if k < half else CONSOLIDATION_HU
+        plane[lesion] = GGO_HU if k < first_dense else CONSOLIDATION_HU
         bullae = lung & ~vessels & bullae_rows[:, np.newaxis]
         plane[bullae] = -990
         lesion_count += int(np.count_nonzero(lesion & ~vessels))
