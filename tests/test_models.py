@@ -298,3 +298,27 @@ def test_byo_unet_on_real_dicom_series(byo_segmenter: LungSegmenter) -> None:
     assert got.GetSize() == ct.GetSize() and got.GetOrigin() == ct.GetOrigin()
     volume_ml = sitk.GetArrayViewFromImage(got).astype(bool).sum() * np.prod(ct.GetSpacing()) / 1000
     assert volume_ml < 25.0
+
+
+def test_phantoms_are_seeded() -> None:
+    a_hu, a_label, _ = phantom.random_volume(5, shape=(6, 64, 64), supersample=(1, 1))
+    b_hu, b_label, _ = phantom.random_volume(5, shape=(6, 64, 64), supersample=(1, 1))
+    np.testing.assert_array_equal(a_hu, b_hu)
+    np.testing.assert_array_equal(a_label, b_label)
+    c_hu, _, _ = phantom.random_volume(6, shape=(6, 64, 64), supersample=(1, 1))
+    assert not np.array_equal(a_hu, c_hu)
+
+
+def test_joined_lungs_are_cut_near_the_midline() -> None:
+    from inference.segmentation import _split_sides
+
+    lungs = np.zeros((4, 40, 60), bool)
+    lungs[:, 5:35, 8:26] = True  # right lung (small x in LPS)
+    lungs[:, 5:35, 34:52] = True  # left lung
+    lungs[:, 8:12, 26:34] = True  # anterior junction joins them
+    body = np.zeros_like(lungs)
+    body[:, 2:38, 2:58] = True
+    sides = _split_sides(lungs, body)
+    assert (sides[:, 5:35, 8:26] == RIGHT_LUNG).all()
+    assert (sides[:, 5:35, 34:52] == LEFT_LUNG).all()
+    assert ((sides > 0) == lungs).all()
