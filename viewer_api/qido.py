@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pydicom.datadict import (
     dictionary_has_tag,
@@ -24,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
+from pacs.query.find import Match, is_non_ascii
 from pacs.query.keys import COMPUTED, KEYS, LEVELS
 from pacs.storage import is_valid_uid
 
@@ -92,6 +94,7 @@ _DATE = re.compile(r"^\d{8}$")
 _TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 _INTEGER = re.compile(r"^[+-]?\d{1,10}$")
 _SPLIT = re.compile(r"[,\\]")
+_INTEGER_VRS = {"IS", "US", "UL", "SS", "SL", "SV", "UV"}
 
 
 @dataclass
@@ -324,16 +327,48 @@ def _sequence_key(tag: BaseTag, nested: list[BaseTag]) -> DataElement:
     return DataElement(tag, "SQ", Sequence([item]))
 
 
-def finish(match: Dataset, level: str, base_url: str) -> dict[str, object]:
-    """One response dataset as DICOM JSON, with RetrieveURL and InstanceAvailability."""
-    del match.QueryRetrieveLevel
-    if "RetrieveURL" in match:
-        url = f"{base_url}/studies/{match.StudyInstanceUID}"
-        if level != "STUDY":
-            url += f"/series/{match.SeriesInstanceUID}"
-        if level == "IMAGE":
-            url += f"/instances/{match.SOPInstanceUID}"
-        match.RetrieveURL = url
-    if "InstanceAvailability" in match:
-        match.InstanceAvailability = "ONLINE"
-    return match.to_json_dict()
+def to_json(match: Match, level: str, base_url: str) -> dict[str, object]:
+    """One match as DICOM JSON (PS3.18 F.2), with RetrieveURL and InstanceAvailability.
+
+    Built straight from the index values (what ``Dataset.to_json_dict`` would write for the
+    C-FIND response, without building the data set: QIDO-RS answers many rows)."""
+    values = {key.keyword: value for key, value in match}
+    out: dict[str, object] = {}
+    non_ascii = False
+    for key, value in sorted(match, key=lambda item: item[0].tag):
+        if key.keyword == "RetrieveURL":
+            value = _retrieve_url(values, level, base_url)
+        elif key.keyword == "InstanceAvailability":
+            value = "ONLINE"
+        non_ascii = non_ascii or is_non_ascii(value)
+        out[f"{key.tag:08X}"] = _element(key.vr if value is not None else key.empty_vr, value)
+    if non_ascii:
+        out["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
+    return dict(sorted(out.items()))
+
+
+def _retrieve_url(values: dict[str, Any], level: str, base_url: str) -> str:
+    url = f"{base_url}/studies/{values.get('StudyInstanceUID')}"
+    if level != "STUDY":
+        url += f"/series/{values.get('SeriesInstanceUID')}"
+    if level == "IMAGE":
+        url += f"/instances/{values.get('SOPInstanceUID')}"
+    return url
+
+
+def _element(vr: str, value: Any) -> dict[str, object]:
+    if value is None:
+        return {"vr": vr, "Value": []} if vr == "SQ" else {"vr": vr}
+    items = value if isinstance(value, list) else [value]
+    if vr == "PN":
+        return {"vr": vr, "Value": [_person_name(str(item)) for item in items]}
+    if vr in _INTEGER_VRS:
+        return {"vr": vr, "Value": [int(item) for item in items]}
+    if vr in ("DS", "FL", "FD"):
+        return {"vr": vr, "Value": [float(item) for item in items]}
+    return {"vr": vr, "Value": [str(item) for item in items]}
+
+
+def _person_name(value: str) -> dict[str, str]:
+    groups = zip(("Alphabetic", "Ideographic", "Phonetic"), value.split("="), strict=False)
+    return {name: group for name, group in groups if group}

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+from pydicom import config
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from sqlalchemy import Select, distinct, func, select
 from sqlalchemy.orm import Session
 
@@ -20,6 +23,21 @@ from pacs.query.matching import DEFAULT_OPTIONS, MatchOptions, condition, values
 
 _SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 _BINARY_INTS = {"US", "UL", "SS", "SL", "SV", "UV"}  # binary VRs take ints, not strings
+
+
+@dataclass(frozen=True)
+class ReturnKey:
+    """One key of the response identifier: its tag, keyword, the VR of a value (the data
+    dictionary's) and the VR of the element when it has no value (the request's)."""
+
+    tag: BaseTag
+    keyword: str
+    vr: str
+    empty_vr: str
+
+
+Match = list[tuple[ReturnKey, Any]]
+"""The values of one match, by return key (None: no value)."""
 
 
 def find(
@@ -41,14 +59,54 @@ def find(
     a missing higher-level unique key, an unparseable value).
     """
     level = query_level(identifier, model)
+    matches = find_values(
+        session,
+        identifier,
+        model,
+        options=options,
+        hierarchical=hierarchical,
+        limit=limit,
+        offset=offset,
+    )
+    for match in matches:
+        yield response(identifier, level, match)
+
+
+def find_values(
+    session: Session,
+    identifier: Dataset,
+    model: QueryModel,
+    *,
+    options: MatchOptions = DEFAULT_OPTIONS,
+    hierarchical: bool = True,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Iterator[Match]:
+    """Like ``find``, the values of every match without building data sets (QIDO-RS turns
+    them into DICOM JSON directly)."""
+    level = query_level(identifier, model)
     statement = build_select(identifier, level, model, options, hierarchical=hierarchical)
     if limit is not None:
         statement = statement.limit(limit)
     if offset:
         statement = statement.offset(offset)
+    keys = return_keys(identifier)
     _unicode_lower(session)
     for row in session.execute(statement):
-        yield response(session, identifier, level, row)
+        found = {type(entity).__name__: entity for entity in row}
+        yield [(key, _value(session, key.keyword, found)) for key in keys]
+
+
+def return_keys(identifier: Dataset) -> list[ReturnKey]:
+    """The keys of ``identifier`` a response carries (all but the level and character set)."""
+    keys = []
+    for element in identifier:
+        keyword = element.keyword or keyword_for_tag(element.tag)
+        if keyword in _SKIP or element.tag.group == 0x0000:
+            continue
+        vr = str(dictionary_VR(element.tag)) if dictionary_has_tag(element.tag) else element.VR
+        keys.append(ReturnKey(element.tag, keyword, vr, str(element.VR)))
+    return keys
 
 
 def query_level(identifier: Dataset, model: QueryModel) -> str:
@@ -101,23 +159,18 @@ def build_select(
     return statement.order_by(*(entity.pk for entity in entities))
 
 
-def response(session: Session, identifier: Dataset, level: str, row: Any) -> Dataset:
+def response(identifier: Dataset, level: str, match: Match) -> Dataset:
     """The response identifier of one match: exactly the requested keys, plus the level."""
-    found = {type(entity).__name__: entity for entity in row}
     out = Dataset()
-    for element in identifier:
-        keyword = element.keyword or keyword_for_tag(element.tag)
-        if keyword in _SKIP or element.tag.group == 0x0000:
-            continue
-        value = _value(session, keyword, found)
+    for key, value in match:
         if value is None:
-            vr = element.VR
-            out.add(DataElement(element.tag, vr, Sequence() if vr == "SQ" else None))
+            empty = Sequence() if key.empty_vr == "SQ" else None
+            out.add(DataElement(key.tag, key.empty_vr, empty, validation_mode=config.IGNORE))
         else:
-            vr = dictionary_VR(element.tag)
-            out.add(DataElement(element.tag, vr, int(value) if vr in _BINARY_INTS else value))
+            value = int(value) if key.vr in _BINARY_INTS else value
+            out.add(DataElement(key.tag, key.vr, value, validation_mode=config.IGNORE))
     out.QueryRetrieveLevel = level
-    if any(_non_ascii(elem.value) for elem in out):
+    if any(is_non_ascii(value) for _, value in match):
         out.SpecificCharacterSet = response_character_set(identifier, out)
     elif "SpecificCharacterSet" in identifier:
         out.SpecificCharacterSet = ""
@@ -184,7 +237,8 @@ def _computed(session: Session, keyword: str, found: dict[str, Any]) -> Any:
     return str(int(total or 0))
 
 
-def _non_ascii(value: Any) -> bool:
+def is_non_ascii(value: Any) -> bool:
+    """Whether a value (or one of its values) has non-ASCII characters."""
     return any(not str(item).isascii() for item in values_of(value))
 
 

@@ -10,6 +10,7 @@ ignored matching keys. Every request is audited as ``search``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -20,12 +21,13 @@ from sqlalchemy.orm import Session
 
 from pacs.config import Settings
 from pacs.index.models import Series, Study
-from pacs.query import QueryError, QueryModel, find
+from pacs.query import QueryError, QueryModel
+from pacs.query.find import Match, find_values
 from pacs.query.matching import MatchOptions
 from viewer_api.audit import record_access
 from viewer_api.deps import CurrentUser, SessionDep, SettingsDep
 from viewer_api.multipart import parse_media_type
-from viewer_api.qido import QidoError, QidoQuery, finish, parse
+from viewer_api.qido import QidoError, QidoQuery, parse, to_json
 
 log = logging.getLogger(__name__)
 
@@ -162,15 +164,15 @@ def _answer(
             f"{query.offset + query.limit}"
         )
     base = (settings.public_base_url or str(request.base_url)).rstrip("/") + "/dicomweb"
-    body = [finish(match, level, base) for match in matches]
+    body = [to_json(match, level, base) for match in matches]
     headers = {"Warning": ", ".join(f'{_WARN_AGENT} "{w}"' for w in query.warnings)}
     log.info("QIDO-RS %s: %d matches", level, len(body))
     return JSONResponse(body, media_type=DICOM_JSON, headers=headers if query.warnings else None)
 
 
-def _run(session: Session, query: QidoQuery, options: MatchOptions) -> Any:
+def _run(session: Session, query: QidoQuery, options: MatchOptions) -> Iterator[Match]:
     limit = None if query.limit is None else query.limit + 1  # one more: are there others?
-    return find(
+    return find_values(
         session,
         query.identifier,
         QueryModel.STUDY_ROOT,
