@@ -565,40 +565,55 @@ BEGIN = "<!-- bench/query.py: begin (generated, do not edit by hand) -->"
 END = "<!-- bench/query.py: end -->"
 
 
-def render(report: dict[str, Any], command: str) -> str:
-    """The generated Query section of docs/performance.md."""
+def merge(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The figures of several runs; a later run's (target, interface, query) replaces an
+    earlier one's. Each figure keeps the date of its run."""
+    merged: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for report in reports:
+        for figure in report["figures"]:
+            merged[(figure["target"], figure["interface"], figure["kind"])] = {
+                **figure,
+                "date": report["date"],
+            }
+    return list(merged.values())
+
+
+def render(reports: list[dict[str, Any]]) -> str:
+    """The generated Query section of docs/performance.md, from one or more runs."""
+    last = reports[-1]
     rows = [
         f"| {f['target']} | {f['interface']} | {f['kind']} | {f['p50_ms']} | {f['p95_ms']} "
-        f"| {f['mean_matches']} |"
-        for f in report["figures"]
+        f"| {f['mean_matches']} | {f['date']} |"
+        for f in merge(reports)
     ]
+    runs = "; ".join(f"{r['date']}: `{r.get('command', 'python bench/query.py')}`" for r in reports)
     return "\n".join(
         [
             BEGIN,
             "## Query: QIDO-RS and C-FIND (`bench/query.py`)",
             "",
-            f"Measured {report['date']} with `{command}` on {report['machine']}, PostgreSQL "
-            f"{report.get('postgres', '?')}, Orthanc {report.get('orthanc', '?')} (no DICOMweb "
+            f"Runs: {runs}. Machine: {last['machine']}; PostgreSQL "
+            f"{last.get('postgres', '?')}, Orthanc {last.get('orthanc', '?')} (no DICOMweb "
             "plugin in Debian's package: its C-FIND and REST `/tools/find` instead).",
             "",
-            f"The archive's index holds {report['studies']} synthetic studies ({SERIES_PER_STUDY} "
+            f"The archive's index holds {last['studies']} synthetic studies ({SERIES_PER_STUDY} "
             f"series of {INSTANCES_PER_SERIES} instances each, about two studies per patient, 10% "
             "Cyrillic names, dates 2015-2026), inserted straight into the index tables. Orthanc "
-            f"holds the first {report.get('orthanc_studies', 0)} of them (one instance each: "
-            "loading all five series of 100,000 studies through Orthanc's REST API takes hours "
-            "here). Each "
-            f"kind of query runs {report['queries']} times with values drawn from the data (so "
-            "every query matches), after a few warm-up queries; latency is measured at the "
-            f"client. QIDO-RS: `GET /dicomweb/studies?...&limit={QIDO_LIMIT}` on one keep-alive "
-            "connection, the whole DICOM JSON response read and parsed (audit record included). "
-            "C-FIND: Study Root, STUDY level, 10 return keys, on one association (TCP_NODELAY), "
-            f"every pending response received. Orthanc `/tools/find` with `Limit: {QIDO_LIMIT}` "
-            "and `Expand: true`. Queries: PatientID exact; PatientName = the first six letters of "
-            "a family name + `*`; StudyDate one-week range + ModalitiesInStudy; AccessionNumber "
-            "exact. `matches` is the mean number of results per query.",
+            f"holds the first {max(r.get('orthanc_studies', 0) for r in reports)} of them (one "
+            "instance each: loading all five series of 100,000 studies through Orthanc's REST "
+            f"API takes hours here). Each kind of query runs {last['queries']} times with values "
+            "drawn from the data (so every query matches), after a few warm-up queries; latency "
+            "is measured at the client. QIDO-RS: `GET /dicomweb/studies?...&limit="
+            f"{QIDO_LIMIT}` on one keep-alive connection, the whole DICOM JSON response read and "
+            "parsed (audit record included). C-FIND: Study Root, STUDY level, 10 return keys, "
+            "on one association (TCP_NODELAY), every pending response received (C-FIND has no "
+            f"limit). Orthanc `/tools/find` with `Limit: {QIDO_LIMIT}` and `Expand: true`. "
+            "Queries: PatientID exact; PatientName = the first six letters of a family name + "
+            "`*`; StudyDate one-week range + ModalitiesInStudy; AccessionNumber exact. "
+            "`matches` is the mean number of results per query.",
             "",
-            "| target | interface | query | p50 (ms) | p95 (ms) | matches |",
-            "|---|---|---|---|---|---|",
+            "| target | interface | query | p50 (ms) | p95 (ms) | matches | run |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             END,
         ]
@@ -660,8 +675,18 @@ def main(argv: list[str] | None = None) -> int:
         help="studies loaded into Orthanc (0: skip Orthanc)",
     )
     parser.add_argument("--write", action="store_true", help="update docs/performance.md")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        help="measure nothing: write docs/performance.md from these JSON results (in order)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "query.json")
     args = parser.parse_args(argv)
+    if args.report:
+        write_doc(render([json.loads(path.read_text()) for path in args.report]))
+        print(f"updated {DOC}")
+        return 0
     corpus = generate(args.studies)
     workload = queries(corpus, args.queries)
     random.Random(1).shuffle(workload)
@@ -683,13 +708,14 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(),
         "studies": args.studies,
+        "command": "python bench/query.py " + " ".join(argv or sys.argv[1:]),
         "figures": [vars(f) for f in figures],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"written {args.out}")
     if args.write:
-        write_doc(render(report, "python bench/query.py " + " ".join(argv or sys.argv[1:])))
+        write_doc(render([report]))
         print(f"updated {DOC}")
     return 0
 
