@@ -348,6 +348,33 @@ def _serve(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError(f"pacs serve did not start; see {data_dir / 'serve.log'}")
 
 
+def cpu_ms(pids: list[int]) -> float:
+    """CPU time (user + system) the processes ``pids`` used so far, in ms."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU used by the API process and by the PostgreSQL backends of the database."""
+
+    def __init__(self, api_pid: int, admin: Any, database: str) -> None:
+        self.api_pid, self.admin, self.database = api_pid, admin, database
+
+    def read(self) -> tuple[float, float]:
+        with self.admin.connect() as conn:
+            pids = conn.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": self.database}
+            ).scalars()
+            backends = list(pids)
+        return cpu_ms([self.api_pid]), cpu_ms(backends)
+
+
 def measure_search(client: httpx.Client, patients: int, queries: int) -> list[float]:
     samples = []
     for _ in range(queries):
@@ -395,7 +422,7 @@ def machine() -> str:
 
 def _row(what: str, runs: int, p: dict[str, float], target: int) -> str:
     met = "yes" if p["p95"] < target else "**no**"
-    figures = " | ".join(f"{p[k]:.1f}" for k in ("p50", "p95", "p99", "max"))
+    figures = " | ".join(f"{p[k]:.1f}" for k in ("p50", "p95", "p99", "max", "api_cpu", "pg_cpu"))
     return f"| {what} | {runs} | {figures} | {target} | {met} |"
 
 
@@ -409,8 +436,9 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
             f"Data: {args.patients:,} patients x 10 resources = {results['resources']:,} resources"
             f" (bulk load with COPY: {results['load_s']:.0f} s; {results['db_size']} on disk).",
             "",
-            "| request | runs | p50 ms | p95 ms | p99 ms | max ms | target p95 ms | met |",
-            "|---|---|---|---|---|---|---|---|",
+            "| request | runs | p50 ms | p95 ms | p99 ms | max ms | API CPU ms/request"
+            " | PostgreSQL CPU ms/request | target p95 ms | met |",
+            "|---|---|---|---|---|---|---|---|---|---|",
             _row(
                 "`DiagnosticReport?patient=…&_include=DiagnosticReport:result` (7 resources)",
                 args.queries,
@@ -425,7 +453,9 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
             ),
             "",
             "One client, sequential requests over HTTP keep-alive to `pacs serve` (one API"
-            " process).",
+            " process). CPU columns: CPU time of the API process and of the database's"
+            " PostgreSQL backends during the runs, divided by the runs (what a request costs,"
+            " whatever the load).",
             END,
         ]
     )
@@ -481,11 +511,18 @@ def main(argv: list[str] | None = None) -> int:
             size = conn.execute(text(f"SELECT pg_size_pretty(pg_database_size('{name}'))")).scalar()
         with tempfile.TemporaryDirectory() as tmp:
             process, base = _serve(url, Path(tmp))
+            meter = CpuMeter(process.pid, admin, name)
             with httpx.Client(base_url=base, timeout=60) as client:
                 measure_search(client, args.patients, 20)  # warm-up
+                before = meter.read()
                 search = measure_search(client, args.patients, args.queries)
+                after = meter.read()
+                search_cpu = [(a - b) / args.queries for a, b in zip(after, before, strict=True)]
                 measure_transactions(client, 3)
+                before = meter.read()
                 transaction = measure_transactions(client, args.transactions)
+                after = meter.read()
+                tx_cpu = [(a - b) / args.transactions for a, b in zip(after, before, strict=True)]
             process.terminate()
             process.wait(timeout=30)
             process = None
@@ -497,8 +534,16 @@ def main(argv: list[str] | None = None) -> int:
             "resources": args.patients * 10,
             "load_s": load_s,
             "db_size": size,
-            "search": _percentiles(search),
-            "transaction": _percentiles(transaction),
+            "search": {
+                **_percentiles(search),
+                "api_cpu": search_cpu[0],
+                "pg_cpu": search_cpu[1],
+            },
+            "transaction": {
+                **_percentiles(transaction),
+                "api_cpu": tx_cpu[0],
+                "pg_cpu": tx_cpu[1],
+            },
         }
         section = report(args, results)
         print(section)
