@@ -11,15 +11,27 @@ transition records its change event in the same transaction.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, func, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    DateTime,
+    Engine,
+    Table,
+    cast,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pacs.changes import record
+from pacs.changes import CHANGE, record
 from pacs.index.engine import WRITE, writer_turn
 from pacs.index.models import as_utc, utcnow
 from pacs.jobs import JobError
@@ -157,6 +169,49 @@ def _event(conn: Connection, kind: str, pk: int, analysis: str, study: str, **pa
     )
 
 
+def _with_event(
+    conn: Connection,
+    statement: Any,
+    kind: str,
+    now: datetime,
+    *columns: tuple[str, str],
+    **values: Any,
+) -> Any:
+    """PostgreSQL: run a job ``UPDATE ... RETURNING pk, analysis, study_instance_uid, ...``
+    and insert its change event in the same statement (a data-modifying CTE), so that a
+    worker on an autocommit connection needs one round trip per transition. The payload has
+    ``job_id``, ``analysis``, the returned ``columns`` (payload key, column) and ``values``."""
+    changed = statement.cte("changed")
+    pairs: list[Any] = [literal("job_id"), changed.c.pk, literal("analysis"), changed.c.analysis]
+    for key, column in columns:
+        pairs += [literal(key), changed.c[column]]
+    for key, value in values.items():
+        pairs += [literal(key), cast(literal(json.dumps(value)), JSON)]
+    event = (
+        CHANGE.insert()
+        .from_select(
+            [
+                "kind",
+                "study_instance_uid",
+                "series_instance_uid",
+                "sop_instance_uid",
+                "payload",
+                "created_at",
+            ],
+            select(
+                literal(kind),
+                changed.c.study_instance_uid,
+                literal(""),
+                literal(""),
+                func.json_build_object(*pairs),
+                literal(now, DateTime(timezone=True)),
+            ),
+        )
+        .cte("event")
+    )
+    return conn.execute(select(changed).add_cte(event))
+
+
 def _claimable(now: datetime, busy: set[str]) -> Any:
     query = select(JOB.c.pk).where(JOB.c.status.in_(CLAIMABLE), JOB.c.run_after <= now)
     if busy:
@@ -182,30 +237,36 @@ def claim(
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
+    statement = (
+        update(JOB)
+        .where(JOB.c.pk == chosen)
+        .values(
+            status=RUNNING,
+            attempts=JOB.c.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            started_at=now,
+            finished_at=None,
+        )
+        .returning(
+            JOB.c.pk,
+            JOB.c.analysis,
+            JOB.c.study_instance_uid,
+            JOB.c.study_version,
+            JOB.c.series_instance_uids,
+            JOB.c.options,
+            JOB.c.attempts,
+            JOB.c.max_attempts,
+        )
+    )
     with write(engine) as conn:
-        row = conn.execute(
-            update(JOB)
-            .where(JOB.c.pk == chosen)
-            .values(
-                status=RUNNING,
-                attempts=JOB.c.attempts + 1,
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                heartbeat_at=now,
-                started_at=now,
-                finished_at=None,
-            )
-            .returning(
-                JOB.c.pk,
-                JOB.c.analysis,
-                JOB.c.study_instance_uid,
-                JOB.c.study_version,
-                JOB.c.series_instance_uids,
-                JOB.c.options,
-                JOB.c.attempts,
-                JOB.c.max_attempts,
-            )
-        ).fetchone()
+        if conn.dialect.name == "postgresql":  # one statement: the claim and its event
+            row = _with_event(
+                conn, statement, "job.started", now, ("attempt", "attempts"), worker=owner
+            ).fetchone()
+            return None if row is None else ClaimedJob(*row)
+        row = conn.execute(statement).fetchone()
         if row is None:
             return None
         job = ClaimedJob(*row)
@@ -246,6 +307,26 @@ def _finish(conn: Connection, pk: int, owner: str, **values: Any) -> Any:
 def complete(engine: Bind, job: ClaimedJob, owner: str, result: dict[str, Any]) -> bool:
     """Mark a job succeeded; False if the lease was lost meanwhile (another worker has it)."""
     with write(engine) as conn:
+        if conn.dialect.name == "postgresql":  # one statement: the outcome and its event
+            now = utcnow()
+            statement = (
+                update(JOB)
+                .where(JOB.c.pk == job.pk, JOB.c.status == RUNNING, JOB.c.lease_owner == owner)
+                .values(
+                    status=SUCCEEDED,
+                    error="",
+                    result=result,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    finished_at=now,
+                )
+                .returning(JOB.c.pk, JOB.c.analysis, JOB.c.study_instance_uid)
+            )
+            outputs = list(result.get("output_sop_instance_uids", []))
+            return (
+                _with_event(conn, statement, "job.succeeded", now, outputs=outputs).fetchone()
+                is not None
+            )
         row = _finish(conn, job.pk, owner, status=SUCCEEDED, error="", result=result)
         if row is not None:
             outputs = result.get("output_sop_instance_uids", [])

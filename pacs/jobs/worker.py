@@ -112,7 +112,7 @@ class Worker:
         while not self._stop.is_set():
             job = None
             try:
-                conn = conn or self.engine.connect().execution_options(**WRITE)
+                conn = conn or self._connect()
                 job = self._claim(conn)
                 if job is not None:
                     self.run(job, conn)
@@ -128,6 +128,19 @@ class Worker:
             if job is None:
                 self._stop.wait(self.settings.worker_poll_seconds)
         _close(conn)
+
+    def _connect(self) -> Connection:
+        """A slot's connection: autocommit on PostgreSQL, where a claim or a completion is
+        one statement (one round trip); a write connection on SQLite."""
+        if self.engine.dialect.name == "postgresql":
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            # Claims and completions need not wait for the WAL flush: a PostgreSQL crash may
+            # lose the last few, and those jobs run again (analyses are idempotent; their
+            # outputs are committed durably by ingest).
+            conn.exec_driver_sql("SET synchronous_commit = off")
+            conn.commit()  # ends SQLAlchemy's autobegun (logical) transaction
+            return conn
+        return self.engine.connect().execution_options(**WRITE)
 
     def _claim(self, conn: Connection) -> jobs.ClaimedJob | None:
         with self._lock:
@@ -178,21 +191,23 @@ class Worker:
     def run(self, job: jobs.ClaimedJob, conn: Connection | None = None) -> str:
         """Run one claimed job to its outcome; returns the job's new status."""
         bind: jobs.Bind = conn if conn is not None else self.engine
+        # several statements in one transaction: not on an autocommit connection
+        atomic: jobs.Bind = self.engine if self.engine.dialect.name == "postgresql" else bind
         started = time.perf_counter()
         status: str | None
         try:
             analysis: Callable[[AnalysisContext], AnalysisResult] = resolve(job.analysis)
             result = analysis(self.context(job))
         except JobCancelled:
-            status = jobs.CANCELLED if jobs.cancelled(bind, job, self.owner) else None
+            status = jobs.CANCELLED if jobs.cancelled(atomic, job, self.owner) else None
         except UnknownAnalysisError as exc:
-            status = jobs.fail(bind, job, self.owner, str(exc), self.backoff, True)
+            status = jobs.fail(atomic, job, self.owner, str(exc), self.backoff, True)
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(exc)).strip()
             log.warning(
                 "job %d (%s) attempt %d failed: %s", job.pk, job.analysis, job.attempts, detail
             )
-            status = jobs.fail(bind, job, self.owner, detail, self.backoff, False)
+            status = jobs.fail(atomic, job, self.owner, detail, self.backoff, False)
         else:
             summary = {
                 "output_sop_instance_uids": list(result.output_sop_instance_uids),
