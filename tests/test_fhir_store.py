@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -224,3 +225,14 @@ def test_transaction_is_atomic(store: FhirStore) -> None:
     result = store.process_bundle(bundle)
     pid = result["entry"][0]["resource"]["id"]
     assert result["entry"][1]["resource"]["subject"] == {"reference": f"Patient/{pid}"}
+
+
+def test_concurrent_conditional_creates_make_one(store: FhirStore) -> None:
+    def create(_: int) -> int:
+        written = store.create_written(patient("999"), if_none_exist=f"identifier={SNILS}|999")
+        return written.status
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = sorted(pool.map(create, range(4)))
+    assert statuses == [200, 200, 200, 201]
+    assert store.search("Patient", [("identifier", f"{SNILS}|999")])["total"] == 1
