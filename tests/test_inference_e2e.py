@@ -132,9 +132,15 @@ def test_c_store_to_seg_and_sr_over_wado_rs(backend: Backend, tmp_path: Path) ->
 
 @pytest.fixture
 def index(db_backend: Backend) -> Iterator[Archive]:
+    """An index on SQLite: these tests are about the model and the data, which the database
+    does not change (the pipeline tests run on both databases)."""
     yield from open_archive(db_backend.with_settings(inference_min_slices=10))
 
 
+sqlite_only = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+
+
+@sqlite_only
 def test_real_jpeg2000_ct_through_the_pipeline(index: Archive, tmp_path: Path) -> None:
     lung_model_present()
     datasets = real_ct_series()
@@ -166,6 +172,7 @@ def stored_object(index: Archive, sop_uid: str) -> bytes:
     return index.ingest.store.get(key)
 
 
+@sqlite_only
 def test_corrupted_model_file_is_refused(index: Archive, tmp_path: Path) -> None:
     lung_model_present()
     registry = ModelRegistry()

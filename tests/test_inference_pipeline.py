@@ -98,6 +98,7 @@ def test_rerun_replaces_and_new_version_adds(
     assert len(events) == 3  # every store is announced, the row is replaced in place
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # pipeline logic only
 def test_refused_series_is_skipped_for_the_next(
     archive: Archive, phantom: Phantom, monkeypatch: pytest.MonkeyPatch
 ) -> None:
