@@ -145,3 +145,17 @@ def test_window_functions_and_parameters() -> None:
     for bad in ("0,10", "10", "10,10,1,1,0,5"):
         with pytest.raises(RenderError):
             parse_viewport(bad)
+
+
+def test_a_value_pydicom_cannot_read_does_not_lose_the_document() -> None:
+    ds = ct_slice(generate_uid(), generate_uid(), 0, size=8)
+    data = part10_bytes(ds)
+    needle = b"\x18\x00\x50\x00DS\x04\x001.0 "  # SliceThickness "1.0 "
+    assert needle in data
+    data = data.replace(needle, b"\x18\x00\x50\x00DS\x04\x00abc ")
+    doc = build_document(
+        data, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1"
+    )
+    body = json.loads(doc.json)
+    assert body["00180050"] == {"vr": "DS"}  # kept out, named by its VR
+    assert body["00080018"]["Value"] == [ds.SOPInstanceUID]

@@ -121,7 +121,11 @@ class _Walker:
                 uri = bulk_uri(*self.uids, [*path, int(tag)])
                 out[key] = {"vr": vr, "BulkDataURI": uri}
                 continue
-            elem = ds[tag]
+            try:
+                elem = ds[tag]
+            except Exception:  # a value pydicom cannot convert: kept out, named by its VR
+                out[key] = {"vr": vr or "UN"}
+                continue
             if elem.VR == "SQ":
                 items = [
                     self.dataset(item, [*path, int(tag), str(index)])
@@ -129,7 +133,10 @@ class _Walker:
                 ]
                 out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
                 continue
-            out[key] = _element_json(elem, ds)
+            try:
+                out[key] = _element_json(elem, ds)
+            except Exception:
+                out[key] = {"vr": elem.VR if " or " not in elem.VR else "UN"}
         return out
 
 

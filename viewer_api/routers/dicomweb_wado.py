@@ -326,7 +326,11 @@ def _frames(
     store: ObjectStore, row: MetadataRow, numbers: list[int], choice: media.FrameChoice
 ) -> Iterator[tuple[str, str, bytes]]:
     index = row.frames()
-    as_stored = choice.transfer_syntax == row.transfer_syntax_uid
+    stored = row.transfer_syntax_uid
+    # native little-endian pixel data is the same bytes in either VR encoding
+    as_stored = choice.transfer_syntax == stored or {choice.transfer_syntax, stored} <= set(
+        media.NATIVE
+    )
     data: bytes | None = None
     for number in numbers:
         if as_stored and index is not None:
