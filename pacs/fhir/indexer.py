@@ -23,17 +23,36 @@ class IndexRows:
     strings: list[tuple[str, str]] = field(default_factory=list)
 
 
-def walk(node: Any, path: str) -> Iterator[Any]:
-    """Every value at the dot-separated ``path`` below ``node``, flattening lists."""
+def walk(node: Any, path: str | tuple[str, ...]) -> list[Any]:
+    """Every value at ``path`` (dot-separated, or its steps) below ``node``, flattening lists."""
     values = [node]
-    for name in path.split("."):
+    for name in path.split(".") if isinstance(path, str) else path:
         nxt: list[Any] = []
         for value in values:
             if isinstance(value, dict) and name in value:
                 child = value[name]
-                nxt.extend(child if isinstance(child, list) else [child])
+                if isinstance(child, list):
+                    nxt.extend(child)
+                else:
+                    nxt.append(child)
+        if not nxt:
+            return nxt
         values = nxt
-    yield from values
+    return values
+
+
+def _reference_strings(node: Any) -> Iterator[str]:
+    """Every ``Reference.reference`` string below ``node`` (outside ``contained``)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                yield value
+            elif key != "contained" and isinstance(value, dict | list):
+                yield from _reference_strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            if isinstance(value, dict | list):
+                yield from _reference_strings(value)
 
 
 def _tokens(value: Any) -> Iterator[tuple[str, str]]:
@@ -84,8 +103,10 @@ def extract(
     """
     rows = IndexRows()
     for name, param in SEARCH_PARAMS[resource["resourceType"]].items():
-        for path in param.paths:
-            for value in walk(resource, path):
+        for steps in param.steps:
+            if steps[0] not in resource:
+                continue
+            for value in walk(resource, steps):
                 if param.type == TOKEN:
                     for system, code in _tokens(value):
                         rows.tokens.append((name, system[:255], code[:255]))
@@ -102,7 +123,7 @@ def extract(
                     )
     if local_target is not None:
         indexed = {(t, i) for _, t, i in rows.references}
-        for _, ref in local_references(resource):
+        for ref in _reference_strings(resource):
             target = local_target(ref)
             if target and target not in indexed:
                 indexed.add(target)

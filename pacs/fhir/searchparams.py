@@ -9,6 +9,7 @@ Names follow the R4 SearchParameter registry; the few that are not standard are 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 TOKEN, REFERENCE, DATE, STRING = "token", "reference", "date", "string"
@@ -23,6 +24,11 @@ class SearchParam:
     paths: tuple[str, ...]
     targets: tuple[str, ...] = ()  # reference: accepted target types (empty: any)
     standard: bool = True
+
+    @property
+    def steps(self) -> tuple[tuple[str, ...], ...]:
+        """Each path split into its element names."""
+        return _steps(self.paths)
 
 
 _SPEC: dict[str, dict[str, tuple[str, ...]]] = {
@@ -206,6 +212,11 @@ _NOT_STANDARD = {
     ("DiagnosticReport", "imaging-study"),
     ("Device", "version"),
 }
+
+
+@functools.cache
+def _steps(paths: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(path.split(".")) for path in paths)
 
 
 def _build() -> dict[str, dict[str, SearchParam]]:

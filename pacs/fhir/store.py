@@ -8,7 +8,6 @@ transaction-scoped advisory lock on their criteria so two concurrent ones cannot
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
@@ -492,7 +491,7 @@ class FhirStore:
         """Write a new version. ``fresh``: ``rid`` was just generated, so no row can exist;
         such creates go to ``pending`` (when given) to be inserted together."""
         check_type(rtype)
-        body = copy.deepcopy(resource)
+        body = dict(resource)  # only top-level keys (id, meta) change; nested values are shared
         body["id"] = rid
         now = _now()
         row = None if fresh else self._current(conn, rtype, rid)
@@ -588,7 +587,9 @@ def insert_index(conn: Connection, items: list[tuple[int, str, IndexRows]]) -> N
         batches[string] += [{**common, "param": p, "value": v} for p, v in set(rows.strings)]
     for table, values in batches.items():
         if values:
-            conn.execute(insert(table), values)
+            # RETURNING makes SQLAlchemy send multi-row INSERTs ("insertmanyvalues") instead
+            # of one execution per row
+            conn.execute(insert(table).returning(table.c.pk), values)
 
 
 def _type_of(resource: Any) -> str:
