@@ -1,0 +1,339 @@
+"""WADO-RS benchmark: series metadata of 1,000 instances, retrieve of a 300-slice series.
+
+Compared with Orthanc from Debian (1.10.1, which has no DICOMweb plugin) through its REST API:
+``/series/{id}/instances-tags`` for metadata (the tags of every instance of a series),
+``/series/{id}/archive`` (ZIP) and ``/instances/{id}/file`` one by one for retrieval; and both
+servers over DIMSE C-GET with DCMTK ``getscu``. The archive runs ``pacs serve`` on the embedded
+default (SQLite + filesystem). Data: synthetic CT from ``bench/dataset.py`` (cached under
+``bench/out/data``), loaded into the archive through its ingest path and into Orthanc by REST.
+
+    .venv/bin/python bench/wado.py             # full run, writes the WADO-RS section
+    .venv/bin/python bench/wado.py --quick     # 200 + 50 slices, 3 runs, no write
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from pydicom import dcmread
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.dataset import StudySet, study_set  # noqa: E402
+from pacs.config import FsyncPolicy, Settings  # noqa: E402
+from pacs.index.engine import create_index_engine  # noqa: E402
+from pacs.index.migrate import upgrade  # noqa: E402
+from pacs.ingest import Source  # noqa: E402
+from pacs.runtime import build_ingest  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.orthanc import running_orthanc  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+DOC = ROOT / "docs" / "performance.md"
+BEGIN = "<!-- wado-bench:begin -->"
+END = "<!-- wado-bench:end -->"
+ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def timed(fn: Callable[[], int], runs: int) -> tuple[list[float], int] | None:
+    """Wall times (s) of ``runs`` calls after one warm-up and the last call's byte count;
+    None (reported as failed) when a call fails."""
+    try:
+        size = fn()
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            size = fn()
+            times.append(time.perf_counter() - start)
+    except Exception as exc:
+        print(f"measurement failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    return times, size
+
+
+def p(times: list[float], q: float) -> float:
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def load_archive(data_dir: Path, sets: list[StudySet]) -> None:
+    settings = Settings(data_dir=data_dir, storage_fsync=FsyncPolicy.NEVER)
+    engine = create_index_engine(settings)
+    upgrade(engine)
+    engine.dispose()
+    ingest = build_ingest(settings)
+    for files in sets:
+        for path in files.files:
+            outcome = ingest.store_part10(path.read_bytes(), Source(channel="import"))
+            assert outcome.status.ok, outcome.reason
+
+
+def start_archive(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
+    http, dicom = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PACS_DATA_DIR": str(data_dir),
+        "PACS_HTTP_PORT": str(http),
+        "PACS_DICOM_PORT": str(dicom),
+        "PACS_LOG_LEVEL": "WARNING",
+        "PACS_SCP_PROCESSES": "1",
+    }
+    log = (data_dir / "serve.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pacs.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{http}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return process, base, dicom
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("pacs serve did not start")
+
+
+def getscu(port: int, called: str, study: str, series: str, out: Path) -> int:
+    """C-GET a series with DCMTK into ``out`` (emptied first); bytes received."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    args = ["getscu", "-aet", "GETSCU", "-aec", called, "-od", str(out), "-k"]
+    args += ["QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study}"]
+    args += ["-k", f"SeriesInstanceUID={series}", "127.0.0.1", str(port)]
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    subprocess.run(args, check=True, capture_output=True, env=env, timeout=600)
+    return sum(f.stat().st_size for f in out.iterdir())
+
+
+def uids(files: StudySet) -> tuple[str, str]:
+    ds = dcmread(files.files[0], stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+
+
+def bench_archive(meta: StudySet, big: StudySet, runs: int, work: Path) -> dict[str, object]:
+    data_dir = work / "pacs"
+    load_archive(data_dir, [meta, big])
+    process, base, dicom_port = start_archive(data_dir)
+    results: dict[str, object] = {}
+    try:
+        with httpx.Client(timeout=600) as client:
+            study, series = uids(meta)
+            url = f"{base}/dicomweb/studies/{study}/series/{series}/metadata"
+
+            assert len(client.get(url).json()) == meta.count  # checked once, not timed
+
+            def metadata(encoding: str) -> Callable[[], int]:
+                def call() -> int:
+                    response = client.get(url, headers={"Accept-Encoding": encoding})
+                    assert response.status_code == 200, response.text
+                    return len(response.content)
+
+                return call
+
+            results["meta_identity"] = timed(metadata("identity"), runs * 2)
+            results["meta_gzip"] = timed(metadata("gzip"), runs * 2)
+            etag = client.get(url).headers["etag"]
+            results["meta_304"] = timed(
+                lambda: len(client.get(url, headers={"If-None-Match": etag}).content), runs * 2
+            )
+            study, series = uids(big)
+            series_url = f"{base}/dicomweb/studies/{study}/series/{series}"
+
+            def retrieve() -> int:
+                total = 0
+                with client.stream("GET", series_url, headers={"Accept": ANY}) as response:
+                    assert response.status_code == 200
+                    for chunk in response.iter_raw():
+                        total += len(chunk)
+                return total
+
+            results["retrieve"] = timed(retrieve, runs)
+            results["cget"] = timed(
+                lambda: getscu(dicom_port, "PACS", study, series, work / "got-pacs"), runs
+            )
+    finally:
+        process.terminate()
+        process.wait(30)
+    return results
+
+
+def bench_orthanc(meta: StudySet, big: StudySet, runs: int, work: Path) -> dict[str, object]:
+    dicom_port, http_port = free_port(), free_port()
+    peers = {"getscu": ("GETSCU", "127.0.0.1", 1)}
+    results: dict[str, object] = {}
+    with (
+        running_orthanc("Orthanc", work / "orthanc", dicom_port, http_port, peers) as base,
+        httpx.Client(timeout=600) as client,
+    ):
+        for files in (meta, big):
+            for path in files.files:
+                client.post(f"{base}/instances", content=path.read_bytes()).raise_for_status()
+
+        def series_id(files: StudySet) -> str:
+            found = client.post(f"{base}/tools/lookup", content=uids(files)[1]).json()
+            return str(next(item["ID"] for item in found if item["Type"] == "Series"))
+
+        meta_id = series_id(meta)
+
+        tags_url = f"{base}/series/{meta_id}/instances-tags"
+        assert len(client.get(tags_url).json()) == meta.count  # checked once, not timed
+
+        def tags() -> int:
+            response = client.get(tags_url)
+            response.raise_for_status()
+            return len(response.content)
+
+        results["meta"] = timed(tags, runs * 2)
+        big_id = series_id(big)
+        instances = [i["ID"] for i in client.get(f"{base}/series/{big_id}/instances").json()]
+
+        def archive() -> int:
+            total = 0
+            with client.stream("GET", f"{base}/series/{big_id}/archive") as response:
+                response.raise_for_status()
+                for chunk in response.iter_raw():
+                    total += len(chunk)
+            return total
+
+        def files_one_by_one() -> int:
+            return sum(len(client.get(f"{base}/instances/{i}/file").content) for i in instances)
+
+        results["archive"] = timed(archive, runs)
+        results["files"] = timed(files_one_by_one, runs)
+        study, series = uids(big)
+        results["cget"] = timed(
+            lambda: getscu(dicom_port, "ORTHANC", study, series, work / "got-orthanc"), runs
+        )
+    return results
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
+        platform.processor() or "unknown",
+    )
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def ms(result: object) -> str:
+    if result is None:
+        return "failed"
+    times = result[0]  # type: ignore[index]
+    return f"{statistics.median(times) * 1000:.0f} / {p(times, 0.95) * 1000:.0f}"
+
+
+def size_of(result: object) -> str:
+    return "-" if result is None else str(result[1])  # type: ignore[index]
+
+
+def mbps(result: object) -> float | None:
+    if result is None:
+        return None
+    times, size = result  # type: ignore[misc]
+    return float(size) / 1e6 / statistics.median(times)
+
+
+def report(
+    pacs: dict[str, object], orthanc: dict[str, object], meta: StudySet, big: StudySet, load: str
+) -> str:
+    rows = [
+        ("archive: WADO-RS series, transfer-syntax=*", pacs.get("retrieve")),
+        ("archive: C-GET (getscu)", pacs.get("cget")),
+        ("Orthanc: REST /series/{id}/archive (ZIP)", orthanc.get("archive")),
+        ("Orthanc: REST /instances/{id}/file, one by one", orthanc.get("files")),
+        ("Orthanc: C-GET (getscu)", orthanc.get("cget")),
+    ]
+    orthanc_rates = [r for r in (mbps(v) for label, v in rows if "Orthanc" in label) if r]
+    best = max(orthanc_rates, default=None)
+    lines = [
+        BEGIN,
+        "## WADO-RS",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()} by `bench/wado.py`; "
+        f"load average before/after: {load}. Orthanc 1.10.1 from Debian has no DICOMweb "
+        "plugin, so it is measured through its REST API and C-GET. The archive runs "
+        "`pacs serve` on the embedded default (SQLite + filesystem); both read from the page "
+        "cache (data loaded just before). Times are client wall times, responses read whole.",
+        "",
+        f"Series metadata, {meta.count} instances:",
+        "",
+        "| request | ms (median / p95) | bytes |",
+        "|---|---|---|",
+        f"| archive: WADO-RS `metadata` | {ms(pacs.get('meta_identity'))} | "
+        f"{size_of(pacs.get('meta_identity'))} |",
+        f"| archive: WADO-RS `metadata`, gzip | {ms(pacs.get('meta_gzip'))} | (decoded) |",
+        f"| archive: WADO-RS `metadata`, If-None-Match -> 304 | {ms(pacs.get('meta_304'))} | 0 |",
+        f"| Orthanc: REST `/series/{{id}}/instances-tags` | {ms(orthanc.get('meta'))} | "
+        f"{size_of(orthanc.get('meta'))} |",
+        "",
+        f"Retrieve of a {big.count}-slice series ({big.total_bytes / 1e6:.1f} MB of Part-10 "
+        "files; MB/s of payload received, median run; ratio to the fastest Orthanc way):",
+        "",
+        "| transfer | s (median) | MB/s | vs fastest Orthanc |",
+        "|---|---|---|---|",
+    ]
+    for label, result in rows:
+        rate = mbps(result)
+        if result is None or rate is None:
+            lines.append(f"| {label} | failed | | |")
+            continue
+        ratio = f"{rate / best:.2f}x" if best else "-"
+        seconds = statistics.median(result[0])  # type: ignore[index]
+        lines.append(f"| {label} | {seconds:.2f} | {rate:.0f} | {ratio} |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_doc(text: str) -> None:
+    old = DOC.read_text() if DOC.exists() else "# Performance\n"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        DOC.write_text(head + text + rest.split(END, 1)[1])
+    else:
+        DOC.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small data, no doc update")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    data = OUT / "data"
+    if args.quick:
+        meta = study_set(data, "wado-meta-200x64", 1, 200, 64)
+        big = study_set(data, "quick-single", 1, 50, 512)
+        args.runs = 3
+    else:
+        meta = study_set(data, "wado-meta-1000x64", 1, 1000, 64)
+        big = study_set(data, "single-300x512", 1, 300, 512)
+    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        work = Path(tmp)
+        pacs = bench_archive(meta, big, args.runs, work)
+        orthanc = bench_orthanc(meta, big, args.runs, work)
+    load_after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    text = report(pacs, orthanc, meta, big, f"{load_before} / {load_after}")
+    print(text)
+    if not (args.quick or args.no_write):
+        write_doc(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
