@@ -147,6 +147,7 @@ def section(setup: dict[str, Any], runs: list[dict[str, Any]], size: int, slices
     for stage, seconds in best["timings_s"].items():
         lines.append(f"| {stage} | {seconds:.2f} | {STAGES.get(stage, '')} |")
     measured = best["measurements"]
+    lines += ["", *model_card(best["model_versions"])]
     lines += [
         "",
         f"Measurements: involvement {measured['involvement_percent']} % "
@@ -156,6 +157,27 @@ def section(setup: dict[str, Any], runs: list[dict[str, Any]], size: int, slices
         END,
     ]
     return "\n".join(lines)
+
+
+def model_card(versions: dict[str, str]) -> list[str]:
+    """The evaluation figures of the lung model, from its manifest (the model card)."""
+    from inference.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    lines = []
+    for name, version in versions.items():
+        if name not in {m.name for m in registry.list()}:
+            continue
+        evaluation: dict[str, Any] = dict(registry.verify(name, version).evaluation or {})
+        real, synthetic = evaluation.get("real_ct", {}), evaluation.get("synthetic_held_out", {})
+        lines.append(
+            f"Model card of {name} {version}: Dice {real.get('dice_lungs')} (right "
+            f"{real.get('dice_right')}, left {real.get('dice_left')}) on the real CT "
+            f"`{real.get('ct')}` in {real.get('seconds')} s; mean Dice "
+            f"{synthetic.get('mean_dice_lungs')} (min {synthetic.get('min_dice_lungs')}) on "
+            f"{synthetic.get('count')} held-out phantoms."
+        )
+    return lines
 
 
 def write_doc(text: str) -> None:
