@@ -360,7 +360,10 @@ def qido(client: httpx.Client, base: str) -> Callable[[dict[str, str]], int]:
 def orthanc_find(client: httpx.Client, base: str) -> Callable[[dict[str, str]], int]:
     def run(keys: dict[str, str]) -> int:
         body = {"Level": "Study", "Query": keys, "Limit": QIDO_LIMIT, "Expand": True}
-        response = client.post(f"{base}/tools/find", json=body)
+        try:
+            response = client.post(f"{base}/tools/find", json=body)
+        except httpx.RemoteProtocolError:  # Orthanc closed the idle keep-alive connection
+            response = client.post(f"{base}/tools/find", json=body)
         response.raise_for_status()
         return len(response.json())
 
@@ -691,28 +694,37 @@ def main(argv: list[str] | None = None) -> int:
     workload = queries(corpus, args.queries)
     random.Random(1).shuffle(workload)
     figures: list[Figure] = []
+    report: dict[str, Any] = {}
+
+    def save() -> None:  # after every target: a later failure keeps what was measured
+        report.update(
+            {
+                **_versions(),
+                "queries": args.queries,
+                "orthanc_studies": min(args.orthanc_studies, args.studies),
+                "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "machine": _machine(),
+                "studies": args.studies,
+                "command": "python bench/query.py " + " ".join(argv or sys.argv[1:]),
+                "figures": [vars(f) for f in figures],
+            }
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp:
         for backend in args.backends:
             workdir = Path(tmp) / backend
             workdir.mkdir()
             figures += bench_pacs(backend, corpus, workload, workdir)
+            save()
         if args.orthanc_studies:
             count = min(args.orthanc_studies, args.studies)
             small = Corpus(corpus.patients, corpus.studies[:count])
             orthanc_workload = queries(small, args.queries, seed=8)
             figures += bench_orthanc(small, count, orthanc_workload, Path(tmp))
-    report = {
-        **_versions(),
-        "queries": args.queries,
-        "orthanc_studies": min(args.orthanc_studies, args.studies),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": _machine(),
-        "studies": args.studies,
-        "command": "python bench/query.py " + " ".join(argv or sys.argv[1:]),
-        "figures": [vars(f) for f in figures],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+            save()
+    save()
     print(f"written {args.out}")
     if args.write:
         write_doc(render([report]))
