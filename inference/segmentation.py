@@ -74,7 +74,8 @@ class LungSegmenter:
         if np.allclose(spacing, canon.GetSpacing(), rtol=1e-3):
             return canon
         factors = [
-            max(1, int(t / c + 1e-3)) for t, c in zip(spacing, canon.GetSpacing(), strict=True)
+            min(n, max(1, int(t / c + 1e-3)))
+            for t, c, n in zip(spacing, canon.GetSpacing(), canon.GetSize(), strict=True)
         ]
         source = sitk.BinShrink(canon, factors) if max(factors) > 1 else canon
         extent = [n * c for n, c in zip(canon.GetSize(), canon.GetSpacing(), strict=True)]
@@ -103,9 +104,9 @@ class LungSegmenter:
         target = spec.spacing_mm or (None, None, None)
         direction = np.abs(np.array(volume.GetDirection()).reshape(3, 3))
         factors = []
-        for axis, step in enumerate(volume.GetSpacing()):
+        for axis, (step, n) in enumerate(zip(volume.GetSpacing(), volume.GetSize(), strict=True)):
             want = target[int(np.argmax(direction[:, axis]))]
-            factors.append(max(1, int(want / step + 1e-3)) if want else 1)
+            factors.append(min(n, max(1, int(want / step + 1e-3))) if want else 1)
         shrunk = sitk.BinShrink(volume, factors) if max(factors) > 1 else volume
         canon = sitk.DICOMOrient(sitk.Cast(shrunk, sitk.sitkFloat32), spec.orientation)
         grid = self._grid(canon)

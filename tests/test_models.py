@@ -322,3 +322,20 @@ def test_joined_lungs_are_cut_near_the_midline() -> None:
     assert (sides[:, 5:35, 8:26] == RIGHT_LUNG).all()
     assert (sides[:, 5:35, 34:52] == LEFT_LUNG).all()
     assert ((sides > 0) == lungs).all()
+
+
+@pytest.mark.parametrize(
+    ("size", "spacing"), [((64, 64, 1), (1, 1, 1)), ((5, 5, 2), (0.5, 0.5, 1))]
+)
+def test_tiny_air_volumes_give_empty_masks(lung_seg: LungSegmenter, size, spacing) -> None:
+    volume = sitk.Image(*size, sitk.sitkInt16) - 1000
+    volume.SetSpacing(spacing)
+    out = lung_seg.segment(volume)
+    assert out.GetSize() == size and not sitk.GetArrayViewFromImage(out).any()
+
+
+def test_not_a_volume_is_refused(lung_seg: LungSegmenter) -> None:
+    from inference.segmentation import SegmentationError
+
+    with pytest.raises(SegmentationError, match="3D"):
+        lung_seg.segment(sitk.Image(16, 16, sitk.sitkInt16))
