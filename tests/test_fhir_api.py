@@ -319,6 +319,8 @@ def test_bad_input_changes_nothing(server: RunningArchive) -> None:
             400,
         ),
         ("GET", "/Patient", {"params": {"birthdate": "yesterday"}}, 400),
+        ("GET", f"/Patient/{pid}", {"params": {"_format": "xml"}}, 406),
+        ("GET", "/Patient", {"headers": {"Accept": "application/fhir+xml"}}, 406),
         ("POST", "", {"json": {"resourceType": "Bundle", "type": "collection"}}, 400),
     ]
     for method, path, kwargs, status in bad:
@@ -339,6 +341,8 @@ def test_bad_input_changes_nothing(server: RunningArchive) -> None:
     )
     assert {t: api.total(t) for t in before} == before
 
+    formatted = api.call("GET", "/Patient", params={"_format": "application/fhir+json", "_id": pid})
+    assert formatted.json()["total"] == 1
     lenient = api.call("GET", "/Patient", params={"shoe-size": "42", "_id": pid}).json()
     assert lenient["total"] == 1
     assert lenient["entry"][-1]["search"]["mode"] == "outcome"

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from pacs.fhir.errors import (
     FhirError,
     InvalidResource,
+    NotAcceptable,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
@@ -137,6 +138,17 @@ def minimal_return(request: Request) -> bool:
     return any(p.strip() == "return=minimal" for p in prefer.split(","))
 
 
+def check_format(request: Request) -> None:
+    """406 when ``_format`` or ``Accept`` asks only for something other than JSON."""
+    wanted = request.query_params.get("_format", "")
+    if wanted and "json" not in wanted.lower():
+        raise NotAcceptable(f"_format={wanted}: this server answers JSON only")
+    accept = request.headers.get("accept", "").lower()
+    types = [t.split(";")[0].strip() for t in accept.split(",") if t.strip()]
+    if types and not any("json" in t or t in ("*/*", "application/*") for t in types):
+        raise NotAcceptable(f"Accept: {accept}: this server answers application/fhir+json only")
+
+
 async def handle(
     request: Request,
     session: Session,
@@ -146,6 +158,7 @@ async def handle(
 ) -> Response:
     """Run ``work``; a ``FhirError`` becomes its status and OperationOutcome. Audited."""
     try:
+        check_format(request)
         response = await work()
     except FhirError as exc:
         response = fhir_response(exc.outcome, exc.status)

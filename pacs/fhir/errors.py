@@ -101,6 +101,13 @@ class PayloadTooLarge(FhirError):
     code = "too-costly"
 
 
+class NotAcceptable(FhirError):
+    """The client accepts only a format the server does not produce (XML, RDF) (406)."""
+
+    status = 406
+    code = "not-supported"
+
+
 class UnsupportedMediaType(FhirError):
     """A body that is not FHIR JSON (415)."""
 
