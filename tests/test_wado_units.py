@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,30 @@ def test_a_value_pydicom_cannot_read_does_not_lose_the_document() -> None:
     body = json.loads(doc.json)
     assert body["00180050"] == {"vr": "DS"}  # kept out, named by its VR
     assert body["00080018"]["Value"] == [ds.SOPInstanceUID]
+
+
+def _normalised(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _normalised(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalised(v) for v in value]
+    return (value.strip() or None) if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "SC_rgb_rle.dcm"]
+)
+def test_fast_conversion_agrees_with_pydicom(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explicit and implicit VR (ambiguous US/SS), big endian: the same JSON as pydicom's own
+    conversion, up to trimmed text and null empty values."""
+    from pydicom.data import get_testdata_file
+
+    import pacs.metadata.document as document
+
+    path = get_testdata_file(name)
+    assert path is not None
+    data = Path(path).read_bytes()
+    fast = json.loads(build_document(data, "1.2", "1.3", "1.4", "1.2.840.10008.1.2").json)
+    monkeypatch.setattr(document, "_fast_json", lambda *args: None)
+    slow = json.loads(build_document(data, "1.2", "1.3", "1.4", "1.2.840.10008.1.2").json)
+    assert _normalised(fast) == _normalised(slow)
