@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from sqlalchemy import update
 
 from pacs.fhir.errors import (
     InvalidResource,
@@ -16,8 +18,10 @@ from pacs.fhir.errors import (
     ResourceConflict,
     ResourceGone,
     ResourceNotFound,
+    StoredResourceInvalid,
     UnprocessableResource,
 )
+from pacs.fhir.schema import FhirResource
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine
 from tests.conftest import Backend
@@ -236,3 +240,18 @@ def test_concurrent_conditional_creates_make_one(store: FhirStore) -> None:
         statuses = sorted(pool.map(create, range(4)))
     assert statuses == [200, 200, 200, 201]
     assert store.search("Patient", [("identifier", f"{SNILS}|999")])["total"] == 1
+
+
+def test_stored_resources_are_validated_on_the_way_out(store: FhirStore) -> None:
+    pid = store.create(patient("1010"))["id"]
+    broken = json.dumps({"resourceType": "Patient", "id": pid, "birthDate": "not a date"})
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(FhirResource.__table__).where(FhirResource.id == pid).values(content=broken)
+        )
+    with pytest.raises(StoredResourceInvalid) as err:
+        store.read("Patient", pid)
+    assert err.value.status == 500
+    assert err.value.outcome["issue"][0]["expression"] == ["Patient.birthDate"]
+    with pytest.raises(StoredResourceInvalid):
+        store.search("Patient", [("_id", pid)])

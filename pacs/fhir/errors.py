@@ -38,6 +38,13 @@ class FhirError(Exception):
         )
 
 
+class StoredResourceInvalid(FhirError):
+    """A stored resource no longer validates (written around the store, or a model change) (500)."""
+
+    status = 500
+    code = "exception"
+
+
 class InvalidResource(FhirError):
     """The resource does not parse or does not validate against the R4B model (400)."""
 

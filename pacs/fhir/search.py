@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +30,7 @@ from pacs.fhir.searchparams import (
     TOKEN,
     SearchParam,
 )
+from pacs.fhir.validation import load_stored
 from pacs.fhir.values import date_range, fmt, normalise, parse_reference
 
 DEFAULT_COUNT = 20
@@ -384,7 +384,7 @@ def _sort_key(rtype: str, name: str, desc: bool) -> Any:
 def _entry(base: str, rtype: str, rid: str, content: str, mode: str) -> dict[str, Any]:
     return {
         "fullUrl": f"{base}/{rtype}/{rid}",
-        "resource": json.loads(content),
+        "resource": load_stored(content),
         "search": {"mode": mode},
     }
 

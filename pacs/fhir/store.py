@@ -54,7 +54,7 @@ from pacs.fhir.schema import (
     FhirToken,
 )
 from pacs.fhir.searchparams import SEARCH_PARAMS
-from pacs.fhir.validation import validate
+from pacs.fhir.validation import load_stored, validate
 from pacs.fhir.values import parse_reference
 from pacs.index.engine import WRITE, writer_turn
 
@@ -160,8 +160,7 @@ class FhirStore:
             raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
         if row.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} was deleted")
-        resource: dict[str, Any] = json.loads(row.content)
-        return resource
+        return load_stored(row.content)
 
     def vread(self, resource_type: str, resource_id: str, version: str | int) -> dict[str, Any]:
         """One version from the history; 404 if unknown, 410 if that version is a deletion."""
@@ -188,8 +187,7 @@ class FhirStore:
             raise ResourceNotFound(f"{resource_type}/{resource_id}/_history/{version} is not known")
         if row.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} was deleted in version {version}")
-        resource: dict[str, Any] = json.loads(row.content)
-        return resource
+        return load_stored(row.content)
 
     def history(
         self, resource_type: str, resource_id: str, base_url: str | None = None
@@ -227,7 +225,7 @@ class FhirStore:
                 },
             }
             if not row.deleted:
-                entry["resource"] = json.loads(row.content)
+                entry["resource"] = load_stored(row.content)
             entries.append(entry)
         return {
             "resourceType": "Bundle",

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
+import json
+import logging
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from pacs.fhir.errors import InvalidResource, operation_outcome
+from pacs.fhir.errors import InvalidResource, StoredResourceInvalid, operation_outcome
+
+logger = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -64,3 +68,18 @@ def validate(resource: Any, expected_type: str | None = None) -> None:
         raise InvalidResource(f"{rtype}: {exc}", expression=[rtype]) from None
     except RecursionError:
         raise InvalidResource(f"{rtype} is nested too deeply", expression=[rtype]) from None
+
+
+def load_stored(content: str) -> dict[str, Any]:
+    """A stored resource (JSON text), validated again on its way out; one that no longer
+    validates raises ``StoredResourceInvalid`` (500) rather than reaching a client."""
+    resource: dict[str, Any] = json.loads(content)
+    try:
+        validate(resource)
+    except InvalidResource as exc:
+        where = f"{resource.get('resourceType')}/{resource.get('id')}"
+        logger.error("stored resource %s fails validation: %s", where, exc)
+        raise StoredResourceInvalid(
+            f"stored resource {where} fails validation", outcome=exc.outcome
+        ) from None
+    return resource
