@@ -13,6 +13,10 @@ def record_access(
     session: Session, request: Request, user: User, action: str, outcome: int = 200
 ) -> None:
     """Record that ``user`` performed ``action`` on the requested resource, and commit."""
+    # End the request's read transaction first: on SQLite a deferred transaction that has
+    # read cannot take the write lock once another process (ingest, the EMR feed, a job
+    # worker) committed after its snapshot ("database is locked" at once, no busy wait).
+    session.commit()
     session.add(
         AuditEvent(
             user_name=user.name,
