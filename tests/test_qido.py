@@ -271,6 +271,8 @@ def test_bad_input_is_a_clear_4xx_and_changes_nothing(
 
 
 def test_unsupported_matching_key_warns(client: TestClient, corpus: QueryCorpus) -> None:
+    level = client.get("/dicomweb/studies?QueryRetrieveLevel=IMAGE&SpecificCharacterSet=X")
+    assert uids(level.json()) == corpus.studies  # the resource sets the level
     response = client.get("/dicomweb/studies?PatientAge=040Y&includefield=PatientAge")
     assert response.status_code == 200
     assert uids(response.json()) == corpus.studies  # ignored as a matching key, returned

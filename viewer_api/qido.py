@@ -133,7 +133,6 @@ def parse(
     """Parse the query parameters of a search at ``level`` (``STUDY``, ``SERIES``,
     ``IMAGE``); ``scope`` holds the UIDs of the path (``StudyInstanceUID``...)."""
     query = QidoQuery(level=level, identifier=Dataset())
-    query.identifier.QueryRetrieveLevel = level
     includes: list[str] = []
     matching: dict[BaseTag, tuple[str, str]] = {}
     unsupported: list[str] = []
@@ -171,6 +170,8 @@ def parse(
             query.identifier.add(_empty(tag))
             continue
         query.identifier.add(DataElement(Tag(keyword), _vr(keyword), _value(name, keyword, value)))
+    query.identifier.QueryRetrieveLevel = level  # the resource decides, not a parameter
+    query.identifier.pop("SpecificCharacterSet", None)  # JSON is UTF-8
     for keyword, uid in scope.items():
         if not is_valid_uid(uid):
             raise QidoError(400, f"the {keyword} in the path is not a valid UID")
