@@ -31,7 +31,7 @@ from tests.inference_helpers import Archive, open_archive
 from tests.test_inference_results import dciodvfy_errors
 from tests.test_inference_volume import real_ct_series
 
-MODEL = Settings().inference_lung_model  # PACS_INFERENCE_LUNG_MODEL picks another model
+MODEL = Settings.model_validate({}).inference_lung_model  # PACS_INFERENCE_LUNG_MODEL: another
 
 
 def lung_model_present() -> None:
