@@ -42,7 +42,6 @@ from pacs.emr.report import (
     result_key,
 )
 from pacs.emr.tables import AiReport, ReviewDecision
-from pacs.emr.verified_sr import build_verified_sr
 from pacs.fhir.errors import FhirError
 from pacs.fhir.store import FhirStore
 from pacs.index.models import AuditEvent, Instance, Series, as_utc
@@ -460,6 +459,8 @@ def _store_verified_sr(
     signer: str,
     signed_at: datetime,
 ) -> str:
+    from pacs.emr.verified_sr import build_verified_sr  # highdicom: imported when signing
+
     evidence = _evidence(session, ingest.store, result)
     sr = build_verified_sr(
         evidence,
