@@ -457,6 +457,9 @@ def test_emr_flows_end_to_end(emr_archive: RunningArchive, tmp_path: Path) -> No
     assert rows["status"] == "final" and rows["decision"]["findings"][-1]["value"] == "CT-3"
 
     # 5. Case view: Patient/$everything and the Encounter with its studies and reports
+    capability = validated(http.get("/fhir/metadata").json())
+    [patient_rest] = [r for r in capability["rest"][0]["resource"] if r["type"] == "Patient"]
+    assert [op["name"] for op in patient_rest["operation"]] == ["everything"]
     everything = http.get(f"/fhir/Patient/{patient_id}/$everything").json()
     validated(everything)
     kinds = [e["resource"]["resourceType"] for e in everything["entry"]]

@@ -34,7 +34,7 @@ _OPERATION = re.compile(r"^/fhir/(?:([A-Z][A-Za-z]+)/(?:\{[^}]+\}/)?)?\$([a-z][a
 def _operations(request: Request) -> dict[str, list[str]]:
     """Operations (``$name`` routes) the app really serves, by resource type ("" system)."""
     found: dict[str, list[str]] = {}
-    for route in request.app.routes:
+    for route in router.routes:  # FastAPI 0.165 nests included routers in app.routes
         match = _OPERATION.match(getattr(route, "path", ""))
         if match:
             found.setdefault(match[1] or "", []).append(match[2])
