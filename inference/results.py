@@ -127,14 +127,19 @@ def build_segmentation(
         )
         for number, (prop, category, label, algorithm) in enumerate(segments, start=1)
     ]
-    masks = np.stack(
-        [
-            lungs == RIGHT_LUNG,
-            lungs == LEFT_LUNG,
-            quantification.findings == GROUND_GLASS,
-            quantification.findings == CONSOLIDATION,
-        ],
-        axis=-1,
+    # segments first in memory, then viewed as (frames, rows, columns, segments): stacking and
+    # highdicom's per-pixel sum over segments (its overlap check) run over contiguous planes
+    masks = np.moveaxis(
+        np.stack(
+            [
+                lungs == RIGHT_LUNG,
+                lungs == LEFT_LUNG,
+                quantification.findings == GROUND_GLASS,
+                quantification.findings == CONSOLIDATION,
+            ]
+        ),
+        0,
+        -1,
     )
     source_images, masks = _source_order(volume, masks)
     return hd.seg.Segmentation(
