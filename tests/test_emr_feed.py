@@ -50,6 +50,21 @@ def test_feed_position_is_stored_and_a_replay_changes_nothing(
     assert [e["resource"]["meta"]["versionId"] for e in again] == ["1"]
     assert (_count(store, "Patient"), _count(store, "Endpoint")) == (1, 1)
 
+    registered = store.create(  # the registry learns the patient: the study moves to it
+        {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3", "value": "P-77"}]}
+    )
+    more = write_ct_series(
+        tmp_path / "more",
+        slices=1,
+        size=16,
+        patient_id="P-77",
+        study_uid=studies[0]["resource"]["identifier"][0]["value"][8:],
+    )
+    assert ingest.store_part10(more[0].read_bytes(), Source("import")).status.ok
+    assert restarted.run_once() > 0
+    [moved] = store.search("ImagingStudy", [])["entry"]
+    assert moved["resource"]["subject"]["reference"] == f"Patient/{registered['id']}"
+    assert moved["resource"]["numberOfSeries"] == 2
     study_uid = studies[0]["resource"]["identifier"][0]["value"][8:]
     series_uid = studies[0]["resource"]["series"][0]["uid"]
     invalid = {"involvement_percent": 9.0, "ct_severity_grade": "CT-9"}

@@ -105,7 +105,7 @@ def find_service_request(store: FhirStore, accession: str) -> dict[str, Any] | N
 
 def find_patient(store: FhirStore, patient_id: str, issuer: str) -> dict[str, Any] | None:
     """The Patient with identifier ``patient_id`` from ``issuer`` (any issuer when empty and
-    exactly one Patient has that value)."""
+    exactly one Patient has that value); registered Patients before reconcile-tagged ones."""
     if not patient_id:
         return None
     bundle = store.search("Patient", [("identifier", patient_id)])
@@ -117,7 +117,17 @@ def find_patient(store: FhirStore, patient_id: str, issuer: str) -> dict[str, An
             if not issuer or issuer_of(identifier) == issuer:
                 candidates.append(patient)
                 break
-    return candidates[0] if len(candidates) == 1 or (candidates and issuer) else None
+    registered = [p for p in candidates if RECONCILE_TAG["code"] not in _tags(p)]
+    pool = registered or candidates  # a registered patient wins over one made from DICOM
+    return pool[0] if len(pool) == 1 or (pool and issuer) else None
+
+
+def _tags(resource: dict[str, Any]) -> set[str]:
+    return {
+        str(tag.get("code"))
+        for tag in (resource.get("meta") or {}).get("tag") or []
+        if tag.get("system") == RECONCILE_TAG["system"]
+    }
 
 
 def _dicom_name(pn: str) -> dict[str, Any]:
