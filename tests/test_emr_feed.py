@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from inference.records import ResultRecord, store_result
-from pacs.emr.feed import CONSUMER, EmrFeed
+from pacs import changes
+from pacs.emr.feed import CONSUMER, FEED_LOCK, EmrFeed
 from pacs.emr.tables import FeedPosition
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine
@@ -80,5 +81,15 @@ def test_feed_position_is_stored_and_a_replay_changes_nothing(
     assert restarted.run_once() == 2  # a refused result is skipped, not retried forever
     assert restarted.run_once() == 0
     assert (_count(store, "DiagnosticReport"), _count(store, "Observation")) == (0, 0)
+    if engine.dialect.name == "postgresql":  # consumers on several nodes take turns
+        with engine.connect() as other:
+            other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": FEED_LOCK})
+            other.commit()
+            with engine.begin() as conn:
+                changes.record(conn, "study.stable", study_instance_uid=study_uid)
+            assert restarted.run_once() == 0
+            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": FEED_LOCK})
+            other.commit()
+        assert restarted.run_once() == 1
     engine.dispose()
     ingest.engine.dispose()

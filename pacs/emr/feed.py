@@ -4,18 +4,19 @@ It reads ``instance.stored``, ``series.added``, ``study.stable`` and ``object.de
 (project the study, once per batch however many instances arrived) and ``result.stored``
 (publish the preliminary report) after the position stored in ``feed_position``, and
 advances the position only once a batch is handled. Every write is an upsert, so a batch
-handled twice (a crash before the position was saved, or two nodes running the consumer)
-changes nothing.
+handled twice (a crash before the position was saved) changes nothing; on PostgreSQL the
+consumers of several nodes take turns (an advisory lock), so one works at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -37,6 +38,7 @@ CONSUMER = "emr-link"
 STUDY_KINDS = frozenset({"instance.stored", "series.added", "study.stable", "object.deleted"})
 KINDS = STUDY_KINDS | {"result.stored"}
 BATCH = 500
+FEED_LOCK = 0x454D524C  # PostgreSQL advisory lock key of the consumer ("EMRL")
 
 
 def base_url(settings: Settings) -> str:
@@ -77,8 +79,30 @@ class EmrFeed:
                 except IntegrityError:
                     pass  # another node saved a position first: its position stands
 
+    @contextmanager
+    def _turn(self) -> Iterator[bool]:
+        """Whether this consumer may work now: on PostgreSQL one consumer of all the nodes
+        at a time (a session advisory lock, not waited for); on SQLite always."""
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        with self.engine.connect() as conn:
+            got = bool(conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": FEED_LOCK}))
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": FEED_LOCK})
+                    conn.commit()
+
     def run_once(self) -> int:
-        """Handle the next batch of events; returns how many were read."""
+        """Handle the next batch of events; returns how many were read (0 also when another
+        node's consumer has the turn)."""
+        with self._turn() as mine:
+            return self._run_batch() if mine else 0
+
+    def _run_batch(self) -> int:
         since = self.position()
         with self.engine.connect() as conn:
             events = read_since(conn, since, limit=BATCH, kinds=set(KINDS))
