@@ -86,7 +86,6 @@ INSTANCE_DEFAULTS = (
 index holds)."""
 
 _DEFAULTS = {"STUDY": STUDY_DEFAULTS, "SERIES": SERIES_DEFAULTS, "IMAGE": INSTANCE_DEFAULTS}
-_PARAMETERS = {"includefield", "fuzzymatching", "limit", "offset"}
 _LIST_VRS = {"UI", "CS"}  # values that may be lists, with ',' or '\'
 _MAX_VALUE = 1024
 _MAX_OFFSET = 2**31 - 1
