@@ -259,7 +259,7 @@ def build_report(
         imaging_measurements=[*lung_groups, lungs_group],
         title=codes.DCM.ImagingMeasurementReport,
     )
-    return hd.sr.Comprehensive3DSR(
+    report_document = hd.sr.Comprehensive3DSR(
         evidence=[segmentation],
         content=report,
         series_instance_uid=uids.sr_series,
@@ -272,6 +272,12 @@ def build_report(
         is_verified=False,
         series_description="AI lung quantification (unverified)",
     )
+    scheme = Dataset()  # declares the private coding scheme the percentages and grade use
+    scheme.CodingSchemeDesignator = _SCHEME
+    scheme.CodingSchemeName = "PACS regional archive AI concepts"
+    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+    report_document.CodingSchemeIdentificationSequence = [scheme]
+    return report_document
 
 
 def encode(dataset: Dataset) -> bytes:

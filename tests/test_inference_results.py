@@ -91,6 +91,7 @@ def test_sr_reads_back_with_measurements(phantom_results: tuple) -> None:
     assert isinstance(sr, hd.sr.Comprehensive3DSR)
     assert sr.VerificationFlag == "UNVERIFIED"
     assert sr.CompletionFlag == "COMPLETE"
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99PACS"
     assert sr.SOPInstanceUID == uids.sr_instance
     report: Any = sr.content  # a MeasurementReport (TID 1500)
     volumes = report.get_volumetric_roi_measurement_groups()
