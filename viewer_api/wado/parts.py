@@ -35,10 +35,11 @@ def closing(boundary: str) -> bytes:
 
 
 def body(boundary: str, parts: Iterator[tuple[str, str, bytes]]) -> Iterator[bytes]:
-    """Frame (media type, transfer syntax, content) parts as one body, part by part."""
+    """Frame (media type, transfer syntax, content) parts as one body, one chunk per part
+    (a streamed chunk costs a thread hop: fewer, larger chunks go faster)."""
     first = True
     for media_type, syntax, content in parts:
-        yield (b"" if first else b"\r\n") + part_head(boundary, media_type, syntax)
-        yield content
+        head = (b"" if first else b"\r\n") + part_head(boundary, media_type, syntax)
+        yield b"".join((head, content))
         first = False
     yield closing(boundary) if not first else f"--{boundary}--\r\n".encode("ascii")
