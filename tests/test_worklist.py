@@ -209,3 +209,11 @@ def test_store_prefilter_widens_the_date_by_a_day() -> None:
         ("occurrence", "le2026-11-28"),
     ]
     assert prefilter(query(AccessionNumber="A*")) == [("status", "active")]
+
+
+def test_identifier_values_are_escaped_for_token_search() -> None:
+    from pacs.emr.identifiers import token_search_value
+
+    assert token_search_value("A,1") == "A\\,1"
+    assert token_search_value("A|1") is None
+    assert prefilter(query(AccessionNumber="A|1")) == [("status", "active")]

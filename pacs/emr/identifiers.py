@@ -132,3 +132,11 @@ AI_MEASUREMENT = "urn:pacs:ai-measurement"
 CT_SEVERITY = "urn:pacs:ct-severity"
 """Code system of the CT severity grade of lung involvement, CT-0 .. CT-4 (the empirical
 visual scale of Moscow's radiology guidelines for viral pneumonia)."""
+
+
+def token_search_value(value: str) -> str | None:
+    """``value`` as a FHIR token search value of any system (commas escaped), or None when
+    it cannot be one (a ``|`` would be read as the system separator)."""
+    if "|" in value:
+        return None
+    return value.replace("\\", "\\\\").replace(",", "\\,")

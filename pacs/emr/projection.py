@@ -30,6 +30,7 @@ from pacs.emr.identifiers import (
     patient_system,
     reference_id,
     study_identifier,
+    token_search_value,
 )
 from pacs.fhir.store import FhirStore
 from pacs.index.models import Instance, Patient, Series, Study
@@ -94,9 +95,10 @@ def dicomweb_endpoint(store: FhirStore, base_url: str) -> str:
 
 def find_service_request(store: FhirStore, accession: str) -> dict[str, Any] | None:
     """The ServiceRequest whose accession number is ``accession`` (the newest if several)."""
-    if not accession:
+    token = token_search_value(accession)
+    if not token:
         return None
-    bundle = store.search("ServiceRequest", [("identifier", accession), ("_sort", "-_lastUpdated")])
+    bundle = store.search("ServiceRequest", [("identifier", token), ("_sort", "-_lastUpdated")])
     for request in bundle_resources(bundle, "ServiceRequest"):
         if accession_of(request) == accession:
             return request
@@ -106,9 +108,10 @@ def find_service_request(store: FhirStore, accession: str) -> dict[str, Any] | N
 def find_patient(store: FhirStore, patient_id: str, issuer: str) -> dict[str, Any] | None:
     """The Patient with identifier ``patient_id`` from ``issuer`` (any issuer when empty and
     exactly one Patient has that value); registered Patients before reconcile-tagged ones."""
-    if not patient_id:
+    token = token_search_value(patient_id)
+    if not token:
         return None
-    bundle = store.search("Patient", [("identifier", patient_id)])
+    bundle = store.search("Patient", [("identifier", token)])
     candidates = []
     for patient in bundle_resources(bundle, "Patient"):
         for identifier in patient.get("identifier") or []:

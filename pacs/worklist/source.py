@@ -15,6 +15,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, select, tuple_
 
+from pacs.emr.identifiers import token_search_value
 from pacs.fhir.errors import ResourceGone, ResourceNotFound
 from pacs.fhir.schema import FhirResource
 from pacs.fhir.store import FhirStore
@@ -47,8 +48,9 @@ def prefilter(identifier: Dataset) -> list[tuple[str, str]]:
     """FHIR search parameters that keep every ServiceRequest the identifier may match."""
     params = [("status", "active")]
     accession = values_of(identifier.get("AccessionNumber"))
-    if len(accession) == 1 and not any(c in accession[0] for c in "*?\\"):
-        params.append(("identifier", accession[0]))
+    token = token_search_value(accession[0]) if len(accession) == 1 else None
+    if token and not any(c in accession[0] for c in "*?\\"):
+        params.append(("identifier", token))
     dates = values_of(step_of(identifier).get("ScheduledProcedureStepStartDate"))
     if len(dates) == 1:
         low, dash, high = dates[0].partition("-")
