@@ -24,8 +24,11 @@ from fhirpy import SyncFHIRClient
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
+from sqlalchemy import Engine, select
 
 from inference.records import ResultRecord, store_result
+from pacs import changes
+from pacs.emr.tables import FeedPosition
 from pacs.index.engine import create_index_engine
 from tests.conftest import Backend, RunningArchive, require_tool, start_archive, stop_archive
 from tests.dicom_factory import ct_slice
@@ -61,6 +64,12 @@ def emr_archive(db_backend: Backend, tmp_path: Path) -> Iterator[RunningArchive]
     )
     yield running
     stop_archive(running)
+
+
+def feed_position(engine: Engine) -> int:
+    """The EMR-link consumer's stored position."""
+    with engine.connect() as conn:
+        return int(conn.scalar(select(FeedPosition.seq)) or 0)
 
 
 def validated(resource: dict[str, Any]) -> dict[str, Any]:
@@ -374,12 +383,10 @@ def test_emr_flows_end_to_end(emr_archive: RunningArchive, tmp_path: Path) -> No
     assert provenance[0]["entity"][0]["what"]["identifier"]["value"].endswith(
         first.SeriesInstanceUID
     )
-    with engine.begin() as conn:  # a re-run announces the same result again
-        from pacs import changes
-
-        changes.record(conn, "result.stored", payload={"result_pk": result_pk})
-    assert store_result(engine, record) == result_pk
-    time.sleep(1.0)
+    assert store_result(engine, record) == result_pk  # a re-run: result.stored again
+    with engine.connect() as conn:
+        newest = changes.last_seq(conn)
+    wait_for(lambda: feed_position(engine) >= newest, "the consumer to handle the re-run")
     again = search(
         client, "DiagnosticReport", patient=patient_id, _include="DiagnosticReport:result"
     )
