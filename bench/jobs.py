@@ -254,6 +254,42 @@ def ingest_rate(kind: str, lifecycle: bool, studies: int, slices: int, workdir: 
     return studies * slices / elapsed
 
 
+# ---------------------------------------------------------------- 4. cost of the hook
+
+
+def hook_cost(kind: str, instances: int, workdir: Path) -> tuple[float, float, float, float]:
+    """CPU and wall ms per instance of ingest, and of the lifecycle hook inside it (one
+    thread, 256x256 slices): a direct measure of the hook's share, immune to other load."""
+    from pacs.jobs import lifecycle
+
+    original = lifecycle.StudyLifecycle.on_instance
+    spent = [0.0, 0.0]
+
+    def timed(self: Any, *args: Any) -> None:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        original(self, *args)
+        spent[0] += time.perf_counter() - wall
+        spent[1] += time.thread_time() - cpu
+
+    with database(kind, workdir) as env:
+        ingest = build_ingest(settings_of(env))
+        blobs = []
+        for _ in range(max(1, instances // 50)):
+            study, series = generate_uid(), generate_uid()
+            blobs += [part10(study, series, i, 256) for i in range(50)]
+        lifecycle.StudyLifecycle.on_instance = timed  # type: ignore[method-assign,assignment]
+        try:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            for blob in blobs:
+                assert ingest.store_part10(blob, MODALITY).status.ok
+            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+        finally:
+            lifecycle.StudyLifecycle.on_instance = original  # type: ignore[method-assign]
+        ingest.engine.dispose()
+    n = len(blobs) / 1000
+    return wall / n, cpu / n, spent[0] / n, spent[1] / n
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -303,9 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", type=float, default=2.0, help="quiet period of the latency part")
     p.add_argument("--runs", type=int, default=3, help="ingest on/off runs per backend")
     p.add_argument("--no-write", action="store_true", help="leave docs/performance.md alone")
-    p.add_argument("--parts", nargs="+", default=["latency", "throughput", "ingest"])
+    p.add_argument("--parts", nargs="+", default=["latency", "throughput", "ingest", "hook"])
     args = p.parse_args(argv)
-    studies, jobs, runs = (3, 300, 1) if args.quick else (10, 3000, args.runs)
+    studies, jobs, runs = (3, 300, 1) if args.quick else (10, 2000, args.runs)
     ingest_studies, slices = (4, 20) if args.quick else (8, 50)
     before = loadavg()
     started = datetime.now(UTC)
@@ -358,6 +394,25 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {kind} | {statistics.median(off):.0f} ({off_runs}) "
                     f"| {statistics.median(on):.0f} ({on_runs}) | {ratio:.2f} "
                     f"| >= 0.90: {verdict} |"
+                )
+                print(lines[-1], flush=True)
+            lines.append("")
+        if "hook" in args.parts:
+            lines.append(
+                "Cost of the lifecycle hook inside ingest (study state + change events, in the "
+                "index transaction), one thread, 256x256 CT slices, ms per instance:\n"
+            )
+            lines.append(
+                "| index | ingest wall | ingest CPU | hook wall | hook CPU | hook share of CPU |"
+            )
+            lines.append("|---|---|---|---|---|---|")
+            for kind in ("sqlite", "postgresql"):
+                wall, cpu, hook_wall, hook_cpu = hook_cost(
+                    kind, 100 if args.quick else 400, workdir
+                )
+                lines.append(
+                    f"| {kind} | {wall:.2f} | {cpu:.2f} | {hook_wall:.3f} | {hook_cpu:.3f} "
+                    f"| {hook_cpu / cpu:.1%} |"
                 )
                 print(lines[-1], flush=True)
             lines.append("")

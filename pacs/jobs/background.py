@@ -99,6 +99,8 @@ class Background:
         if self.settings.study_lifecycle:
             done = sweep(self.engine, self.rules.rules, self.settings.job_max_attempts)
             job_metrics.STUDIES_STABLE.inc(len(done))
+            if self.worker is not None and any(item.job_ids for item in done):
+                self.worker.wake()
         reap(self.engine, backoff_of(self.settings))
 
     def _sweep_loop(self) -> None:

@@ -15,7 +15,16 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, bindparam, case, literal_column, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Table,
+    bindparam,
+    case,
+    literal_column,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.changes import record
@@ -47,6 +56,28 @@ _TOUCH = Prepared(
         last_instance_at=bindparam("now"),
     )
     .returning(STATE.c.version, STATE.c.received_in_version)
+)
+
+
+_TOUCH_AND_RECORD_PG = Prepared(
+    text(
+        f"""
+        WITH touched AS (
+            UPDATE study_state SET
+                version = version + CASE WHEN state = '{STABLE}' THEN 1 ELSE 0 END,
+                received_in_version =
+                    CASE WHEN state = '{STABLE}' THEN 1 ELSE received_in_version + 1 END,
+                state = '{RECEIVING}', stable_deadline = :deadline, last_instance_at = :now
+            WHERE study_instance_uid = :uid
+            RETURNING version, received_in_version
+        ), stored AS (
+            INSERT INTO change_event
+                (kind, study_instance_uid, series_instance_uid, sop_instance_uid, created_at)
+            VALUES ('instance.stored', :uid, :series, :sop, :now)
+        )
+        SELECT version, received_in_version FROM touched
+        """
+    )
 )
 
 
@@ -117,15 +148,7 @@ class StudyLifecycle:
         study = attrs.study_instance_uid
         if new_series:
             self._series_added(conn, attrs)
-        record(
-            conn,
-            "instance.stored",
-            study_instance_uid=study,
-            series_instance_uid=attrs.series_instance_uid,
-            sop_instance_uid=attrs.sop_instance_uid,
-        )
-        if source.channel == ANALYSIS_CHANNEL:
-            return
+        touch = source.channel != ANALYSIS_CHANNEL
         now = utcnow()
         deadline = now + self.quiet_period(source.ae_title)
         params: dict[str, Any] = {
@@ -133,7 +156,21 @@ class StudyLifecycle:
             "deadline": db_timestamp(conn, deadline),
             "now": db_timestamp(conn, now),
         }
-        row = _TOUCH.execute(conn, params).fetchone()
+        if touch and conn.dialect.name == "postgresql":
+            # one round trip: the event and the study_state update in one statement
+            params.update(series=attrs.series_instance_uid, sop=attrs.sop_instance_uid)
+            row = _TOUCH_AND_RECORD_PG.execute(conn, params).fetchone()
+        else:
+            record(
+                conn,
+                "instance.stored",
+                study_instance_uid=study,
+                series_instance_uid=attrs.series_instance_uid,
+                sop_instance_uid=attrs.sop_instance_uid,
+            )
+            if not touch:
+                return
+            row = _TOUCH.execute(conn, params).fetchone()
         if row is None and self._insert(conn, study, now, deadline):
             return  # the study's first instance
         if row is None:  # a concurrent first instance inserted the row: touch it now

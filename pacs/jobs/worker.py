@@ -78,6 +78,7 @@ class Worker:
         self.lease = settings.job_lease_seconds
         self.backoff = backoff_of(settings)
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[int, jobs.ClaimedJob] = {}
         self._threads: list[threading.Thread] = []
@@ -96,6 +97,7 @@ class Worker:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming, let running jobs finish (up to ``timeout`` seconds)."""
         self._stop.set()
+        self._wake.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -126,8 +128,16 @@ class Worker:
                     with self._lock:
                         self._running.pop(job.pk, None)
             if job is None:
-                self._stop.wait(self.settings.worker_poll_seconds)
+                self._idle()
         _close(conn)
+
+    def wake(self) -> None:
+        """New jobs were queued (by this process's sweeper): look now, not at the next poll."""
+        self._wake.set()
+
+    def _idle(self) -> None:
+        if self._wake.wait(self.settings.worker_poll_seconds):
+            self._wake.clear()
 
     def _connect(self) -> Connection:
         """A slot's connection: autocommit on PostgreSQL, where a claim or a completion is
