@@ -176,10 +176,11 @@ def stored_object(index: Archive, sop_uid: str) -> bytes:
 def test_corrupted_model_file_is_refused(index: Archive, tmp_path: Path) -> None:
     lung_model_present()
     registry = ModelRegistry()
-    entry = next(e for e in registry.list() if e.name == MODEL)
+    # the version the pipeline loads: the pinned one, else the highest
+    version = index.settings.inference_lung_model_version or registry.versions(MODEL)[-1]
     copy = tmp_path / "models"
     shutil.copytree(registry.root / MODEL, copy / MODEL)
-    model_file = copy / MODEL / entry.version / "model.onnx"
+    model_file = copy / MODEL / version / "model.onnx"
     data = bytearray(model_file.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     model_file.write_bytes(bytes(data))

@@ -253,7 +253,7 @@ def test_real_ct_dice_meets_reported_figure(lung_seg: LungSegmenter) -> None:
     reported = lung_seg.manifest.evaluation["real_ct"]
     lungs = _dice(got > 0, np.isin(ref, (10, 11, 13, 14)))
     assert lungs >= reported["dice_lungs"] - 0.002
-    assert lungs >= 0.89
+    assert lungs >= 0.90  # the target, reached by lung-seg 1.1.0
     assert _dice(got == RIGHT_LUNG, np.isin(ref, (13, 14))) >= reported["dice_right"] - 0.002
     assert _dice(got == LEFT_LUNG, np.isin(ref, (10, 11))) >= reported["dice_left"] - 0.002
 

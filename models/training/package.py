@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 "torch",
                 "gpu",
                 "cpus",
+                "phantoms_rendered",
                 "samples_rendered",
                 "steps_done",
                 "render_s",

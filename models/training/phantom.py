@@ -6,8 +6,13 @@ with a gravity gradient, texture, vessels, small airways, emphysema and lesions 
 consolidation), diaphragm domes with posterior costophrenic recesses, and below them liver,
 spleen, stomach (air-fluid level), colon and small bowel gas, kidneys, aorta and table. It is
 rendered super-sampled on any grid (partial volume), blurred like a reconstruction kernel and
-given scanner noise. Coordinates are patient LPS in mm: +x patient left, +y posterior,
-+z superior; arrays are indexed [z, y, x] (the SimpleITK/numpy order).
+given scanner noise. Version 1.1 adds what real scans showed: a mattress under a back
+flattened on the table, paravertebral muscles that push the posterior chest wall forward beside
+the spine (the lungs wrap round it in the gutters), costophrenic recesses running down the chest
+wall as thin slivers, a diaphragm of varying thickness with colon and stomach gas right under
+it, arms pressed against the trunk with air caught in the skin fold. Coordinates are patient
+LPS in mm: +x patient left, +y posterior, +z superior; arrays are indexed [z, y, x] (the
+SimpleITK/numpy order).
 
 Labels: 0 background, 1 right lung, 2 left lung (the trachea and main bronchi are not lung;
 lesions inside the lung are lung).
@@ -57,6 +62,14 @@ class Anatomy:
     table_gap: float
     gas_blobs: list[tuple[float, float, float, float, float, float]] = field(default_factory=list)
     stomach_gas: float = 0.0
+    back_flat: float = 0.0  # mm the back is flattened against the table
+    mattress: float = 0.0  # mattress thickness (mm; 0: none)
+    mattress_hu: float = -900.0
+    para_w: float = 0.0  # paravertebral muscle half-width beside the spine (mm)
+    para_d: float = 0.0  # how far it reaches forward from the posterior wall (mm)
+    sliver: float = 0.0  # extra depth of the recesses along the chest wall (mm)
+    diaphragm: float = 4.0  # diaphragm thickness (mm)
+    arm_gap: float = 40.0  # arm to trunk (mm; < 0: pressed against it)
 
 
 def random_anatomy(rng: np.random.Generator) -> Anatomy:
@@ -74,9 +87,9 @@ def random_anatomy(rng: np.random.Generator) -> Anatomy:
         side = rng.choice([-1.0, 1.0], p=[0.3, 0.7])
         gas_blobs.append(
             (
-                float(side * rng.uniform(0.1, 0.8) * a_c),  # x from centre
-                float(-rng.uniform(-0.1, 0.8) * b_c),  # y from centre (anterior)
-                float(-rng.uniform(5, 110)),  # z below the dome
+                float(side * rng.uniform(0.1, 0.85) * a_c),  # x from centre
+                float(-rng.uniform(-0.45, 0.8) * b_c),  # y from centre (anterior)
+                float(-rng.uniform(0, 110)),  # z below the dome
                 float(rng.uniform(12, 40)),
                 float(rng.uniform(10, 30)),
                 float(rng.uniform(10, 35)),
@@ -118,6 +131,14 @@ def random_anatomy(rng: np.random.Generator) -> Anatomy:
         table_gap=rng.uniform(2, 40),
         gas_blobs=gas_blobs,
         stomach_gas=rng.uniform(0, 1),
+        back_flat=rng.uniform(0, 0.6 * (fat + wall)),
+        mattress=rng.uniform(15, 70) if rng.uniform() < 0.75 else 0.0,
+        mattress_hu=rng.uniform(-950, -150),
+        para_w=rng.uniform(25, 50),
+        para_d=rng.uniform(15, 45),
+        sliver=rng.uniform(0, 35),
+        diaphragm=rng.uniform(3, 7),
+        arm_gap=rng.uniform(-12, 40),
     )
 
 
@@ -165,6 +186,7 @@ def _draw(
     # body cross-section changes slowly with z (shoulders wider, abdomen rounder)
     zs = 1.0 + 0.06 * np.tanh((z - anat.carina) / 60.0)
     rho_body = np.sqrt((dx / (anat.body_a * zs)) ** 2 + (dy / (anat.body_b * zs)) ** 2)
+    y_back = anat.body_b - anat.back_flat  # the back lies flat on the mattress
     rho_fat = np.sqrt(
         (dx / ((anat.body_a - anat.fat) * zs)) ** 2 + (dy / ((anat.body_b - anat.fat) * zs)) ** 2
     )
@@ -181,21 +203,31 @@ def _draw(
 
     hu = np.full(shape, -1000.0, dtype=np.float32)
     hu += 8.0 * n5
-    body = rho_body < 1.0
+    body = (rho_body < 1.0) & (dy < y_back)
     hu = np.where(body, -100.0 + 10 * n6, hu)
-    muscle = body & (rho_fat < 1.0)
+    muscle = body & (rho_fat < 1.0) & (dy < y_back - 0.3 * anat.fat)
     hu = np.where(muscle, 45.0 + 8 * n6, hu)
-    cavity = rho_cav < 1.0
+    # paravertebral muscles: the posterior wall comes forward beside the spine
+    paraspinal = (dx / (anat.spine_r + anat.para_w)) ** 2 + (
+        (dy - b_c * zs) / anat.para_d
+    ) ** 2 < 1.0
+    cavity = (rho_cav < 1.0) & ~paraspinal
 
     # diaphragm per side: paraboloid domes, deepest posterolaterally
     def dome(top: float, side: float) -> Array:
         q = ((dx - side * 0.45 * a_c) / (0.62 * a_c)) ** 2 + ((dy + 0.15 * b_c) / (0.85 * b_c)) ** 2
-        return top - anat.recess * np.minimum(q, 1.6) - 12.0 * np.clip(dy / b_c, 0, None)
+        edge = np.clip((rho_cav - 0.8) / 0.2, 0, 1) ** 2  # recesses run down the chest wall
+        return (
+            top
+            - anat.recess * np.minimum(q, 1.6)
+            - 12.0 * np.clip(dy / b_c, 0, None)
+            - anat.sliver * edge
+        )
 
     right_side = dx < 0
     z_d = np.where(right_side, dome(anat.dome_r, -1.0), dome(anat.dome_l, 1.0))
     above = z > z_d
-    below = z < z_d - 4.0  # diaphragm muscle ~4 mm
+    below = z < z_d - anat.diaphragm
 
     # mediastinum: central band widening anteriorly, heart, spine
     hx, hy, ha, hb, hz0, hz1 = anat.heart
@@ -298,17 +330,27 @@ def _draw(
         lung_hu = np.where(cons & ~small_aw, 25.0 + 12 * n5, lung_hu)
     hu = np.where(lung, lung_hu, hu)
 
-    # arms beside the body, patient table below
+    # mattress under the back, arms beside (or pressed against) the body, patient table below
+    ty = y_back + anat.table_gap
+    if anat.mattress:
+        mat = ~body & (dy < y_back + anat.mattress) & (dy > y_back - 0.35 * anat.body_b)
+        mat &= np.abs(dx) < 1.15 * anat.body_a
+        hu = np.where(mat, anat.mattress_hu + 20 * n6, hu)
+        ty = y_back + anat.mattress + 2.0
     if anat.arms:
         for side in (-1.0, 1.0):
-            ax = side * (anat.body_a + 45)
-            arm = ((dx - ax) / 40) ** 2 + (dy / 48) ** 2 < 1
+            ax = side * (anat.body_a + anat.arm_gap + 40)
+            arm = (((dx - ax) / 40) ** 2 + (dy / 48) ** 2 < 1) & ~cavity
             bone = ((dx - ax) / 11) ** 2 + (dy / 11) ** 2 < 1
             hu = np.where(
                 arm, np.where(((dx - ax) / 34) ** 2 + (dy / 42) ** 2 < 1, 45.0, -90.0), hu
             )
             hu = np.where(bone, 700.0, hu)
-    ty = anat.body_b + anat.table_gap
+            if anat.arm_gap < 0:  # air caught in the skin fold between arm and trunk
+                fold = ((dx - side * (anat.body_a + 0.5 * anat.arm_gap)) / 5.0) ** 2 + (
+                    (dy - 0.3 * anat.body_b) / 18.0
+                ) ** 2 < 1
+                hu = np.where(fold & ~cavity, -1000.0 + 15 * n5, hu)
     table = (np.abs(dy - ty + 0.0015 * dx**2) < 3) & (np.abs(dx) < 230)
     hu = np.where(table & ~body, 150.0, hu)
 
@@ -329,7 +371,8 @@ def render(
     """Render ``anat`` on a [z, y, x] grid centred in-plane at 0, first slice at ``z0`` mm.
 
     ``spacing`` is (x, y, z) mm. Intensities are averaged over ``supersample`` = (along z,
-    in-plane) sub-voxels (partial volume); the label is the majority lung side of the sub-voxels.
+    in-plane) sub-voxels (partial volume); a voxel is lung where more than half its sub-voxels
+    are, on the side that has more of them.
     Returns (HU float32, label uint8).
     """
     nz, ny, nx = shape
@@ -352,7 +395,9 @@ def render(
     lab = lab_f.reshape(nz, fz, ny, f, nx, f)
     right = (lab == RIGHT_LUNG).mean(axis=(1, 3, 5))
     left = (lab == LEFT_LUNG).mean(axis=(1, 3, 5))
-    label = np.where(right + left >= 0.5, np.where(right >= left, RIGHT_LUNG, LEFT_LUNG), 0)
+    # lung where more than half of the voxel is lung (ties broken at random)
+    tie = rng.uniform(-1e-3, 1e-3, right.shape)
+    label = np.where(right + left + tie > 0.5, np.where(right >= left, RIGHT_LUNG, LEFT_LUNG), 0)
     sigma = noise if noise is not None else rng.uniform(3, 35)
     hu = hu + sigma * rng.standard_normal(hu.shape).astype(np.float32)
     hu += rng.uniform(-15, 15)  # calibration offset

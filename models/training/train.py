@@ -6,7 +6,9 @@ to [-1024, 1024] and divided by 512 -> probability of lung for the middle slice.
 
 Seeded and reproducible: sample i is rendered from seed (SEED, i) whatever the worker count;
 torch is seeded and runs deterministic algorithms on CPU. Two phases: render N samples in a
-process pool, then train for S steps. Held-out phantoms (seeds from 1_000_000 on) are never
+process pool (each phantom slab of SLAB slices, 2 x 2 x 2 sub-voxels for partial volume, gives
+SLAB - 2 samples), then train for S steps with random affine, noise and intensity
+augmentation on the device. Held-out phantoms (seeds from 1_000_000 on) are never
 rendered for training.
 
     python models/training/train.py --out /tmp/lung-seg --samples 16000 --steps 3000
@@ -44,6 +46,8 @@ SIZE = 128
 CONTEXT = 1  # slices each side
 HU_MIN, HU_MAX, HU_SCALE = -1024.0, 1024.0, 1.0 / 512.0
 HELD_OUT_SEED = 1_000_000
+SLAB = 5  # slices rendered per phantom: SLAB - 2 * CONTEXT training samples
+AIR = HU_MIN * HU_SCALE
 
 
 def normalise(hu: np.ndarray) -> np.ndarray:
@@ -51,8 +55,9 @@ def normalise(hu: np.ndarray) -> np.ndarray:
     return (np.clip(hu, HU_MIN, HU_MAX) * HU_SCALE).astype(np.float32)
 
 
-def make_sample(args: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Sample i: (3 x 128 x 128 float16 normalised slices, 128 x 128 uint8 lung mask)."""
+def make_sample(args: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Phantom i: SLAB - 2 samples (3 x 128 x 128 float16 normalised slices, 128 x 128 uint8
+    lung mask of the middle one)."""
     seed, i = args
     rng = np.random.default_rng([seed, i])
     anat = phantom.random_anatomy(rng)
@@ -63,11 +68,50 @@ def make_sample(args: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         zc = rng.uniform(anat.dome_r - 170, anat.dome_r - anat.recess)
     else:  # chest up to the apex
         zc = rng.uniform(anat.dome_r + 25, anat.apex + 15)
-    n = 2 * CONTEXT + 1
+    blur = rng.uniform(0.3, 1.8)  # mm: reconstruction kernel and resampling
     hu, label = phantom.render(
-        anat, (n, SIZE, SIZE), (SPACING, SPACING, SPACING), zc - CONTEXT * SPACING, rng, (2, 1)
+        anat,
+        (SLAB, SIZE, SIZE),
+        (SPACING, SPACING, SPACING),
+        zc - (SLAB // 2) * SPACING,
+        rng,
+        (2, 2),
+        blur=blur,
     )
-    return normalise(hu).astype(np.float16), (label[CONTEXT] > 0).astype(np.uint8)
+    x = normalise(hu).astype(np.float16)
+    return [
+        (x[k - CONTEXT : k + CONTEXT + 1], (label[k] > 0).astype(np.uint8))
+        for k in range(CONTEXT, SLAB - CONTEXT)
+    ]
+
+
+def augment(
+    x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random left-right flip, scale 0.85-1.15, rotation +-10 degrees, shift +-10 voxels
+    (image bilinear, label bilinear = soft target), noise 0-25 HU, offset +-20 HU; ``gen``
+    lives on the tensors' device."""
+    b = x.shape[0]
+
+    def rand(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=gen, device=x.device)
+
+    flip = torch.where(rand(0, 1) < 0.5, -1.0, 1.0)
+    scale, angle = rand(0.85, 1.15), rand(-10, 10) * np.pi / 180
+    shift = 10.0 / (SIZE / 2)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = flip * torch.cos(angle) / scale
+    theta[:, 0, 1] = -torch.sin(angle) / scale
+    theta[:, 1, 0] = flip * torch.sin(angle) / scale
+    theta[:, 1, 1] = torch.cos(angle) / scale
+    theta[:, 0, 2], theta[:, 1, 2] = rand(-shift, shift), rand(-shift, shift)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    x = nn.functional.grid_sample(x - AIR, grid, align_corners=False) + AIR
+    y = nn.functional.grid_sample(y, grid, align_corners=False)
+    noise = rand(0, 25 * HU_SCALE)[:, None, None, None]
+    offset = rand(-20 * HU_SCALE, 20 * HU_SCALE)[:, None, None, None]
+    x = x + noise * torch.randn(x.shape, generator=gen, device=x.device) + offset
+    return x, y
 
 
 def block(cin: int, cout: int) -> nn.Sequential:
@@ -167,12 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         val = pool.map_async(
             phantom.random_volume, [HELD_OUT_SEED + k for k in range(args.validate)]
         )
-        jobs = [(args.seed, i) for i in range(args.samples)]
-        for item in pool.imap(make_sample, jobs, chunksize=8):
-            data.append(item)
+        per = SLAB - 2 * CONTEXT
+        jobs = [(args.seed, i) for i in range(-(-args.samples // per))]
+        for items in pool.imap(make_sample, jobs, chunksize=4):
+            data.extend(items)
             if args.render_budget_s and time.time() - t0 > args.render_budget_s:
                 break
         val_volumes = val.get()
+    log["phantoms_rendered"] = len(data) // per
     log["samples_rendered"] = len(data)
     xs = torch.from_numpy(np.stack([d[0] for d in data]))
     ys = torch.from_numpy(np.stack([d[1] for d in data]))[:, None]
@@ -185,17 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps)
     bce = nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(args.seed)
+    aug_gen = torch.Generator(device=args.device).manual_seed(args.seed)
     xs_d, ys_d = xs.to(args.device), ys.to(args.device)
     losses = []
     t1 = time.time()
     model.train()
     for step in range(args.steps):
         idx = torch.randint(0, len(xs), (args.batch,), generator=gen).to(args.device)
-        x = xs_d[idx].float()
-        y = ys_d[idx].float()
-        flip = torch.rand(args.batch, generator=gen).to(args.device) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)  # binary lung: L/R flip is fine
-        y = torch.where(flip[:, None, None, None], y.flip(-1), y)
+        x, y = augment(xs_d[idx].float(), ys_d[idx].float(), aug_gen)  # binary lung: flips are fine
         logits = model(x)
         loss = bce(logits, y) + dice_loss(logits, y)
         opt.zero_grad(set_to_none=True)
