@@ -16,7 +16,6 @@ from sqlalchemy import (
     not_,
     or_,
     select,
-    tuple_,
 )
 
 from pacs.fhir.errors import InvalidSearch, operation_outcome
@@ -400,21 +399,27 @@ def execute(conn: Connection, request: SearchRequest, base: str) -> dict[str, An
     rtype = request.resource_type
     where = [R.c.resource_type == rtype, R.c.deleted == false(), *request.where]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-    if request.total or request.summary_count or request.count == 0:
-        bundle["total"] = conn.execute(
-            select(func.count()).select_from(R).where(*where)
-        ).scalar_one()
+
+    def total() -> int:
+        return int(conn.execute(select(func.count()).select_from(R).where(*where)).scalar_one())
+
     if request.summary_count or request.count == 0:  # _count=0: the total only
+        bundle["total"] = total()
         bundle["link"] = [{"relation": "self", "url": _link(base, rtype, request.kept)}]
         return bundle
     order = [_sort_key(rtype, n, d) for n, d in request.sort] + [R.c.pk.asc()]
+    columns: list[Any] = [R.c.pk, R.c.id, R.c.content]
+    if request.total:  # the count of all matches comes with the page (one round trip)
+        columns.append(func.count().over().label("total"))
     rows = conn.execute(
-        select(R.c.pk, R.c.id, R.c.content)
+        select(*columns)
         .where(*where)
         .order_by(*order)
         .limit(request.count + 1)
         .offset(request.offset)
     ).all()
+    if request.total:
+        bundle["total"] = rows[0].total if rows else (total() if request.offset else 0)
     has_next = len(rows) > request.count
     rows = rows[: request.count]
     count, offset = request.count, request.offset
@@ -471,24 +476,34 @@ def _included(
     rtype = request.resource_type
     ref = FhirReference.__table__
     out: list[dict[str, Any]] = []
-    targets: set[tuple[str, str]] = set()
-    for param, target in request.includes:
-        query = select(ref.c.target_type, ref.c.target_id).where(
-            ref.c.resource_pk.in_(pks), ref.c.resource_type == rtype, ref.c.param == param
-        )
-        if target:
-            query = query.where(ref.c.target_type == target)
-        targets.update((t, i) for t, i in conn.execute(query).all())
-    targets -= seen
-    if targets:
+    if request.includes:
+        target = R.alias("target")
+        wanted = [
+            and_(ref.c.param == param, ref.c.target_type == kind) if kind else ref.c.param == param
+            for param, kind in request.includes
+        ]
         rows = conn.execute(
-            select(R.c.resource_type, R.c.id, R.c.content).where(
-                tuple_(R.c.resource_type, R.c.id).in_(sorted(targets)), R.c.deleted == false()
+            select(target.c.resource_type, target.c.id, target.c.content)
+            .select_from(
+                ref.join(
+                    target,
+                    and_(
+                        target.c.resource_type == ref.c.target_type,
+                        target.c.id == ref.c.target_id,
+                    ),
+                )
+            )
+            .where(
+                ref.c.resource_pk.in_(pks),
+                ref.c.resource_type == rtype,
+                or_(*wanted),
+                target.c.deleted == false(),
             )
         ).all()
         for row in sorted(rows, key=lambda r: (r.resource_type, r.id)):
-            seen.add((row.resource_type, row.id))
-            out.append(_entry(base, row.resource_type, row.id, row.content, "include"))
+            if (row.resource_type, row.id) not in seen:
+                seen.add((row.resource_type, row.id))
+                out.append(_entry(base, row.resource_type, row.id, row.content, "include"))
     for source, param in request.revincludes:
         rows = conn.execute(
             select(R.c.resource_type, R.c.id, R.c.content)
