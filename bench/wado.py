@@ -48,20 +48,36 @@ END = "<!-- wado-bench:end -->"
 ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
-def timed(fn: Callable[[], int], runs: int) -> tuple[list[float], int] | None:
-    """Wall times (s) of ``runs`` calls after one warm-up and the last call's byte count;
-    None (reported as failed) when a call fails."""
-    try:
-        size = fn()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            size = fn()
-            times.append(time.perf_counter() - start)
-    except Exception as exc:
-        print(f"measurement failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
-    return times, size
+Measure = Callable[[], int]
+"""One request (or transfer); returns the bytes received."""
+
+
+def interleaved(measures: dict[str, tuple[Measure, int]], runs: int) -> dict[str, object]:
+    """Run every measure once to warm up, then ``runs`` rounds in which each measure runs
+    its number of times in turn, so that every server sees the same load over the rounds.
+    name -> (wall times in s, bytes of the last call), or None when a call failed."""
+    results: dict[str, object] = {}
+    times: dict[str, list[float]] = {name: [] for name in measures}
+    sizes: dict[str, int] = {}
+    failed: set[str] = set()
+    for round_no in range(runs + 1):
+        for name, (fn, repeat) in measures.items():
+            if name in failed:
+                continue
+            for _ in range(repeat if round_no else 1):
+                try:
+                    start = time.perf_counter()
+                    sizes[name] = fn()
+                    elapsed = time.perf_counter() - start
+                except Exception as exc:
+                    print(f"{name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    failed.add(name)
+                    break
+                if round_no:
+                    times[name].append(elapsed)
+    for name in measures:
+        results[name] = None if name in failed else (times[name], sizes[name])
+    return results
 
 
 def p(times: list[float], q: float) -> float:
@@ -102,7 +118,8 @@ def start_archive(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                 return process, base, dicom
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     process.kill()
     raise RuntimeError("pacs serve did not start")
 
@@ -124,101 +141,105 @@ def uids(files: StudySet) -> tuple[str, str]:
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
 
 
-def bench_archive(meta: StudySet, big: StudySet, runs: int, work: Path) -> dict[str, object]:
-    data_dir = work / "pacs"
-    load_archive(data_dir, [meta, big])
-    process, base, dicom_port = start_archive(data_dir)
-    results: dict[str, object] = {}
-    try:
-        with httpx.Client(timeout=600) as client:
-            study, series = uids(meta)
-            url = f"{base}/dicomweb/studies/{study}/series/{series}/metadata"
-
-            assert len(client.get(url).json()) == meta.count  # checked once, not timed
-
-            def metadata(encoding: str) -> Callable[[], int]:
-                def call() -> int:
-                    response = client.get(url, headers={"Accept-Encoding": encoding})
-                    assert response.status_code == 200, response.text
-                    return len(response.content)
-
-                return call
-
-            results["meta_identity"] = timed(metadata("identity"), runs * 2)
-            results["meta_gzip"] = timed(metadata("gzip"), runs * 2)
-            etag = client.get(url).headers["etag"]
-            results["meta_304"] = timed(
-                lambda: len(client.get(url, headers={"If-None-Match": etag}).content), runs * 2
-            )
-            study, series = uids(big)
-            series_url = f"{base}/dicomweb/studies/{study}/series/{series}"
-
-            def retrieve() -> int:
-                total = 0
-                with client.stream("GET", series_url, headers={"Accept": ANY}) as response:
-                    assert response.status_code == 200
-                    for chunk in response.iter_raw():
-                        total += len(chunk)
-                return total
-
-            results["retrieve"] = timed(retrieve, runs)
-            results["cget"] = timed(
-                lambda: getscu(dicom_port, "PACS", study, series, work / "got-pacs"), runs
-            )
-    finally:
-        process.terminate()
-        process.wait(30)
-    return results
+def read_stream(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> int:
+    total = 0
+    with client.stream("GET", url, headers=headers) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw():
+            total += len(chunk)
+    return total
 
 
-def bench_orthanc(meta: StudySet, big: StudySet, runs: int, work: Path) -> dict[str, object]:
-    dicom_port, http_port = free_port(), free_port()
-    peers = {"getscu": ("GETSCU", "127.0.0.1", 1)}
-    results: dict[str, object] = {}
-    with (
-        running_orthanc("Orthanc", work / "orthanc", dicom_port, http_port, peers) as base,
-        httpx.Client(timeout=600) as client,
-    ):
-        for files in (meta, big):
-            for path in files.files:
-                client.post(f"{base}/instances", content=path.read_bytes()).raise_for_status()
+def archive_measures(
+    client: httpx.Client, base: str, dicom_port: int, meta: StudySet, big: StudySet, work: Path
+) -> dict[str, tuple[Measure, int]]:
+    study, series = uids(meta)
+    url = f"{base}/dicomweb/studies/{study}/series/{series}/metadata"
+    assert len(client.get(url).json()) == meta.count  # checked once, not timed
+    etag = client.get(url).headers["etag"]
 
-        def series_id(files: StudySet) -> str:
-            found = client.post(f"{base}/tools/lookup", content=uids(files)[1]).json()
-            return str(next(item["ID"] for item in found if item["Type"] == "Series"))
-
-        meta_id = series_id(meta)
-
-        tags_url = f"{base}/series/{meta_id}/instances-tags"
-        assert len(client.get(tags_url).json()) == meta.count  # checked once, not timed
-
-        def tags() -> int:
-            response = client.get(tags_url)
+    def metadata(encoding: str) -> Measure:
+        def call() -> int:
+            response = client.get(url, headers={"Accept-Encoding": encoding})
             response.raise_for_status()
             return len(response.content)
 
-        results["meta"] = timed(tags, runs * 2)
-        big_id = series_id(big)
-        instances = [i["ID"] for i in client.get(f"{base}/series/{big_id}/instances").json()]
+        return call
 
-        def archive() -> int:
-            total = 0
-            with client.stream("GET", f"{base}/series/{big_id}/archive") as response:
-                response.raise_for_status()
-                for chunk in response.iter_raw():
-                    total += len(chunk)
-            return total
+    def not_modified() -> int:
+        response = client.get(url, headers={"If-None-Match": etag})
+        assert response.status_code == 304
+        return 0
 
-        def files_one_by_one() -> int:
-            return sum(len(client.get(f"{base}/instances/{i}/file").content) for i in instances)
+    big_study, big_series = uids(big)
+    series_url = f"{base}/dicomweb/studies/{big_study}/series/{big_series}"
+    return {
+        "pacs_meta": (metadata("identity"), 2),
+        "pacs_meta_gzip": (metadata("gzip"), 2),
+        "pacs_304": (not_modified, 2),
+        "pacs_retrieve": (lambda: read_stream(client, series_url, {"Accept": ANY}), 1),
+        "pacs_cget": (
+            lambda: getscu(dicom_port, "PACS", big_study, big_series, work / "got-pacs"),
+            1,
+        ),
+    }
 
-        results["archive"] = timed(archive, runs)
-        results["files"] = timed(files_one_by_one, runs)
-        study, series = uids(big)
-        results["cget"] = timed(
-            lambda: getscu(dicom_port, "ORTHANC", study, series, work / "got-orthanc"), runs
-        )
-    return results
+
+def orthanc_measures(
+    client: httpx.Client, base: str, dicom_port: int, meta: StudySet, big: StudySet, work: Path
+) -> dict[str, tuple[Measure, int]]:
+    for files in (meta, big):
+        for path in files.files:
+            for attempt in range(3):  # Orthanc may close a kept-alive connection meanwhile
+                try:
+                    client.post(f"{base}/instances", content=path.read_bytes()).raise_for_status()
+                    break
+                except httpx.TransportError:
+                    if attempt == 2:
+                        raise
+
+    def series_id(files: StudySet) -> str:
+        found = client.post(f"{base}/tools/lookup", content=uids(files)[1]).json()
+        return str(next(item["ID"] for item in found if item["Type"] == "Series"))
+
+    tags_url = f"{base}/series/{series_id(meta)}/instances-tags"
+    assert len(client.get(tags_url).json()) == meta.count  # checked once, not timed
+
+    def tags() -> int:
+        response = client.get(tags_url)
+        response.raise_for_status()
+        return len(response.content)
+
+    big_id = series_id(big)
+
+    big_study, big_series = uids(big)
+    return {
+        "orthanc_meta": (tags, 2),
+        "orthanc_archive": (lambda: read_stream(client, f"{base}/series/{big_id}/archive"), 1),
+        "orthanc_cget": (
+            lambda: getscu(dicom_port, "ORTHANC", big_study, big_series, work / "got-orthanc"),
+            1,
+        ),
+    }
+
+
+def run_all(meta: StudySet, big: StudySet, runs: int, work: Path) -> dict[str, object]:
+    """Load both servers, then measure them interleaved."""
+    load_archive(work / "pacs", [meta, big])
+    process, base, pacs_dicom = start_archive(work / "pacs")
+    orthanc_dicom, orthanc_http = free_port(), free_port()
+    peers = {"getscu": ("GETSCU", "127.0.0.1", 1)}
+    try:
+        with (
+            running_orthanc("Orthanc", work / "orthanc", orthanc_dicom, orthanc_http, peers) as ob,
+            httpx.Client(timeout=600) as client,
+        ):
+            measures = archive_measures(client, base, pacs_dicom, meta, big, work)
+            measures |= orthanc_measures(client, ob, orthanc_dicom, meta, big, work)
+            return interleaved(measures, runs)
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def machine() -> str:
@@ -248,15 +269,12 @@ def mbps(result: object) -> float | None:
     return float(size) / 1e6 / statistics.median(times)
 
 
-def report(
-    pacs: dict[str, object], orthanc: dict[str, object], meta: StudySet, big: StudySet, load: str
-) -> str:
+def report(results: dict[str, object], meta: StudySet, big: StudySet, load: str) -> str:
     rows = [
-        ("archive: WADO-RS series, transfer-syntax=*", pacs.get("retrieve")),
-        ("archive: C-GET (getscu)", pacs.get("cget")),
-        ("Orthanc: REST /series/{id}/archive (ZIP)", orthanc.get("archive")),
-        ("Orthanc: REST /instances/{id}/file, one by one", orthanc.get("files")),
-        ("Orthanc: C-GET (getscu)", orthanc.get("cget")),
+        ("archive: WADO-RS series, transfer-syntax=*", results["pacs_retrieve"]),
+        ("archive: C-GET (getscu)", results["pacs_cget"]),
+        ("Orthanc: REST /series/{id}/archive (ZIP)", results["orthanc_archive"]),
+        ("Orthanc: C-GET (getscu)", results["orthanc_cget"]),
     ]
     orthanc_rates = [r for r in (mbps(v) for label, v in rows if "Orthanc" in label) if r]
     best = max(orthanc_rates, default=None)
@@ -268,18 +286,19 @@ def report(
         f"load average before/after: {load}. Orthanc 1.10.1 from Debian has no DICOMweb "
         "plugin, so it is measured through its REST API and C-GET. The archive runs "
         "`pacs serve` on the embedded default (SQLite + filesystem); both read from the page "
-        "cache (data loaded just before). Times are client wall times, responses read whole.",
+        "cache (data loaded just before). Times are client wall times, responses read whole; "
+        "the measures run interleaved, round after round, so both servers see the same load.",
         "",
         f"Series metadata, {meta.count} instances:",
         "",
         "| request | ms (median / p95) | bytes |",
         "|---|---|---|",
-        f"| archive: WADO-RS `metadata` | {ms(pacs.get('meta_identity'))} | "
-        f"{size_of(pacs.get('meta_identity'))} |",
-        f"| archive: WADO-RS `metadata`, gzip | {ms(pacs.get('meta_gzip'))} | (decoded) |",
-        f"| archive: WADO-RS `metadata`, If-None-Match -> 304 | {ms(pacs.get('meta_304'))} | 0 |",
-        f"| Orthanc: REST `/series/{{id}}/instances-tags` | {ms(orthanc.get('meta'))} | "
-        f"{size_of(orthanc.get('meta'))} |",
+        f"| archive: WADO-RS `metadata` | {ms(results['pacs_meta'])} | "
+        f"{size_of(results['pacs_meta'])} |",
+        f"| archive: WADO-RS `metadata`, gzip | {ms(results['pacs_meta_gzip'])} | (decoded) |",
+        f"| archive: WADO-RS `metadata`, If-None-Match -> 304 | {ms(results['pacs_304'])} | 0 |",
+        f"| Orthanc: REST `/series/{{id}}/instances-tags` | {ms(results['orthanc_meta'])} | "
+        f"{size_of(results['orthanc_meta'])} |",
         "",
         f"Retrieve of a {big.count}-slice series ({big.total_bytes / 1e6:.1f} MB of Part-10 "
         "files; MB/s of payload received, median run; ratio to the fastest Orthanc way):",
@@ -311,7 +330,7 @@ def write_doc(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, no doc update")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     data = OUT / "data"
@@ -324,11 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         big = study_set(data, "single-300x512", 1, 300, 512)
     load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-        work = Path(tmp)
-        pacs = bench_archive(meta, big, args.runs, work)
-        orthanc = bench_orthanc(meta, big, args.runs, work)
+        results = run_all(meta, big, args.runs, Path(tmp))
     load_after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    text = report(pacs, orthanc, meta, big, f"{load_before} / {load_after}")
+    text = report(results, meta, big, f"{load_before} / {load_after}")
     print(text)
     if not (args.quick or args.no_write):
         write_doc(text)
