@@ -31,6 +31,7 @@ from pacs.jobs.worker import Worker, backoff_of, parse_limits
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL = 2.0  # seconds between queue gauge refreshes
+PUBLISH_INTERVAL = 5.0  # seconds between change-feed publications by the sweeper
 
 
 def check_settings(settings: Settings) -> RuleBook:
@@ -71,6 +72,7 @@ class Background:
                 limits=limits,
             )
         self._stop = threading.Event()
+        self._next_publish = 0.0
         self._thread = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
 
     def start(self) -> None:
@@ -93,9 +95,12 @@ class Background:
     def tick(self) -> None:
         """One round of the sweeper thread."""
         self.rules.reload_if_changed()
-        if self.engine.dialect.name == "postgresql":
+        if self.engine.dialect.name == "postgresql" and time.monotonic() >= self._next_publish:
+            # Readers publish before they read (read_since); this only keeps the backlog of
+            # unnumbered events short when nobody reads, without a synchronous commit per tick.
             with self.engine.begin() as conn:
                 publish(conn)
+            self._next_publish = time.monotonic() + PUBLISH_INTERVAL
         if self.settings.study_lifecycle:
             done = sweep(self.engine, self.rules.rules, self.settings.job_max_attempts)
             job_metrics.STUDIES_STABLE.inc(len(done))
