@@ -9,6 +9,10 @@ class InferenceError(Exception):
     """Base class of every error raised by the analysis pipeline."""
 
 
+class NoCandidateSeriesError(InferenceError):
+    """None of the series chosen for the analysis holds CT images."""
+
+
 class RefusalReason(StrEnum):
     """Why a series cannot become a volume (the ``reason`` code of ``VolumeRefusedError``)."""
 

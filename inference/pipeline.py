@@ -21,22 +21,19 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
 from sqlalchemy import func, select
 
 from inference import records, results
-from inference.errors import InferenceError, VolumeRefusedError
+from inference.errors import InferenceError, NoCandidateSeriesError, VolumeRefusedError
 from inference.quantify import Bands, quantify
 from inference.registry import DEFAULT_MODELS_DIR, ModelRegistry
 from inference.segmentation import LungSegmenter
 from inference.volume import CT_SOP_CLASSES, Volume, build_volume, read_series
 from pacs.config import DuplicatePolicy, Settings
 from pacs.index.models import Instance, Series
-
-if TYPE_CHECKING:
-    from pacs.jobs.analysis import AnalysisContext, AnalysisResult
+from pacs.jobs.analysis import AnalysisContext, AnalysisRefused, AnalysisResult
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,10 @@ def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
 def analyse_ct_chest(ctx: AnalysisContext) -> AnalysisResult:
     """Analyse the chest CT of one study version; store SEG + SR and the ``ai_result`` row."""
     timings: dict[str, float] = {}
-    volume = pre_process(ctx, timings)
+    try:
+        volume = pre_process(ctx, timings)
+    except (VolumeRefusedError, NoCandidateSeriesError) as exc:  # a retry cannot change it
+        raise AnalysisRefused(f"{ANALYSIS}: {exc}") from exc
     ctx.heartbeat()
     with _stage(timings, "predict"):
         segmenter = lung_segmenter(ctx.settings)
@@ -111,7 +111,7 @@ def pre_process(ctx: AnalysisContext, timings: dict[str, float] | None = None) -
         ctx.heartbeat()
     if refusals:
         raise refusals[0]
-    raise InferenceError(f"no CT series among the {len(ctx.series_instance_uids)} selected")
+    raise NoCandidateSeriesError(f"no CT series among the {len(ctx.series_instance_uids)} selected")
 
 
 # ---------------------------------------------------------------- predict

@@ -15,6 +15,7 @@ from inference.errors import RefusalReason, VolumeRefusedError
 from pacs import changes
 from pacs.index.models import Instance, Series
 from pacs.jobs import queue as jobs
+from pacs.jobs.analysis import AnalysisRefused
 from pacs.jobs.models import Job
 from pacs.jobs.worker import Worker
 from tests.chest_phantom import Phantom, chest_phantom, phantom_series
@@ -109,9 +110,39 @@ def test_refused_series_is_skipped_for_the_next(
     monkeypatch.setattr(pipeline, "lung_segmenter", lambda s: TruthSegmenter(phantom.lungs))
     result = pipeline.analyse_ct_chest(archive.context(study, [bad, good]))
     assert result.summary["source_series_instance_uid"] == good
-    with pytest.raises(VolumeRefusedError) as refused:
+    with pytest.raises(AnalysisRefused) as refused:
         pipeline.analyse_ct_chest(archive.context(study, [bad], version=2))
-    assert refused.value.reason is RefusalReason.MISSING_SLICES
+    cause = refused.value.__cause__
+    assert isinstance(cause, VolumeRefusedError)
+    assert cause.reason is RefusalReason.MISSING_SLICES
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # queue logic only
+def test_refused_series_fails_the_job_without_retries(
+    archive: Archive, phantom: Phantom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, _, _ = stored(archive, phantom)
+    gappy = phantom_series(phantom, study_uid=study)
+    archive.store([ds for k, ds in enumerate(gappy) if k not in (10, 11)])
+    segmenter = FailingSegmenter(phantom.lungs)
+    monkeypatch.setattr(pipeline, "lung_segmenter", lambda s: segmenter)
+    with jobs.write(archive.engine) as conn:
+        pk = jobs.enqueue(
+            conn,
+            analysis="ct-chest",
+            study_instance_uid=study,
+            study_version=1,
+            series_instance_uids=[str(gappy[0].SeriesInstanceUID)],
+            max_attempts=5,
+        )
+    worker = Worker(archive.settings, archive.engine, archive.ingest)
+    job = jobs.claim(archive.engine, worker.owner, 60)
+    assert job is not None and job.pk == pk
+    assert worker.run(job) == jobs.DEAD  # a retry could not change the series
+    with archive.engine.connect() as conn:
+        row = conn.execute(select(Job).where(Job.pk == pk)).mappings().one()
+    assert row["attempts"] == 1 and "missing_slices" in row["error"]
+    assert segmenter.calls == 0
 
 
 def test_inference_failure_fails_the_job_and_retries_per_policy(

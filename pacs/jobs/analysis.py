@@ -29,6 +29,11 @@ class JobCancelled(JobError):
     """An operator cancelled the job; raised by ``AnalysisContext.heartbeat``."""
 
 
+class AnalysisRefused(JobError):
+    """The study's input can never be analysed (e.g. no acceptable series): an analysis raises
+    it so that the job fails at once, with this reason kept, instead of being retried."""
+
+
 @dataclass(frozen=True)
 class AnalysisContext:
     """Everything a running analysis may use.

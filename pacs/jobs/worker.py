@@ -27,7 +27,7 @@ from pacs.index.engine import WRITE
 from pacs.ingest import IngestService
 from pacs.jobs import JobError, metrics
 from pacs.jobs import queue as jobs
-from pacs.jobs.analysis import AnalysisContext, AnalysisResult, JobCancelled
+from pacs.jobs.analysis import AnalysisContext, AnalysisRefused, AnalysisResult, JobCancelled
 from pacs.jobs.registry import UnknownAnalysisError, resolve
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,8 @@ class Worker:
             result = analysis(self.context(job))
         except JobCancelled:
             status = jobs.CANCELLED if jobs.cancelled(atomic, job, self.owner) else None
-        except UnknownAnalysisError as exc:
+        except (UnknownAnalysisError, AnalysisRefused) as exc:
+            log.warning("job %d (%s) refused: %s", job.pk, job.analysis, exc)
             status = jobs.fail(atomic, job, self.owner, str(exc), self.backoff, True)
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(exc)).strip()
