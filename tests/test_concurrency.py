@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
 from itertools import zip_longest
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def _run_all(port: int, batches: list[list[Path]]) -> None:
 
 def _uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+@pytest.fixture
+def archive(backend: Backend, tmp_path: Path) -> Iterator[RunningArchive]:
+    """A running archive with two DICOM processes: concurrency across processes is the point."""
+    running = start_archive(backend, tmp_path / "serve.log", PACS_SCP_PROCESSES="2")
+    yield running
+    stop_archive(running)
 
 
 def test_eight_storescu_at_once(archive: RunningArchive, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.models import AuditEvent
 from pacs.ingest import IngestService, Source, StoreStatus
 from pacs.runtime import build_ingest
-from tests.conftest import Backend, RunningArchive
+from tests.conftest import Backend, RunningArchive, start_archive, stop_archive
 from tests.dicom_factory import ct_slice
 from viewer_api.app import create_app
 
@@ -226,6 +227,14 @@ def test_every_call_writes_an_audit_event(client: TestClient, backend: Backend) 
 
 
 # ---------------------------------------------------------------- a running archive
+
+
+@pytest.fixture
+def archive(backend: Backend, tmp_path: Path) -> Iterator[RunningArchive]:
+    """A running archive with two DICOM processes: associations spread over both."""
+    running = start_archive(backend, tmp_path / "serve.log", PACS_SCP_PROCESSES="2")
+    yield running
+    stop_archive(running)
 
 
 def c_store_on_parallel_associations(archive: RunningArchive, count: int) -> list[int]:
