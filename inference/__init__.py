@@ -1,1 +1,1 @@
-"""CT analysis pipeline: series -> volume -> ONNX models -> DICOM SEG + SR (a later issue)."""
+"""CT analysis pipeline: series -> volume -> ONNX models -> DICOM SEG + SR."""
