@@ -8,7 +8,7 @@ into the network stack and never logs patient identifiers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -40,13 +40,6 @@ UNABLE_TO_PROCESS = 0xC000
 _MODELS = {PATIENT_ROOT_FIND: QueryModel.PATIENT_ROOT, STUDY_ROOT_FIND: QueryModel.STUDY_ROOT}
 
 
-def _failure(code: int, comment: str) -> tuple[Dataset, None]:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = comment[:64]
-    return status, None
-
-
 def match_options(settings: Settings) -> MatchOptions:
     """The C-FIND matching options the settings choose (``PACS_PN_COMPONENT_MATCHING``)."""
     return MatchOptions(pn_matching=PnMatching(settings.pn_component_matching))
@@ -66,35 +59,60 @@ class FindService:
         request = cast(C_FIND, event.request)
         model = _MODELS.get(str(request.AffectedSOPClassUID or ""))
         if model is None:
-            yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "unsupported SOP class")
+            yield failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "unsupported SOP class")
             return
-        try:
-            identifier = event.identifier
-        except Exception:
-            log.warning("C-FIND identifier could not be decoded")
-            yield _failure(UNABLE_TO_PROCESS, "identifier could not be decoded")
-            return
-        matches = 0
-        try:
-            with self.sessions() as session:
-                for match in find(session, identifier, model, options=self.options):
-                    if event.is_cancelled:
-                        log.info("C-FIND cancelled after %d matches", matches)
-                        yield CANCEL, None
-                        return
-                    matches += 1
-                    yield PENDING, match
-        except QueryError as exc:
-            log.info("C-FIND refused: %s", type(exc).__name__)
-            yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
-            return
-        except SQLAlchemyError:
-            log.exception("C-FIND failed in the index")
-            yield _failure(OUT_OF_RESOURCES, "index unavailable")
-            return
-        except Exception:
-            log.exception("C-FIND failed")
-            yield _failure(UNABLE_TO_PROCESS, "query could not be processed")
-            return
-        log.info("C-FIND %s: %d matches", model.value, matches)
-        yield SUCCESS, None
+        yield from answer_c_find(
+            f"C-FIND {model.value}", event, lambda ids: self._matches(model, ids), QueryError
+        )
+
+    def _matches(self, model: QueryModel, identifier: Dataset) -> Iterator[Dataset]:
+        with self.sessions() as session:
+            yield from find(session, identifier, model, options=self.options)
+
+
+def answer_c_find(
+    label: str,
+    event: Event,
+    search: Callable[[Dataset], Iterable[Dataset]],
+    refused: type[Exception],
+) -> Iterator[tuple[Any, Dataset | None]]:
+    """The responses of one C-FIND (Query/Retrieve or Modality Worklist): a pending response
+    per match of ``search`` until C-CANCEL, then success; an undecodable identifier, a
+    ``refused`` query and index failures answered with their status, never raised."""
+    try:
+        identifier = event.identifier
+    except Exception:
+        log.warning("%s identifier could not be decoded", label)
+        yield failure(UNABLE_TO_PROCESS, "identifier could not be decoded")
+        return
+    found = 0
+    try:
+        for match in search(identifier):
+            if event.is_cancelled:
+                log.info("%s cancelled after %d matches", label, found)
+                yield CANCEL, None
+                return
+            found += 1
+            yield PENDING, match
+    except refused as exc:
+        log.info("%s refused: %s", label, type(exc).__name__)
+        yield failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+        return
+    except SQLAlchemyError:
+        log.exception("%s failed in the index", label)
+        yield failure(OUT_OF_RESOURCES, "index unavailable")
+        return
+    except Exception:
+        log.exception("%s failed", label)
+        yield failure(UNABLE_TO_PROCESS, "query could not be processed")
+        return
+    log.info("%s: %d matches", label, found)
+    yield SUCCESS, None
+
+
+def failure(code: int, comment: str) -> tuple[Dataset, None]:
+    """A failure response: the status and its ErrorComment (at most 64 characters)."""
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status, None

@@ -32,9 +32,9 @@ from pacs.aes import AERegistryError, get_ae
 from pacs.dimse.scu import (
     MoveOriginator,
     StoreItem,
-    _send_dataset,
     choose_syntax,
     requested_contexts,
+    send_dataset,
     split_part10,
     transcode,
 )
@@ -292,7 +292,7 @@ def _send_stored(
     )
     if context_id is None:
         raise ValueError("no accepted presentation context")
-    status = _send_dataset(assoc, context_id, item, dataset._encoded, msg_id, originator)
+    status = send_dataset(assoc, context_id, item, dataset._encoded, msg_id, originator)
     if status < 0:
         raise ConnectionError("no C-STORE response")
     result = Dataset()

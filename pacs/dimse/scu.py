@@ -173,7 +173,7 @@ def _classify(status: int) -> Outcome:
     return Outcome.FAILED
 
 
-def _send_dataset(
+def send_dataset(
     assoc: Association,
     context_id: int,
     item: StoreItem,
@@ -234,7 +234,7 @@ def _send_one(
     if not assoc.is_established:
         return ItemResult(uid, Outcome.FAILED, -1, syntax, transcoded, "association ended")
     context_id = contexts[(item.sop_class_uid, syntax)]
-    status = _send_dataset(assoc, context_id, item, dataset, message_id, originator)
+    status = send_dataset(assoc, context_id, item, dataset, message_id, originator)
     outcome = _classify(status)
     reason = "" if outcome is Outcome.SENT else f"status 0x{status & 0xFFFF:04X}"
     if status == -1:
