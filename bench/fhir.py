@@ -39,6 +39,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_section  # noqa: E402
 from bench.targets import DEFAULT_POSTGRES_URL, free_port  # noqa: E402
 from pacs.config import Settings  # noqa: E402
 from pacs.fhir.indexer import extract  # noqa: E402
@@ -46,7 +47,6 @@ from pacs.fhir.values import parse_reference  # noqa: E402
 from pacs.index.engine import create_index_engine  # noqa: E402
 from pacs.index.migrate import upgrade  # noqa: E402
 
-DOC = ROOT / "docs" / "performance.md"
 BEGIN = "<!-- bench/fhir.py: begin (generated, do not edit by hand) -->"
 END = "<!-- bench/fhir.py: end -->"
 SNILS = "urn:oid:1.2.643.100.3"
@@ -461,21 +461,6 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
     )
 
 
-def write_doc(section: str) -> None:
-    old = DOC.read_text() if DOC.exists() else "# Performance\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + section + rest.split(END, 1)[1]
-    else:
-        new = (
-            old.rstrip("\n")
-            + "\n\n## FHIR search and transactions (`bench/fhir.py`)\n\n"
-            + section
-            + "\n"
-        )
-    DOC.write_text(new)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--patients", type=int, default=100_000, help="patients (10 resources each)")
@@ -548,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         section = report(args, results)
         print(section)
         if not args.no_write:
-            write_doc(section)
+            write_section(BEGIN, END, section)
     finally:
         if process is not None:
             process.kill()

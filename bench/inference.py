@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.report import write_section
+
 TARGET_WALL_S, TARGET_RSS_GB = 30.0, 3.0
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "performance.md"
 BEGIN = "<!-- bench/inference.py: begin (generated, do not edit by hand) -->"
 END = "<!-- bench/inference.py: end -->"
 STAGES = {
@@ -180,16 +181,6 @@ def model_card(versions: dict[str, str]) -> list[str]:
     return lines
 
 
-def write_doc(text: str) -> None:
-    """Replace the generated section of docs/performance.md (append it the first time)."""
-    old = DOC.read_text()
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        DOC.write_text(head + text + rest.split(END, 1)[1])
-    else:
-        DOC.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
@@ -230,7 +221,7 @@ def main() -> None:
         print(f"target <= {TARGET_WALL_S:.0f} s: {'met' if wall_ok else 'MISSED'}; ", end="")
         print(f"<= {TARGET_RSS_GB:.0f} GB: {'met' if rss_ok else 'MISSED'}")
         if args.write:
-            write_doc(section(setup, runs, args.size, args.slices))
+            write_section(BEGIN, END, section(setup, runs, args.size, args.slices))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 
 from bench.dataset import StudySet, study_set
 from bench.procmon import TreeMemory
+from bench.report import write_section
 from bench.targets import (
     NODELAY_ENV,
     TARGETS,
@@ -426,26 +427,6 @@ def section(
     return "\n".join(parts)
 
 
-def write_doc(text: str) -> None:
-    """Replace the generated section of docs/performance.md (create the file if needed)."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    if DOC.exists():
-        old = DOC.read_text()
-        if BEGIN in old and END in old:
-            head, rest = old.split(BEGIN, 1)
-            tail = rest.split(END, 1)[1]
-            DOC.write_text(head + text + tail)
-            return
-        DOC.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
-        return
-    intro = (
-        "# Performance\n\n"
-        "Benchmarks of the archive on the development machine. Every section below is written "
-        "by the script named in it; rerun the script to refresh it.\n\n"
-    )
-    DOC.write_text(intro + text + "\n")
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -585,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"\nraw results: {results.relative_to(ROOT)}")
     if not args.quick and not args.no_write:
-        write_doc(section(summaries, runs, data, env, meta, args.parallel))
+        write_section(BEGIN, END, section(summaries, runs, data, env, meta, args.parallel))
         print(f"updated {DOC.relative_to(ROOT)}")
     failed = sum(1 for r in runs if not r.ok)
     return 1 if failed else 0

@@ -43,6 +43,7 @@ from pydicom.uid import generate_uid  # noqa: E402
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from bench.report import write_section  # noqa: E402
 from pacs.config import Settings  # noqa: E402
 from pacs.index.engine import create_index_engine  # noqa: E402
 from pacs.index.migrate import upgrade  # noqa: E402
@@ -53,7 +54,6 @@ from pacs.jobs.models import Job  # noqa: E402
 from pacs.runtime import build_ingest  # noqa: E402
 from tests.dicom_factory import ct_slice  # noqa: E402
 
-DOC = ROOT / "docs" / "performance.md"
 BEGIN = "<!-- bench/jobs.py: begin (generated, do not edit by hand) -->"
 END = "<!-- bench/jobs.py: end -->"
 POSTGRES = os.environ.get(
@@ -324,15 +324,6 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def write_doc(section: str) -> None:
-    old = DOC.read_text() if DOC.exists() else "# Performance\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        DOC.write_text(head + section + rest.split(END, 1)[1])
-    else:
-        DOC.write_text(old.rstrip("\n") + "\n\n" + section + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, 1 run")
@@ -431,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(section)
     if not args.no_write and not args.quick:
-        write_doc(section)
+        write_section(BEGIN, END, section)
     return 0
 
 

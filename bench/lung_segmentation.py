@@ -26,10 +26,10 @@ import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DOC = ROOT / "docs" / "performance.md"
 BEGIN = "<!-- bench/lung_segmentation.py: begin (generated, do not edit by hand) -->"
 END = "<!-- bench/lung_segmentation.py: end -->"
 
+from bench.report import write_section  # noqa: E402
 from inference.registry import ModelRegistry  # noqa: E402
 from inference.segmentation import LungSegmenter  # noqa: E402
 from models.training import phantom  # noqa: E402
@@ -88,7 +88,7 @@ def main() -> int:
         print(f"{key:>13}: {value:.2f} s wall, {cpu_medians[key]:.2f} s CPU (median)")
     print(f"{'total':>13}: {total:.2f} s, peak RSS {peak_mib:.0f} MiB, lungs {lung_ml:.0f} mL")
     if not args.no_write:
-        write_doc(section(segmenter, medians, cpu_medians, peak_mib, load, args))
+        write_section(BEGIN, END, section(segmenter, medians, cpu_medians, peak_mib, load, args))
     return 0
 
 
@@ -147,16 +147,6 @@ shared), a 512 x 512 x 300 int16 CT (0.75 x 0.75 x 1 mm), onnxruntime CPU, media
 On a shared machine the wall time counts the waits for a core; the CPU seconds are the work,
 which on two idle cores takes about half of it in wall time for the parallel stages.
 {END}"""
-
-
-def write_doc(text: str) -> None:
-    """Replace this benchmark's section of docs/performance.md (append it the first time)."""
-    old = DOC.read_text()
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        DOC.write_text(head + text + rest.split(END, 1)[1])
-    else:
-        DOC.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
 
 
 if __name__ == "__main__":

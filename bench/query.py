@@ -51,6 +51,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import Engine, make_url
 
+from bench.report import write_section
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
@@ -623,16 +624,6 @@ def render(reports: list[dict[str, Any]]) -> str:
     )
 
 
-def write_doc(text: str) -> None:
-    """Replace the generated Query section of docs/performance.md (append it the first time)."""
-    old = DOC.read_text()
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        DOC.write_text(head + text + rest.split(END, 1)[1])
-    else:
-        DOC.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
-
-
 def _machine() -> str:
     model = platform.machine()
     with contextlib.suppress(OSError):
@@ -687,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "query.json")
     args = parser.parse_args(argv)
     if args.report:
-        write_doc(render([json.loads(path.read_text()) for path in args.report]))
+        write_section(BEGIN, END, render([json.loads(path.read_text()) for path in args.report]))
         print(f"updated {DOC}")
         return 0
     corpus = generate(args.studies)
@@ -727,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     save()
     print(f"written {args.out}")
     if args.write:
-        write_doc(render([report]))
+        write_section(BEGIN, END, render([report]))
         print(f"updated {DOC}")
     return 0
 

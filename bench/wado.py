@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.dataset import StudySet, study_set  # noqa: E402
+from bench.report import write_section  # noqa: E402
 from pacs.config import FsyncPolicy, Settings  # noqa: E402
 from pacs.index.engine import create_index_engine  # noqa: E402
 from pacs.index.migrate import upgrade  # noqa: E402
@@ -42,7 +43,6 @@ from tests.conftest import free_port  # noqa: E402
 from tests.orthanc import running_orthanc  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
-DOC = ROOT / "docs" / "performance.md"
 BEGIN = "<!-- wado-bench:begin -->"
 END = "<!-- wado-bench:end -->"
 ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -318,15 +318,6 @@ def report(results: dict[str, object], meta: StudySet, big: StudySet, load: str)
     return "\n".join(lines)
 
 
-def write_doc(text: str) -> None:
-    old = DOC.read_text() if DOC.exists() else "# Performance\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        DOC.write_text(head + text + rest.split(END, 1)[1])
-    else:
-        DOC.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, no doc update")
@@ -348,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, meta, big, f"{load_before} / {load_after}")
     print(text)
     if not (args.quick or args.no_write):
-        write_doc(text)
+        write_section(BEGIN, END, text)
     return 0
 
 
