@@ -52,7 +52,13 @@ def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
 
 
 def analyse_ct_chest(ctx: AnalysisContext) -> AnalysisResult:
-    """Analyse the chest CT of one study version; store SEG + SR and the ``ai_result`` row."""
+    """Analyse the chest CT of one study version; store SEG + SR and the ``ai_result`` row.
+
+    A study version whose result is signed off is refused: the sign-off is final for it."""
+    if records.signed_off(ctx.engine, ctx.study_instance_uid, ctx.study_version, ctx.analysis):
+        raise AnalysisRefused(
+            f"{ANALYSIS}: study version {ctx.study_version} is signed off; its result is kept"
+        )
     timings: dict[str, float] = {}
     try:
         volume = pre_process(ctx, timings)

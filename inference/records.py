@@ -4,7 +4,8 @@ A row holds the measurements and where the SEG and SR went; the EMR link and the
 read it. ``store_result`` upserts on (StudyInstanceUID, study version, analysis): a re-run of
 the same analysis replaces its row, and records the ``result.stored`` change in the same
 transaction, so the change feed never announces a result that did not commit (or misses one
-that did).
+that did). A row a radiologist signed off (status ``final`` or ``cancelled``) is never
+replaced: the sign-off is final for that study version.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from inference.errors import InferenceError
 from pacs import changes
 from pacs.index.engine import WRITE, writer_turn
 from pacs.index.models import Base, utcnow
@@ -63,6 +65,10 @@ class AiResult(Base):
 AI_RESULT: Table = AiResult.__table__  # type: ignore[assignment]
 
 
+class ResultSignedOffError(InferenceError):
+    """The result of this study version is signed off: a re-run may not replace it."""
+
+
 @dataclass(frozen=True, slots=True)
 class ResultRecord:
     """What one analysis run produced, as stored in ``ai_result``."""
@@ -81,7 +87,8 @@ class ResultRecord:
 
 def store_result(engine: Engine, record: ResultRecord) -> int:
     """Insert or replace the row of ``record`` (status ``preliminary``) and emit
-    ``result.stored``, in one write transaction of its own. Returns the row's pk."""
+    ``result.stored``, in one write transaction of its own. Returns the row's pk; raises
+    ``ResultSignedOffError`` if the row is signed off."""
     for _ in range(2):  # a concurrent insert of the same key turns into an update
         with writer_turn(engine), engine.execution_options(**WRITE).connect() as conn:
             pk = _upsert(conn, record)
@@ -109,7 +116,15 @@ def _upsert(conn: Connection, record: ResultRecord) -> int | None:
     )
     try:
         with conn.begin():
-            pk = conn.scalar(select(AI_RESULT.c.pk).where(key).with_for_update())
+            known = conn.execute(
+                select(AI_RESULT.c.pk, AI_RESULT.c.status).where(key).with_for_update()
+            ).first()
+            pk = None if known is None else known.pk
+            if known is not None and known.status != PRELIMINARY:
+                raise ResultSignedOffError(
+                    f"{record.analysis} of study version {record.study_version} is signed off"
+                    f" ({known.status}); the signed result is kept"
+                )
             if pk is not None:
                 conn.execute(AI_RESULT.update().where(AI_RESULT.c.pk == pk).values(**values))
             else:
@@ -134,6 +149,19 @@ def _upsert(conn: Connection, record: ResultRecord) -> int | None:
     except IntegrityError:
         return None  # another worker inserted the same key first: update it next time
     return int(pk)
+
+
+def signed_off(engine: Engine, study_instance_uid: str, study_version: int, analysis: str) -> bool:
+    """True when the result of ``analysis`` of this study version is signed off."""
+    with engine.connect() as conn:
+        status = conn.scalar(
+            select(AI_RESULT.c.status).where(
+                (AI_RESULT.c.study_instance_uid == study_instance_uid)
+                & (AI_RESULT.c.study_version == study_version)
+                & (AI_RESULT.c.analysis == analysis)
+            )
+        )
+    return status is not None and status != PRELIMINARY
 
 
 def results_of_study(conn: Connection, study_instance_uid: str) -> list[dict[str, Any]]:

@@ -21,8 +21,8 @@ from pydicom.sr.coding import Code
 
 from inference.quantify import CONSOLIDATION, GROUND_GLASS, LEFT_LUNG, RIGHT_LUNG, Quantification
 from inference.volume import Volume
+from pacs.ingest.derived import ARCHIVE_MANUFACTURER
 
-MANUFACTURER = "PACS regional archive"
 DEVICE_NAME = "PACS CT chest analysis"
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9001, 9002
 QUANTIFICATION = "lung-densitometry"  # the density-band method of inference.quantify
@@ -151,7 +151,7 @@ def build_segmentation(
         series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=uids.seg_instance,
         instance_number=1,
-        manufacturer=MANUFACTURER,
+        manufacturer=ARCHIVE_MANUFACTURER,
         manufacturer_model_name=DEVICE_NAME,
         software_versions=list(_software_versions(model_versions)),  # type: ignore[arg-type]
         device_serial_number="1",
@@ -197,7 +197,7 @@ def build_report(
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=derived_uid(DEVICE_NAME),
             name=DEVICE_NAME,
-            manufacturer_name=MANUFACTURER,
+            manufacturer_name=ARCHIVE_MANUFACTURER,
             model_name=" ".join(_software_versions(model_versions))[:64],
         ),
     )
@@ -266,7 +266,7 @@ def build_report(
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=uids.sr_instance,
         instance_number=1,
-        manufacturer=MANUFACTURER,
+        manufacturer=ARCHIVE_MANUFACTURER,
         is_complete=True,
         is_final=False,
         is_verified=False,
@@ -275,7 +275,7 @@ def build_report(
     scheme = Dataset()  # declares the private coding scheme the percentages and grade use
     scheme.CodingSchemeDesignator = _SCHEME
     scheme.CodingSchemeName = "PACS regional archive AI concepts"
-    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+    scheme.CodingSchemeResponsibleOrganization = ARCHIVE_MANUFACTURER
     report_document.CodingSchemeIdentificationSequence = [scheme]
     return report_document
 

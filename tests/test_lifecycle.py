@@ -3,21 +3,25 @@ jobs queued in the sweeper's transaction, exactly once per study version and ana
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 
 import pytest
+from pydicom.uid import UID, generate_uid
 from sqlalchemy import Engine
 
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine
 from pacs.ingest import IngestService, Source
+from pacs.ingest.derived import ARCHIVE_MANUFACTURER
 from pacs.jobs.analysis import ANALYSIS_CHANNEL
 from pacs.jobs.lifecycle import orientation, parse_ae_periods
 from pacs.jobs.rules import parse_rules
 from pacs.jobs.sweeper import study_state, sweep
 from pacs.runtime import build_ingest
 from tests.conftest import Backend
+from tests.dicom_factory import ct_slice
 from tests.jobs_helpers import TEST_RULES, events, jobs_of, part10, store_study
 
 RULES = parse_rules(TEST_RULES)
@@ -91,10 +95,50 @@ def test_objects_stored_by_analyses_do_not_reopen(
     study = store_study(ingest, slices=1)
     time.sleep(0.5)
     sweep(engine, RULES, 3)
-    store_study(ingest, slices=1, study=study, source=Source(channel=ANALYSIS_CHANNEL))
+    store_study(ingest, slices=1, study=study, source=Source(ANALYSIS_CHANNEL, derived=True))
     state = study_state(engine, study)
     assert state is not None and (state["state"], state["version"]) == ("stable", 1)
     assert len(events(engine, "series.added", study)) == 2  # still in the feed
+
+
+def _sent(study: str, sop_class: str = "", manufacturer: str = "") -> bytes:
+    """A CT slice of ``study``, made into another SOP Class or marked with a Manufacturer."""
+    ds = ct_slice(study, generate_uid(), 0, size=8)
+    if sop_class:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+        ds.Modality = "SR"
+        for keyword in ("PixelData", "Rows", "Columns"):
+            delattr(ds, keyword)
+    if manufacturer:
+        ds.Manufacturer = manufacturer
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_derived_objects_from_any_sender_never_reopen(
+    setup: tuple[Settings, IngestService, Engine],
+) -> None:
+    """Only new source images open a study version: not an SR, KOS or PR from a modality,
+    nor one of the archive's own objects sent back to it (creator marker)."""
+    _, ingest, engine = setup
+    study = store_study(ingest, slices=1)
+    time.sleep(0.5)
+    sweep(engine, RULES, 3)
+    modality = Source(channel="dimse", ae_title="CT1")
+    for data in (
+        _sent(study, sop_class="1.2.840.10008.5.1.4.1.1.88.11"),  # Basic Text SR
+        _sent(study, sop_class="1.2.840.10008.5.1.4.1.1.88.59"),  # Key Object Selection
+        _sent(study, sop_class="1.2.840.10008.5.1.4.1.1.11.1"),  # Grayscale Softcopy PR
+        _sent(study, manufacturer=ARCHIVE_MANUFACTURER),  # our own object, sent back
+    ):
+        assert ingest.store_part10(data, modality).status.ok
+    state = study_state(engine, study)
+    assert state is not None and (state["state"], state["version"]) == ("stable", 1)
+    assert len(events(engine, "instance.stored", study)) == 5  # all stored and announced
+    assert ingest.store_part10(_sent(study, manufacturer="Vendor CT"), modality).status.ok
+    state = study_state(engine, study)
+    assert state is not None and (state["state"], state["version"]) == ("receiving", 2)
 
 
 def test_quiet_period_per_sending_ae(setup: tuple[Settings, IngestService, Engine]) -> None:

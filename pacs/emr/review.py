@@ -473,7 +473,7 @@ def _store_verified_sr(
     )
     buffer = BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
-    outcome = ingest.store_part10(buffer.getvalue(), Source("review"))
+    outcome = ingest.store_part10(buffer.getvalue(), Source("review", derived=True))
     if not outcome.status.ok:
         raise ReviewError(f"the verified SR could not be stored: {outcome.reason}")
     return str(sr.SOPInstanceUID)

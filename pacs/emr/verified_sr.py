@@ -20,8 +20,8 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from pacs.emr.report import GRADES, MEASUREMENTS
+from pacs.ingest.derived import ARCHIVE_MANUFACTURER
 
-MANUFACTURER = "PACS regional archive"
 SERIES_NUMBER = 9003
 _SCHEME = "99PACS"
 _UNITS = {"mL": Code("mL", "UCUM", "milliliter"), "%": Code("%", "UCUM", "percent")}
@@ -90,7 +90,7 @@ def build_verified_sr(
         series_number=SERIES_NUMBER,
         sop_instance_uid=str(generate_uid(prefix=None)),
         instance_number=1,
-        manufacturer=MANUFACTURER,
+        manufacturer=ARCHIVE_MANUFACTURER,
         is_complete=True,
         is_final=True,
         is_verified=True,

@@ -59,6 +59,7 @@ class InstanceAttributes:
     image_type: str = ""
     slice_thickness: float | None = None
     image_orientation_patient: str = ""
+    manufacturer: str = ""  # the creator marker of the derived-object rule (pacs.ingest.derived)
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:
@@ -159,6 +160,7 @@ def extract(ds: Dataset) -> InstanceAttributes:
             image_type=_text(ds, "ImageType", 128),
             slice_thickness=_float(ds, "SliceThickness"),
             image_orientation_patient=_text(ds, "ImageOrientationPatient", 128),
+            manufacturer=_text(ds, "Manufacturer", 64),
         )
     except InvalidDicomError:
         raise

@@ -4,8 +4,8 @@ An analysis is a callable ``(AnalysisContext) -> AnalysisResult`` registered by 
 ``pacs.jobs.registry``. It must be idempotent: run again for the same study version (after a
 crash, a lease expiry or an operator retry) it replaces, never duplicates, its outputs, for
 example by deriving its output UIDs from the study UID, the study version and the model version.
-Objects it stores with ``ctx.ingest`` should use ``ctx.source`` (channel ``analysis``), so that
-derived objects do not re-open the study they were derived from.
+Objects it stores with ``ctx.ingest`` should use ``ctx.source`` (channel ``analysis``, marked
+derived), so that they do not re-open the study they were derived from (``pacs.ingest.derived``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pacs.jobs import JobError
 from pacs.storage.base import ObjectStore
 
 ANALYSIS_CHANNEL = "analysis"
-"""``Source.channel`` of objects stored by analyses: they never re-open a study."""
+"""``Source.channel`` of objects stored by analyses (all derived: they never re-open a study)."""
 
 
 class JobCancelled(JobError):
@@ -53,7 +53,7 @@ class AnalysisContext:
     store: ObjectStore
     ingest: IngestService
     heartbeat: Callable[[], None]
-    source: Source = field(default_factory=lambda: Source(channel=ANALYSIS_CHANNEL))
+    source: Source = field(default_factory=lambda: Source(ANALYSIS_CHANNEL, derived=True))
     options: dict[str, Any] = field(default_factory=dict)  # the routing rule's ``options``
 
 

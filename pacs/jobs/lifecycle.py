@@ -5,8 +5,9 @@ it pushes the study's stable deadline, re-opens a stable study as its next versi
 ``instance.stored`` / ``series.added`` / ``study.reopened``. Its study_state row lock comes last
 in that transaction (after the study, series and instance rows that the indexer locks top
 down), and the sweeper locks only study_state rows, so the two never wait on each other in a
-cycle. Objects stored by analyses (``Source.channel == "analysis"``) never re-open a study:
-an analysis storing its results must not trigger itself again.
+cycle. Derived objects (``pacs.ingest.derived``: the AI's results, verified SRs, any SR, SEG,
+KOS or PR) are recorded in the feed but never touch the study: a study version means "new
+source images arrived", so nothing the archive derives can start an analysis again.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from pacs.config import Settings
 from pacs.index.models import utcnow
 from pacs.index.prepared import Prepared, db_timestamp
 from pacs.ingest.attributes import InstanceAttributes
+from pacs.ingest.derived import is_derived
 from pacs.ingest.source import Source
 from pacs.jobs import JobError
-from pacs.jobs.analysis import ANALYSIS_CHANNEL
 from pacs.jobs.models import SeriesRouting, StudyState
 
 STATE: Table = StudyState.__table__  # type: ignore[assignment]
@@ -148,7 +149,7 @@ class StudyLifecycle:
         study = attrs.study_instance_uid
         if new_series:
             self._series_added(conn, attrs)
-        touch = source.channel != ANALYSIS_CHANNEL
+        touch = not is_derived(attrs, source)
         now = utcnow()
         deadline = now + self.quiet_period(source.ae_title)
         params: dict[str, Any] = {
