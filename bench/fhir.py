@@ -247,7 +247,7 @@ def bulk_load(url: str, patients: int, chunk: int = 2000) -> float:
                     tok += [(pk, rtype, p, s, c) for p, s, c in set(rows.tokens)]
                     ref += [(pk, rtype, p, t, i) for p, t, i in set(rows.references)]
                     dat += [(pk, rtype, p, lo, hi) for p, lo, hi in set(rows.dates)]
-                    strs += [(pk, rtype, p, v) for p, v in set(rows.strings)]
+                    strs += [(pk, rtype, p, v, x) for p, v, x in set(rows.strings)]
             _copy(
                 cursor,
                 "fhir_resource",
@@ -283,7 +283,12 @@ def bulk_load(url: str, patients: int, chunk: int = 2000) -> float:
             _copy(
                 cursor, "fhir_date", ("resource_pk", "resource_type", "param", "low", "high"), dat
             )
-            _copy(cursor, "fhir_string", ("resource_pk", "resource_type", "param", "value"), strs)
+            _copy(
+                cursor,
+                "fhir_string",
+                ("resource_pk", "resource_type", "param", "value", "exact"),
+                strs,
+            )
             raw.commit()
             done = min(first + chunk, patients)
             rate = pk / (time.perf_counter() - started)

@@ -145,6 +145,30 @@ def test_search_parameters(store: FhirStore) -> None:
     assert ids(store.search("Observation", [("patient", p2)])) == []
 
 
+def test_string_modifiers_exact_and_contains(store: FhirStore) -> None:
+    """R4 string search: default = starts with, case- and accent-insensitive; ``:exact`` =
+    the whole string, case and accents included; ``:contains`` = anywhere, insensitive."""
+    ivanov = f"Patient/{store.create(patient('771', family='Иванов'))['id']}"
+    ivanova = f"Patient/{store.create(patient('772', family='Иванова'))['id']}"
+
+    def found(key: str, value: str) -> list[str]:
+        return sorted(ids(store.search("Patient", [(key, value)], strict=True)))
+
+    both = sorted([ivanov, ivanova])
+    assert found("family", "иванов") == both
+    assert found("family:exact", "Иванов") == [ivanov]
+    assert found("family:exact", "Иванова") == [ivanova]
+    assert found("family:exact", "иванов") == []  # case-sensitive
+    assert found("family:exact", "Иван") == []  # the whole string
+    assert found("given:exact", "Петр") == []  # accents count: the name is Пётр
+    assert found("given:exact", "Пётр") == both
+    assert found("family:contains", "ВАНОВ") == both  # noqa: RUF001 (Cyrillic)
+    assert found("family:contains", "нова") == [ivanova]
+    assert found("family", "ванов") == []  # not a prefix
+    assert found("family:contains", "50%") == []  # LIKE wildcards are literal
+    assert found("family:exact", "Иванов,Иванова") == both  # either value
+
+
 def test_date_prefixes_sort_and_result_parameters(store: FhirStore) -> None:
     pid = store.create(patient("777"))["id"]
     enc = store.create(

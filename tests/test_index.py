@@ -179,3 +179,38 @@ def test_patient_identity_is_id_within_issuer(db_backend: Backend) -> None:
         with pytest.raises(IntegrityError):  # the database enforces the identity too
             session.commit()
     engine.dispose()
+
+
+def test_fhir_string_exact_is_filled_for_resources_stored_before_it(empty_database: str) -> None:
+    """Migration 0011 rebuilds the string rows of existing resources: ``:exact`` finds them."""
+    from pacs.fhir.store import FhirStore
+
+    engine = create_index_engine(Settings(database_url=empty_database))
+    content = '{"resourceType":"Patient","id":"p1","meta":{"versionId":"1"},'
+    content += '"name":[{"family":"Иванова","given":["Анна"]}]}'
+    try:
+        upgrade(engine, "0009")
+        with engine.begin() as conn:
+            pk = conn.scalar(
+                text(
+                    "INSERT INTO fhir_resource (resource_type, id, version_id, last_updated,"
+                    " deleted, content) VALUES ('Patient', 'p1', 1, CURRENT_TIMESTAMP, false,"
+                    " :content) RETURNING pk"
+                ),
+                {"content": content},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO fhir_string (resource_pk, resource_type, param, value)"
+                    " VALUES (:pk, 'Patient', 'family', 'иванова')"
+                ),
+                {"pk": pk},
+            )
+        upgrade(engine)
+        store = FhirStore(engine)
+        found = store.search("Patient", [("family:exact", "Иванова")])["entry"]
+        assert [e["resource"]["id"] for e in found] == ["p1"]
+        assert store.search("Patient", [("family:exact", "иванова")]).get("entry", []) == []
+        assert len(store.search("Patient", [("given", "анна")])["entry"]) == 1
+    finally:
+        engine.dispose()

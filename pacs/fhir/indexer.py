@@ -20,7 +20,7 @@ class IndexRows:
     tokens: list[tuple[str, str, str]] = field(default_factory=list)
     references: list[tuple[str, str, str]] = field(default_factory=list)
     dates: list[tuple[str, str, str]] = field(default_factory=list)
-    strings: list[tuple[str, str]] = field(default_factory=list)
+    strings: list[tuple[str, str, str]] = field(default_factory=list)  # param, normalised, exact
 
 
 def walk(node: Any, path: str | tuple[str, ...]) -> list[Any]:
@@ -119,7 +119,9 @@ def extract(
                     rows.dates.extend((name, low, high) for low, high in _dates(value))
                 elif param.type == STRING:
                     rows.strings.extend(
-                        (name, norm) for text in _strings(value) if (norm := normalise(text))
+                        (name, norm, text[:255])
+                        for text in _strings(value)
+                        if (norm := normalise(text))
                     )
     if local_target is not None:
         indexed = {(t, i) for _, t, i in rows.references}

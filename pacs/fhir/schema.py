@@ -111,7 +111,8 @@ class FhirDate(Base):
 
 
 class FhirString(Base):
-    """A string of a search parameter, normalised (case-folded, accents removed)."""
+    """A string of a search parameter: ``value`` normalised (case-folded, accents removed)
+    for the default and ``:contains`` searches, ``exact`` as written for ``:exact``."""
 
     __tablename__ = "fhir_string"
     __table_args__ = (Index("ix_fhir_string_lookup", "resource_type", "param", "value"),)
@@ -121,3 +122,4 @@ class FhirString(Base):
     resource_type: Mapped[str] = mapped_column(String(64))
     param: Mapped[str] = mapped_column(String(64))
     value: Mapped[str] = mapped_column(String(255))
+    exact: Mapped[str] = mapped_column(String(255), default="")

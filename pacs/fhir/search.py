@@ -146,8 +146,8 @@ def _value_condition(
             low, high = _approximate(low, high)
         return _range_condition(prefix, table.c.low, table.c.high, fmt(low), fmt(high))
     norm = normalise(value)
-    if modifier == "exact":
-        return table.c.value == norm
+    if modifier == "exact":  # the whole string, case and accents included
+        return and_(table.c.value == norm, table.c.exact == value[:255])
     pattern = _escape_like(norm)
     pattern = f"%{pattern}%" if modifier == "contains" else f"{pattern}%"
     return table.c.value.like(pattern, escape="\\")
@@ -165,7 +165,7 @@ def _param_condition(
         if values == ["false"]:
             return has
         raise InvalidSearch(f"{name}: :missing takes true or false", expression=[name])
-    type_modifier = modifier if param.type == REFERENCE else ""
+    type_modifier = modifier if param.type in (REFERENCE, STRING) else ""
     conds = [_value_condition(param, table, type_modifier, v, name) for v in values]
     sub = select(table.c.resource_pk).where(scope, or_(*conds))
     if modifier == "not":

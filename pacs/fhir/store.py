@@ -582,7 +582,9 @@ def insert_index(conn: Connection, items: list[tuple[int, str, IndexRows]]) -> N
         batches[date] += [
             {**common, "param": p, "low": lo, "high": hi} for p, lo, hi in set(rows.dates)
         ]
-        batches[string] += [{**common, "param": p, "value": v} for p, v in set(rows.strings)]
+        batches[string] += [
+            {**common, "param": p, "value": v, "exact": x} for p, v, x in set(rows.strings)
+        ]
     for table, values in batches.items():
         if values:
             # RETURNING makes SQLAlchemy send multi-row INSERTs ("insertmanyvalues") instead
