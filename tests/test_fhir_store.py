@@ -23,6 +23,7 @@ from pacs.fhir.errors import (
 )
 from pacs.fhir.schema import FhirResource
 from pacs.fhir.store import FhirStore
+from pacs.fhir.values import escape_search_value
 from pacs.index.engine import create_index_engine
 from tests.conftest import Backend
 
@@ -109,6 +110,28 @@ def test_conditional_create_and_upsert(store: FhirStore) -> None:
     assert up1 == up2  # nothing changed: no new version
     up3 = store.upsert_by_identifier(patient("444", family="Петров"), SNILS, "444")
     assert (up3["id"], up3["meta"]["versionId"]) == (up1["id"], "2")
+
+
+def test_upsert_and_token_search_escape_special_characters(store: FhirStore) -> None:
+    """One resource per identifier even when its value holds ``, $ | \\`` (an AI Device
+    identifier is ``<analysis>@<model>=<version>,<model>=<version>``)."""
+    system = "urn:pacs:ai-device"
+    values = ["ct-chest@lung-seg=2.0,lung-densitometry=1.0", "a|b", "a$b", "a\\b", "a\\,b"]
+    made = {}
+    for value in values:
+        device = {"resourceType": "Device", "identifier": [{"system": system, "value": value}]}
+        first = store.upsert_by_identifier(device, system, value)
+        assert store.upsert_by_identifier(device, system, value) == first
+        made[value] = f"Device/{first['id']}"
+    assert len(set(made.values())) == len(values)
+    assert len(store.search("Device", [])["entry"]) == len(values)
+    for value in values:
+        token = f"{system}|{escape_search_value(value)}"
+        assert ids(store.search("Device", [("identifier", token)])) == [made[value]]
+    either = f"{escape_search_value(values[1])},{escape_search_value(values[2])}"
+    assert sorted(ids(store.search("Device", [("identifier", either)]))) == sorted(
+        [made["a|b"], made["a$b"]]
+    )
 
 
 def test_search_parameters(store: FhirStore) -> None:

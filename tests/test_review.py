@@ -243,6 +243,7 @@ def test_sign_off_is_final_and_derived_objects_never_reanalyse(
         reports = [e["resource"] for e in store.search("DiagnosticReport", [])["entry"]]
         assert sorted(r["status"] for r in reports) == ["final", "final"]
         assert sorted(r["conclusion"] for r in reports) == ["Signed v1.", "Signed v2."]
+        assert len(store.search("Device", [])["entry"]) == 1  # one per model version
         with Session(archive.engine) as session:
             statuses = dict(session.execute(select(AI_RESULT.c.pk, AI_RESULT.c.status)).all())
             assert statuses == {first: "final", second: "final"}

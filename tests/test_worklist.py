@@ -215,5 +215,9 @@ def test_identifier_values_are_escaped_for_token_search() -> None:
     from pacs.emr.identifiers import token_search_value
 
     assert token_search_value("A,1") == "A\\,1"
-    assert token_search_value("A|1") is None
-    assert prefilter(query(AccessionNumber="A|1")) == [("status", "active")]
+    assert token_search_value("A|1$\\") == "A\\|1\\$\\\\"
+    assert token_search_value("") is None
+    assert prefilter(query(AccessionNumber="A|1")) == [
+        ("status", "active"),
+        ("identifier", "A\\|1"),
+    ]

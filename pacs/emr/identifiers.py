@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, unquote
 
+from pacs.fhir.values import escape_search_value
+
 DICOM_UID = "urn:dicom:uid"
 """System of DICOM UIDs (ImagingStudy.identifier value ``urn:oid:<StudyInstanceUID>``)."""
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -135,8 +137,6 @@ visual scale of Moscow's radiology guidelines for viral pneumonia)."""
 
 
 def token_search_value(value: str) -> str | None:
-    """``value`` as a FHIR token search value of any system (commas escaped), or None when
-    it cannot be one (a ``|`` would be read as the system separator)."""
-    if "|" in value:
-        return None
-    return value.replace("\\", "\\\\").replace(",", "\\,")
+    """``value`` as a FHIR token search value of any system (``\\ , $ |`` escaped), or None
+    for an empty value."""
+    return escape_search_value(value) or None

@@ -30,7 +30,14 @@ from pacs.fhir.searchparams import (
     SearchParam,
 )
 from pacs.fhir.validation import load_stored
-from pacs.fhir.values import date_range, fmt, normalise, parse_reference
+from pacs.fhir.values import (
+    date_range,
+    fmt,
+    normalise,
+    parse_reference,
+    split_unescaped,
+    unescape_search_value,
+)
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
@@ -124,12 +131,14 @@ def _value_condition(
     param: SearchParam, table: Any, modifier: str, value: str, name: str
 ) -> ColumnElement[bool]:
     if param.type == TOKEN:
-        if "|" in value:
-            system, code = value.split("|", 1)
+        parts = [unescape_search_value(p) for p in split_unescaped(value, "|", maxsplit=1)]
+        if len(parts) == 2:
+            system, code = parts
             if not code:
                 return table.c.system == system[:255]
             return and_(table.c.system == system[:255], table.c.code == code[:255])
-        return table.c.code == value[:255]
+        return table.c.code == parts[0][:255]
+    value = unescape_search_value(value)
     if param.type == REFERENCE:
         target = parse_reference(value)
         if target is None:
@@ -175,7 +184,7 @@ def _param_condition(
 
 def _common_condition(name: str, values: list[str]) -> ColumnElement[bool]:
     if name == "_id":
-        return R.c.id.in_(values)
+        return R.c.id.in_([unescape_search_value(v) for v in values])
     conds = []
     for value in values:
         prefix, low, high = _date_bounds(value, name)
@@ -269,7 +278,7 @@ def parse(
         if key in RESULT_PARAMS or key.startswith(("_include", "_revinclude")):
             _result_param(request, key, value, unknown)
             continue
-        values = [v for v in _split_values(value)]
+        values = _split_values(value)
         if not values:
             continue
         cond = condition(rtype, key, values, key)
@@ -282,21 +291,9 @@ def parse(
 
 
 def _split_values(value: str) -> list[str]:
-    """Comma-separated values; ``\\,`` is a literal comma."""
-    parts, current, escaped = [], "", False
-    for ch in value:
-        if escaped:
-            current += ch
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ",":
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    parts.append(current)
-    return [p for p in parts if p != ""]
+    """Comma-separated values, still escaped (``\\,`` is a literal comma; see
+    ``pacs.fhir.values.escape_search_value``): each type unescapes its own."""
+    return [p for p in split_unescaped(value, ",") if p != ""]
 
 
 def _result_param(request: SearchRequest, key: str, value: str, unknown: Any) -> None:

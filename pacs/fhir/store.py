@@ -55,7 +55,7 @@ from pacs.fhir.schema import (
 )
 from pacs.fhir.searchparams import SEARCH_PARAMS
 from pacs.fhir.validation import load_stored, validate
-from pacs.fhir.values import parse_reference
+from pacs.fhir.values import escape_search_value, parse_reference
 from pacs.index.engine import WRITE, writer_turn
 
 logger = logging.getLogger(__name__)
@@ -379,7 +379,8 @@ class FhirStore:
         """``upsert_by_identifier`` inside ``conn``'s transaction."""
         rtype = _type_of(resource)
         self._lock(conn, f"{rtype}?identifier={system}|{value}")
-        ids = fhir_search.matching_ids(conn, rtype, [("identifier", f"{system}|{value}")])
+        token = f"{escape_search_value(system)}|{escape_search_value(value)}"
+        ids = fhir_search.matching_ids(conn, rtype, [("identifier", token)])
         if len(ids) > 1:
             raise PreconditionFailed(f"several {rtype} resources have the identifier")
         if not ids:

@@ -76,6 +76,49 @@ def normalise(text: str) -> str:
     return " ".join(stripped.split())[:255]
 
 
+_SEARCH_SPECIAL = ("\\", ",", "$", "|")  # backslash first
+
+
+def escape_search_value(text: str) -> str:
+    """``text`` as one search value: ``\\`` ``,`` ``$`` ``|`` escaped with ``\\`` (R4 search,
+    "Escaping Search Parameters")."""
+    for ch in _SEARCH_SPECIAL:
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def unescape_search_value(text: str) -> str:
+    """The literal text of a search value (``\\x`` -> ``x``)."""
+    out, escaped = [], False
+    for ch in text:
+        if escaped or ch != "\\":
+            out.append(ch)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out)
+
+
+def split_unescaped(text: str, separator: str, maxsplit: int = -1) -> list[str]:
+    """``text`` split at each ``separator`` not escaped by ``\\``; the parts stay escaped."""
+    parts, current, escaped = [], "", False
+    for ch in text:
+        if escaped:
+            current += ch
+            escaped = False
+        elif ch == "\\":
+            current += ch
+            escaped = True
+        elif ch == separator and maxsplit != 0:
+            parts.append(current)
+            current = ""
+            maxsplit -= 1
+        else:
+            current += ch
+    parts.append(current)
+    return parts
+
+
 def parse_reference(text: str) -> tuple[str, str] | None:
     """``(type, id)`` of a literal reference (relative or absolute URL), None otherwise."""
     if text.startswith(("#", "urn:")):
