@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     emr_feed_interval: float = Field(
         1.0, gt=0, description="Seconds between change-feed polls of the EMR link when idle."
     )
+    worklist_remove_on_arrival: bool = Field(
+        False,
+        description="Drop a worklist step once a study with its accession number arrives "
+        "(default: once its referral is completed by a signed report).",
+    )
     study_lifecycle: bool = Field(
         True, description="Track study stability, record the change feed, run the sweeper."
     )

@@ -326,6 +326,8 @@ def test_emr_flows_end_to_end(emr_archive: RunningArchive, tmp_path: Path) -> No
     assert imaging["numberOfSeries"] == 1 and imaging["started"].startswith("2026-11-25T12:00")
     endpoint = validated(http.get(f"/fhir/{imaging['endpoint'][0]['reference']}").json())
     assert endpoint["address"].endswith("/dicomweb")
+    # the exam stays on the worklist until it is reported (PACS_WORKLIST_REMOVE_ON_ARRIVAL off)
+    assert len(findscu_worklist(archive, tmp_path / "mwl4", "AccessionNumber=A0001")) == 1
     sr_path = ai_sr(first, tmp_path)
     storescu(archive, sr_path)
     imaging = wait_for(lambda: study_with(4), "ImagingStudy with the AI SR")
@@ -435,6 +437,10 @@ def test_emr_flows_end_to_end(emr_archive: RunningArchive, tmp_path: Path) -> No
     )
     final = validated(http.get(f"/fhir/DiagnosticReport/{dr['id']}").json())
     assert final["status"] == "final" and final["conclusion"].startswith("Двусторонняя")
+    # the referral is done: completed, and the worklist no longer offers it
+    referral = validated(http.get(f"/fhir/ServiceRequest/{case['request']['id']}").json())
+    assert referral["status"] == "completed"
+    assert findscu_worklist(archive, tmp_path / "mwl5", "AccessionNumber=A0001") == []
     assert final["resultsInterpreter"][0]["reference"] == decision["practitioner"]
     statuses = {
         o["code"]["coding"][0]["code"]: (o["status"], o.get("valueCodeableConcept", {}).get("text"))

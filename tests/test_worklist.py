@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -9,10 +11,18 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
 
+from pacs.dimse.worklist import MODALITY_WORKLIST_FIND, WorklistService
+from pacs.fhir.store import FhirStore
+from pacs.index.engine import create_index_engine
+from pacs.ingest import Source
+from pacs.runtime import build_ingest
 from pacs.worklist import WorklistQueryError, item_from_service_request, matches, response
 from pacs.worklist.items import WorklistItem
-from pacs.worklist.source import prefilter
+from pacs.worklist.source import WorklistSource, prefilter
+from tests.conftest import Backend
+from tests.dicom_factory import ct_slice
 
 V2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -221,3 +231,50 @@ def test_identifier_values_are_escaped_for_token_search() -> None:
         ("status", "active"),
         ("identifier", "A\\|1"),
     ]
+
+
+def _mwl_c_find(source: WorklistSource, accession: str) -> list[Dataset]:
+    """The pending responses of an MWL C-FIND for ``accession``, through the SCP's handler."""
+    identifier = Dataset()
+    identifier.AccessionNumber = accession
+    identifier.ScheduledProcedureStepSequence = Sequence([Dataset()])
+    event = SimpleNamespace(
+        request=SimpleNamespace(AffectedSOPClassUID=MODALITY_WORKLIST_FIND),
+        identifier=identifier,
+        is_cancelled=False,
+    )
+    answers = list(WorklistService(source).on_c_find(event))  # type: ignore[arg-type]
+    assert answers[-1] == (0x0000, None)
+    return [match for _, match in answers[:-1] if match is not None]
+
+
+@pytest.mark.parametrize("remove_on_arrival", [False, True])
+def test_step_leaves_the_worklist_on_arrival_only_when_configured(
+    db_backend: Backend, remove_on_arrival: bool
+) -> None:
+    """PACS_WORKLIST_REMOVE_ON_ARRIVAL: the step goes once a study with its accession number
+    is stored; otherwise it stays until the referral is completed (a signed report)."""
+    settings = db_backend.settings
+    engine = create_index_engine(settings)
+    ingest = build_ingest(settings)
+    store = FhirStore(engine)
+    patient = store.create(
+        {"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "MRN-77"}]}
+    )
+    body = request(subject={"reference": f"Patient/{patient['id']}"})
+    for unused in ("id", "requester", "performer", "encounter"):
+        del body[unused]
+    body["identifier"][0]["value"] = "A77"
+    referral = store.create(body)
+    source = WorklistSource(store, engine, remove_on_arrival=remove_on_arrival)
+    assert [m.AccessionNumber for m in _mwl_c_find(source, "A77")] == ["A77"]
+    stored = io.BytesIO()
+    ct_slice(generate_uid(), generate_uid(), 0, 8, accession_number="A77").save_as(
+        stored, enforce_file_format=True
+    )
+    assert ingest.store_part10(stored.getvalue(), Source("dimse", "CT01")).status.ok
+    assert len(_mwl_c_find(source, "A77")) == (0 if remove_on_arrival else 1)
+    store.update("ServiceRequest", referral["id"], {**referral, "status": "completed"})
+    assert _mwl_c_find(source, "A77") == []
+    engine.dispose()
+    ingest.engine.dispose()

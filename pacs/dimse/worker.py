@@ -80,7 +80,11 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         session_factory(create_index_engine(settings)), match_options(settings)
     )
     worklist_engine = create_index_engine(settings)
-    handlers.worklist = WorklistService(WorklistSource(FhirStore(worklist_engine), worklist_engine))
+    handlers.worklist = WorklistService(
+        WorklistSource(
+            FhirStore(worklist_engine), worklist_engine, settings.worklist_remove_on_arrival
+        )
+    )
     ae = build_ae(settings, policy)
     send_lock = threading.Lock()
 

@@ -9,7 +9,10 @@ On sign-off, in this order:
    (``final``, ``amended`` with the new value, or ``cancelled``), the DiagnosticReport
    (``final``, or ``cancelled`` when the report is rejected; ``resultsInterpreter`` the
    Practitioner), the ``ai_report`` and ``ai_result`` statuses, an audit event and the change
-   ``result.signed``. A second sign-off of the same result is refused (409).
+   ``result.signed``; on a final report, the referral (the ServiceRequests the report is
+   ``basedOn``, else the one with the study's accession number) becomes ``completed``, so the
+   Modality Worklist no longer offers the done exam. A second sign-off of the same result is
+   refused (409), and the signed result is never replaced (``inference.records``).
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from pacs import changes
 from pacs.emr import EmrLinkError
-from pacs.emr.identifiers import USER
-from pacs.emr.projection import dicomweb_endpoint
+from pacs.emr.identifiers import USER, reference_id
+from pacs.emr.projection import dicomweb_endpoint, find_service_request
 from pacs.emr.report import (
     GRADES,
     MEASUREMENTS,
@@ -44,7 +47,7 @@ from pacs.emr.report import (
 from pacs.emr.tables import AiReport, ReviewDecision
 from pacs.fhir.errors import FhirError
 from pacs.fhir.store import FhirStore
-from pacs.index.models import AuditEvent, Instance, Series, as_utc
+from pacs.index.models import AuditEvent, Instance, Series, Study, as_utc
 from pacs.ingest import IngestService
 from pacs.ingest.source import Source
 from pacs.storage.base import ObjectStore
@@ -384,9 +387,10 @@ def _sign(
         sr_uid = _store_verified_sr(session, ingest, result, findings, decision, signer, signed_at)
     observation_ids = dict(known.observation_ids)
     report_id, report_pk = known.diagnostic_report_id, known.pk
-    session.rollback()  # end the read snapshot before writing (expires ``known``)
     observations = {key: store.read("Observation", oid) for key, oid in observation_ids.items()}
     report = store.read("DiagnosticReport", report_id)
+    referrals = _referrals(session, store, report, result) if status == "final" else []
+    session.rollback()  # end the read snapshot before writing (expires ``known``)
     with store.write_transaction() as conn:
         conn.execute(
             insert(ReviewDecision).values(
@@ -422,6 +426,8 @@ def _sign(
             conn, sign_provenance(written.resource, practitioner, signed_at)
         )
         store.check_references(conn, signature.resource)
+        for request_id in referrals:
+            _complete(store, conn, request_id)
         conn.execute(
             update(AiReport)
             .where(AiReport.pk == report_pk)
@@ -448,6 +454,38 @@ def _sign(
         )
     log.info("AI result %s signed off: %s", result_pk, status)
     return review_view(session, store, result_pk, public_url)
+
+
+def _referrals(
+    session: Session, store: FhirStore, report: dict[str, Any], result: Mapping[str, Any]
+) -> list[str]:
+    """Ids of the ServiceRequests a report answers: its ``basedOn``, else the referral with
+    the study's accession number."""
+    based_on = [reference_id(ref, "ServiceRequest") for ref in report.get("basedOn") or []]
+    ids = [rid for rid in based_on if rid]
+    if ids:
+        return ids
+    accession = session.scalar(
+        select(Study.accession_number).where(
+            Study.study_instance_uid == str(result["study_instance_uid"])
+        )
+    )
+    request = find_service_request(store, accession) if accession else None
+    return [str(request["id"])] if request else []
+
+
+def _complete(store: FhirStore, conn: Connection, request_id: str) -> None:
+    """Mark an active referral ``completed`` in the sign-off's transaction."""
+    try:
+        request = store.tx_read(conn, "ServiceRequest", request_id)
+    except FhirError:  # deleted meanwhile: nothing to complete
+        return
+    if request.get("status") != "active":
+        return
+    body = copy.deepcopy(request)
+    body.pop("meta", None)
+    body["status"] = "completed"
+    store.tx_update(conn, "ServiceRequest", request_id, body)
 
 
 def _store_verified_sr(

@@ -2,6 +2,9 @@
 
 The store pre-filters by status, accession number and (widened by a day, since DICOM dates
 are wall-clock) the scheduled date; ``pacs.worklist.matching`` then decides every key.
+A referral leaves the worklist when its report is signed (``completed``, see
+``pacs.emr.review``), or, with ``remove_on_arrival``, as soon as a study with its accession
+number is in the archive.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pacs.emr.identifiers import token_search_value
 from pacs.fhir.errors import ResourceGone, ResourceNotFound
 from pacs.fhir.schema import FhirResource
 from pacs.fhir.store import FhirStore
-from pacs.index.models import RemoteAE
+from pacs.index.models import RemoteAE, Study
 from pacs.query.matching import values_of
 from pacs.worklist.items import WorklistItem, item_from_service_request
 from pacs.worklist.matching import step_of
@@ -67,9 +70,10 @@ def prefilter(identifier: Dataset) -> list[tuple[str, str]]:
 class WorklistSource:
     """Reads worklist items for MWL C-FIND requests."""
 
-    def __init__(self, store: FhirStore, engine: Engine) -> None:
+    def __init__(self, store: FhirStore, engine: Engine, remove_on_arrival: bool = False) -> None:
         self.store = store
         self.engine = engine
+        self.remove_on_arrival = remove_on_arrival
 
     def __call__(self, identifier: Dataset) -> Iterator[WorklistItem]:
         """Items of the active ServiceRequests that pass the store's pre-filter."""
@@ -102,13 +106,26 @@ class WorklistSource:
             bundle = self.store.search("ServiceRequest", [*params, ("_offset", str(offset))])
             entries = [e["resource"] for e in bundle.get("entry") or [] if "resource" in e]
             self._prefetch(entries, cache)
-            for request in entries:
-                item = item_from_service_request(request, resolve, ae_titles_of)
-                if item is not None:
+            items = [item_from_service_request(r, resolve, ae_titles_of) for r in entries]
+            arrived = self._arrived([i.accession_number for i in items if i is not None])
+            for item in items:
+                if item is not None and item.accession_number not in arrived:
                     yield item
             if not any(link.get("relation") == "next" for link in bundle.get("link") or []):
                 return
             offset += PAGE
+
+    def _arrived(self, accession_numbers: list[str]) -> set[str]:
+        """The accession numbers that already have a study (with ``remove_on_arrival``)."""
+        if not self.remove_on_arrival or not accession_numbers:
+            return set()
+        with self.engine.connect() as conn:
+            rows = conn.scalars(
+                select(Study.accession_number)
+                .where(Study.accession_number.in_(sorted(set(accession_numbers))))
+                .distinct()
+            )
+            return set(rows)
 
     def _prefetch(
         self, requests: list[dict[str, Any]], cache: dict[tuple[str, str], dict[str, Any] | None]
