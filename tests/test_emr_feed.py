@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydicom.uid import generate_uid
 from sqlalchemy import text, update
 
 from inference.records import ResultRecord, store_result
@@ -15,7 +16,7 @@ from pacs.index.engine import create_index_engine
 from pacs.ingest.source import Source
 from pacs.runtime import build_ingest
 from tests.conftest import Backend
-from tests.dicom_factory import write_ct_series
+from tests.dicom_factory import ct_slice, write_ct_series
 
 
 def _count(store: FhirStore, rtype: str) -> int:
@@ -91,5 +92,39 @@ def test_feed_position_is_stored_and_a_replay_changes_nothing(
             other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": FEED_LOCK})
             other.commit()
         assert restarted.run_once() == 1
+    engine.dispose()
+    ingest.engine.dispose()
+
+
+def test_values_fhir_cannot_hold_are_mapped_not_the_study_dropped(
+    db_backend: Backend, tmp_path: Path
+) -> None:
+    """A negative SeriesNumber / InstanceNumber (FHIR unsignedInt), an impossible StudyDate or
+    birth date and an empty PatientName still give a valid ImagingStudy and Patient: what FHIR
+    cannot hold is left out (the DICOM objects keep it), never the whole study."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    settings = db_backend.settings
+    engine = create_index_engine(settings)
+    ingest = build_ingest(settings)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    for i, number in enumerate((-5, 2)):
+        ds = ct_slice(study_uid, series_uid, i, 8, patient_id="P-NEG")
+        ds.SeriesNumber, ds.InstanceNumber = -1, number
+        ds.StudyDate, ds.SeriesDate, ds.PatientBirthDate = "20241340", "20240230", "19991399"
+        ds.PatientName = "^"
+        path = tmp_path / f"{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert ingest.store_part10(path.read_bytes(), Source("import")).status.ok
+    store = FhirStore(engine)
+    EmrFeed(engine, store, "http://archive.example").run_once()
+    [entry] = store.search("ImagingStudy", [])["entry"]
+    imaging = entry["resource"]
+    get_fhir_model_class("ImagingStudy").model_validate(imaging)
+    [series] = imaging["series"]
+    assert "number" not in series and "started" not in imaging and "started" not in series
+    assert sorted(i.get("number", -1) for i in series["instance"]) == [-1, 2]
+    patient = store.read("Patient", imaging["subject"]["reference"][8:])
+    assert "birthDate" not in patient and "name" not in patient
     engine.dispose()
     ingest.engine.dispose()

@@ -54,6 +54,10 @@ def fhir_datetime(date: str, time: str = "") -> str | None:
     DICOM dates and times are local (FHIR requires a zone once hours are given)."""
     if len(date) != 8 or not date.isdigit():
         return None
+    try:  # an impossible date (20241340) is left out, not sent for FHIR to refuse
+        datetime.strptime(date, "%Y%m%d")
+    except ValueError:
+        return None
     day = f"{date[:4]}-{date[4:6]}-{date[6:]}"
     digits = time.split(".")[0]
     if len(digits) < 4 or not digits.isdigit():
@@ -133,12 +137,14 @@ def _tags(resource: dict[str, Any]) -> set[str]:
     }
 
 
-def _dicom_name(pn: str) -> dict[str, Any]:
+def _dicom_name(pn: str) -> dict[str, Any] | None:
+    """A DICOM PN as a HumanName; None when it has no text (``^``)."""
     family, _, rest = pn.partition("^")
     given, _, rest = rest.partition("^")
     middle, _, rest = rest.partition("^")
     prefix, _, suffix = rest.partition("^")
-    name: dict[str, Any] = {"text": " ".join(p for p in (prefix, given, middle, family) if p)}
+    text = " ".join(p for p in (prefix, given, middle, family) if p)
+    name: dict[str, Any] = {"text": text} if text else {}
     if family:
         name["family"] = family
     if given or middle:
@@ -147,7 +153,7 @@ def _dicom_name(pn: str) -> dict[str, Any]:
         name["prefix"] = [prefix]
     if suffix:
         name["suffix"] = [suffix]
-    return name
+    return name or None
 
 
 def reconcile_patient(store: FhirStore, patient: Patient) -> dict[str, Any]:
@@ -162,14 +168,24 @@ def reconcile_patient(store: FhirStore, patient: Patient) -> dict[str, Any]:
     }
     if patient.issuer_of_patient_id:
         resource["identifier"][0]["assigner"] = {"display": patient.issuer_of_patient_id}
-    if patient.patient_name:
-        resource["name"] = [_dicom_name(patient.patient_name.split("=")[0])]
+    name = _dicom_name(patient.patient_name.split("=")[0])
+    if name:
+        resource["name"] = [name]
     if _GENDER.get(patient.patient_sex):
         resource["gender"] = _GENDER[patient.patient_sex]
     birth = fhir_datetime(patient.patient_birth_date)
     if birth:
         resource["birthDate"] = birth
     return store.upsert_by_identifier(resource, system, value)
+
+
+_UNSIGNED_INT_MAX = 2**31 - 1
+
+
+def _number(value: int | None) -> dict[str, int]:
+    """``{"number": value}`` when FHIR's unsignedInt can hold it, else nothing: a negative
+    DICOM SeriesNumber or InstanceNumber stays in the DICOM objects only."""
+    return {"number": value} if value is not None and 0 <= value <= _UNSIGNED_INT_MAX else {}
 
 
 def _series(series: Series, instances: list[Instance], endpoint: str) -> dict[str, Any]:
@@ -185,17 +201,12 @@ def _series(series: Series, instances: list[Instance], endpoint: str) -> dict[st
                     "system": "urn:ietf:rfc:3986",
                     "code": f"urn:oid:{instance.sop_class_uid}",
                 },
-                **(
-                    {"number": instance.instance_number}
-                    if instance.instance_number is not None
-                    else {}
-                ),
+                **_number(instance.instance_number),
             }
             for instance in instances
         ],
     }
-    if series.series_number is not None:
-        item["number"] = series.series_number
+    item.update(_number(series.series_number))
     if series.series_description:
         item["description"] = series.series_description
     started = fhir_datetime(series.series_date, series.series_time)
