@@ -38,16 +38,17 @@ from pacs.dimse.scu import (
     split_part10,
     transcode,
 )
+from pacs.dimse.status import (
+    CANCEL,
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    PENDING,
+    UNABLE_TO_PROCESS,
+)
 from pacs.index.models import Instance, Patient, Series, Study
 from pacs.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
-PENDING = 0xFF00
-CANCEL = 0xFE00
-MOVE_DESTINATION_UNKNOWN = 0xA801
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 
 _LEVEL_KEYS: dict[str, tuple[str, ...]] = {
     "PATIENT": ("PatientID",),
@@ -177,7 +178,7 @@ class RetrieveService:
             return self.locate(event.identifier), None
         except IdentifierError as exc:
             log.warning("retrieve identifier refused: %s", exc)
-            return [], IDENTIFIER_DOES_NOT_MATCH
+            return [], IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
         except Exception as exc:
             log.error("retrieve: index lookup failed: %s", type(exc).__name__)
             return [], UNABLE_TO_PROCESS

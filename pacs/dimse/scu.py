@@ -27,6 +27,7 @@ from pynetdicom.presentation import PresentationContext
 
 from pacs.config import Settings
 from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacs.dimse.status import STORE_WARNINGS, SUCCESS
 from pacs.errors import PacsError
 
 logger = logging.getLogger(__name__)
@@ -166,9 +167,9 @@ def transcode(data: bytes, syntax: str) -> bytes:
 
 
 def _classify(status: int) -> Outcome:
-    if status == 0x0000:
+    if status == SUCCESS:
         return Outcome.SENT
-    if status in (0xB000, 0xB006, 0xB007, 0x0107, 0x0116):
+    if status in STORE_WARNINGS:
         return Outcome.WARNING
     return Outcome.FAILED
 
