@@ -241,3 +241,15 @@ def test_lower_levels_need_the_unique_keys_above(corpus: Corpus, session: Sessio
         InstanceNumber="",
     )
     assert len(list(find(session, images, PATIENT_ROOT))) == 2
+
+
+def test_date_and_time_bounds_are_shared_by_query_and_worklist() -> None:
+    """One parser of range bounds: Query/Retrieve raises QueryError, the worklist wraps it."""
+    from pacs.query.matching import compact, range_bounds
+
+    assert range_bounds("2024.01.01-", "date") == ("20240101", "")
+    assert range_bounds("-10:30", "time") == ("", "1030")
+    assert compact(" 10:30:15.5 ", "time") == "103015.5"
+    for value, kind in (("-", "date"), ("2024x-", "date"), ("10h-", "time")):
+        with pytest.raises(QueryError):
+            range_bounds(value, kind)
