@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import IO
 
+from viewer_api.negotiation import parse_media_type
+
 MAX_HEADER_BLOCK = 16 * 1024  # bytes of one part's header block
 MAX_PREAMBLE = 64 * 1024  # bytes before the first boundary
 MAX_BOUNDARY = 70  # RFC 2046 section 5.1.1
@@ -23,56 +25,6 @@ MAX_BOUNDARY = 70  # RFC 2046 section 5.1.1
 
 class MultipartError(ValueError):
     """The body is not a well-formed multipart body."""
-
-
-# ---------------------------------------------------------------- media types
-
-
-def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
-    """Split a Content-Type value into (lower-case type/subtype, parameters).
-
-    Parameter names are lower-cased; values may be tokens or quoted strings (quotes and
-    backslash escapes removed; a ``;`` inside quotes is part of the value).
-    """
-    items: list[str] = []
-    current: list[str] = []
-    quoted = escaped = False
-    for char in value:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif quoted and char == "\\":
-            current.append(char)
-            escaped = True
-        elif char == '"':
-            current.append(char)
-            quoted = not quoted
-        elif char == ";" and not quoted:
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    items.append("".join(current))
-    media_type = items[0].strip().lower()
-    params: dict[str, str] = {}
-    for item in items[1:]:
-        name, sep, raw = item.partition("=")
-        name = name.strip().lower()
-        if not sep or not name:
-            continue
-        raw = raw.strip()
-        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-            raw = _unquote(raw[1:-1])
-        params[name] = raw
-    return media_type, params
-
-
-def _unquote(text: str) -> str:
-    out: list[str] = []
-    chars = iter(text)
-    for char in chars:
-        out.append(next(chars, "") if char == "\\" else char)
-    return "".join(out)
 
 
 def boundary_of(params: Mapping[str, str]) -> bytes:

@@ -20,11 +20,9 @@ from pydicom.dataset import Dataset
 from pacs.dimse import status
 from pacs.ingest import IngestService, Source, StoreStatus
 from pacs.storage import is_valid_uid
+from viewer_api.negotiation import DICOM
 
 log = logging.getLogger(__name__)
-
-DICOM_MEDIA_TYPE = "application/dicom"
-DICOM_JSON_MEDIA_TYPE = "application/dicom+json"
 
 # FailureReason (0008,1197) and WarningReason (0008,1196) values (PS3.18 table 10.5.3-2) are
 # the DIMSE codes of pacs.dimse.status; DATA_SET_DOES_NOT_MATCH_SOP_CLASS also refuses an
@@ -99,7 +97,7 @@ def store_part(
 ) -> PartResult:
     """Store one part through ingest. ``data`` is None for a part over the size limit;
     ``study_instance_uid`` is the target study of ``POST /studies/{study}``."""
-    if content_type != DICOM_MEDIA_TYPE:
+    if content_type != DICOM:
         return PartResult(Identity(), status.CANNOT_UNDERSTAND, reason="part is not DICOM")
     if data is None:
         return PartResult(Identity(), status.OUT_OF_RESOURCES, reason="part too large")

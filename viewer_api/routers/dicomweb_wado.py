@@ -27,6 +27,7 @@ from pacs.metadata.records import MetadataRow, content_tag
 from pacs.storage.base import ObjectStore
 from viewer_api.audit import record_access
 from viewer_api.deps import CurrentUser, SessionDep, User
+from viewer_api.negotiation import accepts
 from viewer_api.wado import media, parts
 from viewer_api.wado.pixels import (
     decodable,
@@ -373,7 +374,7 @@ def retrieve_bulkdata(
             parts.body(boundary, _frames(call.store, row, list(range(1, count + 1)), choice)),
             media_type=parts.content_type(boundary, choice.media_type),
         )
-    if not _accepts_octets(call.accept()):
+    if not accepts(call.accept(), media.OCTET_STREAM, in_multipart=True):
         call.fail(406, "bulk data is available as application/octet-stream")
     ds = dcmread(BytesIO(call.read(row.object_key)))
     try:
@@ -387,13 +388,6 @@ def retrieve_bulkdata(
     content = iter([(media.OCTET_STREAM, "", bytes(value))])
     return StreamingResponse(
         parts.body(boundary, content), media_type=parts.content_type(boundary, media.OCTET_STREAM)
-    )
-
-
-def _accepts_octets(accept: str) -> bool:
-    return any(
-        r.media_type in ("", "*/*", "application/*", media.OCTET_STREAM)
-        for r in media.media_ranges(accept)
     )
 
 
