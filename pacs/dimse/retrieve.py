@@ -29,6 +29,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from pacs.aes import AERegistryError, get_ae
+from pacs.dimse.pynetdicom_internals import answer_instead, replace_send_c_store
 from pacs.dimse.scu import (
     MoveOriginator,
     StoreItem,
@@ -155,7 +156,7 @@ class RetrieveService:
         if failure is not None:
             # refuse without associating with the destination: pynetdicom would associate
             # before a pending yield, so the final status replaces its "unable to process"
-            _answer_instead(event.assoc, failure)
+            answer_instead(event.assoc, failure)
             raise IdentifierError("retrieve identifier refused")
         yield len(items)
         yield from self._datasets(
@@ -257,18 +258,20 @@ def _raw_sender(sink: list[Any], move_originator: str = "") -> Callable[[Any], N
     def wrap(event: Any) -> None:
         assoc = event.assoc
         sink.append(assoc)
-        original = assoc.send_c_store
 
-        def send_c_store(dataset: Any, msg_id: int = 1, **kwargs: Any) -> Dataset:
-            if not isinstance(dataset, StoredDataset):
-                return cast(Dataset, original(dataset, msg_id=msg_id, **kwargs))
-            originator = None
-            if kwargs.get("originator_id") is not None:
-                title = move_originator or str(kwargs.get("originator_aet") or "")
-                originator = MoveOriginator(title, int(kwargs["originator_id"]))
-            return _send_stored(assoc, dataset, msg_id, originator)
+        def raw(original: Callable[..., Any]) -> Callable[..., Dataset]:
+            def send_c_store(dataset: Any, msg_id: int = 1, **kwargs: Any) -> Dataset:
+                if not isinstance(dataset, StoredDataset):
+                    return cast(Dataset, original(dataset, msg_id=msg_id, **kwargs))
+                originator = None
+                if kwargs.get("originator_id") is not None:
+                    title = move_originator or str(kwargs.get("originator_aet") or "")
+                    originator = MoveOriginator(title, int(kwargs["originator_id"]))
+                return _send_stored(assoc, dataset, msg_id, originator)
 
-        assoc.send_c_store = send_c_store
+            return send_c_store
+
+        replace_send_c_store(assoc, raw)
 
     return wrap
 
@@ -299,16 +302,3 @@ def _send_stored(
     result = Dataset()
     result.Status = status
     return result
-
-
-def _answer_instead(assoc: Any, status: int) -> None:
-    """Make the next response pynetdicom sends on ``assoc`` carry ``status``."""
-    dimse = assoc.dimse
-    original = dimse.send_msg
-
-    def send_msg(primitive: Any, context_id: int) -> None:
-        primitive.Status = status
-        dimse.send_msg = original
-        original(primitive, context_id)
-
-    dimse.send_msg = send_msg
