@@ -15,8 +15,8 @@ from pacs.index.engine import create_index_engine, session_factory
 from pacs.ingest import Source, StoreStatus
 from pacs.query import QueryError, QueryModel, find
 from pacs.runtime import build_ingest
+from testkit.dicom_factory import ct_slice
 from tests.conftest import Backend
-from tests.dicom_factory import ct_slice
 
 STUDY_ROOT = QueryModel.STUDY_ROOT
 PATIENT_ROOT = QueryModel.PATIENT_ROOT

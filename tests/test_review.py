@@ -23,8 +23,8 @@ from pacs.index.engine import create_index_engine
 from pacs.index.models import AuditEvent, Instance
 from pacs.ingest.source import Source
 from pacs.runtime import build_ingest
+from testkit.dicom_factory import write_ct_series
 from tests.conftest import Backend
-from tests.dicom_factory import write_ct_series
 
 URL = "http://archive.example"
 MEASUREMENTS = {"involvement_percent": 40.0, "ct_severity_grade": "CT-2"}
@@ -87,8 +87,8 @@ def test_real_ct_analysis_is_reported_and_signed(
 ) -> None:
     """The ct-chest pipeline's own result and TID 1500 SR through report and sign-off."""
     from inference import pipeline
-    from tests.chest_phantom import chest_phantom, phantom_series
-    from tests.inference_helpers import TruthSegmenter, open_archive
+    from testkit.chest_phantom import chest_phantom, phantom_series
+    from testkit.inference_helpers import TruthSegmenter, open_archive
 
     phantom = chest_phantom(size=48, slices=12, involvement=0.3, emphysema=0.05, seed=3)
     for archive in open_archive(db_backend.with_settings(inference_min_slices=10)):

@@ -19,7 +19,7 @@ from pacs.metadata.document import (
     build_document,
     tag_path,
 )
-from tests.dicom_factory import ct_slice
+from testkit.dicom_factory import ct_slice
 from tests.dimse_tools import part10_bytes
 from tests.wado_data import native_multiframe
 from viewer_api.wado import media
