@@ -324,6 +324,7 @@ def loadavg() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ["PACS_TEST_ANALYSES"] = "1"  # the noop analysis, here and in the servers started
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, 1 run")
     p.add_argument("--quiet", type=float, default=2.0, help="quiet period of the latency part")
