@@ -45,6 +45,7 @@ from pacs.dimse.status import (
     PENDING,
     UNABLE_TO_PROCESS,
 )
+from pacs.errors import PacsError
 from pacs.index.models import Instance, Patient, Series, Study
 from pacs.storage.base import ObjectStore
 
@@ -67,7 +68,7 @@ _COLUMNS = {
 }
 
 
-class IdentifierError(ValueError):
+class IdentifierError(PacsError, ValueError):
     """The identifier does not name instances by the unique keys of its level."""
 
 

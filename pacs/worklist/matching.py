@@ -14,12 +14,13 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from pacs.errors import PacsError
 from pacs.query import QueryError
 from pacs.query.matching import compact, has_wildcard, range_bounds, values_of
 from pacs.worklist.items import WorklistItem
 
 
-class WorklistQueryError(ValueError):
+class WorklistQueryError(PacsError, ValueError):
     """A Modality Worklist identifier that cannot be evaluated (e.g. a malformed date)."""
 
 
