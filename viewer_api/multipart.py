@@ -7,6 +7,16 @@ content goes (memory, a temporary file, nowhere). ``spool_parts`` is that caller
 it copies every part's content into one spooled temporary file (kept in memory while small,
 on disk beyond) and remembers where each part lies, so no more than one part need ever be in
 memory at once, and a body whose structure is broken is refused before any part is used.
+
+Why not a library (``python -m bench.multipart``, 2026-12-03, CPU time, best of 15, 64 KiB
+chunks, parts with a Content-Type and no Content-Disposition): on 40 x 512 KiB parts this
+parser takes 7.0 ms, python-multipart's streaming parser 5.5 ms, requests-toolbelt 31.5 ms
+(whole body in memory, no streaming); on 2000 x 4 KiB parts 11.5, 10.8 and 29.9 ms; the
+``multipart`` package refuses parts without Content-Disposition (form-data only).
+python-multipart streams and is slightly faster, but refuses a preamble (RFC 2046 5.1.1
+requires ignoring it) and accepts a body cut before its closing boundary, so a truncated
+upload would be stored; the difference (about 0.04 ms per 512 KiB slice) is small next to
+ingest (about 2.5 ms of CPU per slice). This parser is kept for those two guarantees.
 """
 
 from __future__ import annotations
