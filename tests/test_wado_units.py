@@ -202,3 +202,13 @@ def test_fast_conversion_agrees_with_pydicom(name: str, monkeypatch: pytest.Monk
     monkeypatch.setattr(document, "_fast_json", lambda *args: None)
     slow = json.loads(build_document(data, "1.2", "1.3", "1.4", "1.2.840.10008.1.2").json)
     assert _normalised(fast) == _normalised(slow)
+
+
+def test_one_dicom_json_element_writer() -> None:
+    from pacs.metadata.dicom_json import dumps, element
+
+    assert element("UI", ["1.2.3"]) == {"vr": "UI", "Value": ["1.2.3"]}
+    assert element("SQ", []) == {"vr": "SQ"}  # PS3.18 F.2.5: no Value when empty
+    assert dumps({"00100010": element("PN", [{"Alphabetic": "Ж"}])}) == (
+        '{"00100010":{"vr":"PN","Value":[{"Alphabetic":"Ж"}]}}'.encode()
+    )

@@ -31,6 +31,8 @@ from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
+from pacs.metadata.dicom_json import dumps, element
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -95,9 +97,8 @@ def build_document(
     ds = dcmread(BytesIO(data), defer_size=BULK_DATA_THRESHOLD)
     walker = _Walker(study, series, instance, ds.original_encoding[1] is not False)
     body = walker.dataset(ds, [])
-    body[f"{_AVAILABLE_TRANSFER_SYNTAX:08X}"] = {"vr": "UI", "Value": [transfer_syntax]}
-    body = dict(sorted(body.items()))
-    encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    body[f"{_AVAILABLE_TRANSFER_SYNTAX:08X}"] = element("UI", [transfer_syntax])
+    encoded = dumps(dict(sorted(body.items())))
     frames = None
     try:
         frames = frame_index(ds, data)
@@ -130,19 +131,19 @@ class _Walker:
             try:
                 elem = ds[tag]
             except Exception:  # a value pydicom cannot convert: kept out, named by its VR
-                out[key] = {"vr": vr or "UN"}
+                out[key] = element(vr or "UN", [])
                 continue
             if elem.VR == "SQ":
                 items = [
                     self.dataset(item, [*path, int(tag), str(index)])
                     for index, item in enumerate(elem.value)
                 ]
-                out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+                out[key] = element("SQ", items)
                 continue
             try:
                 out[key] = _element_json(elem, ds)
             except Exception:
-                out[key] = {"vr": elem.VR if " or " not in elem.VR else "UN"}
+                out[key] = element(elem.VR if " or " not in elem.VR else "UN", [])
         return out
 
 
@@ -175,17 +176,17 @@ def _fast_json(raw: RawDataElement, little_endian: bool) -> dict[str, Any] | Non
         numbers = list(struct.unpack(f"<{len(value) // size}{code}", value))
         if code in "fd" and not all(math.isfinite(n) for n in numbers):
             return None
-        return {"vr": vr, "Value": numbers} if numbers else {"vr": vr}
+        return element(vr, numbers)
     if (vr not in _TEXT_VRS and vr != "IS") or not value.isascii():
         return None
     parts = [p.strip(" \0") for p in value.decode("ascii").split("\\")]
     if not any(parts):
-        return {"vr": vr}
+        return element(vr, [])
     if vr == "IS":
         if not all(p.lstrip("+-").isdigit() for p in parts):
             return None
-        return {"vr": vr, "Value": [int(p) for p in parts]}
-    return {"vr": vr, "Value": [p if p else None for p in parts]}
+        return element(vr, [int(p) for p in parts])
+    return element(vr, [p if p else None for p in parts])
 
 
 def _raw_vr(raw: DataElement | RawDataElement, ds: Dataset) -> str:

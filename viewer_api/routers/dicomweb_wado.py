@@ -22,6 +22,7 @@ from pydicom import dcmread
 from pydicom.uid import UID
 
 from pacs.errors import StorageError
+from pacs.metadata.dicom_json import dumps, element
 from pacs.metadata.document import BASE_PLACEHOLDER, PIXEL_DATA, tag_path, value_at
 from pacs.metadata.records import MetadataRow, content_tag
 from pacs.storage.base import ObjectStore
@@ -255,13 +256,13 @@ def _matches(if_none_match: str, etag: str) -> bool:
 def _minimal(row: MetadataRow, selection: Selection) -> bytes:
     """The index's attributes of an instance whose object cannot be parsed."""
     study, series = selection.series[row.series_pk]
-    body = {
-        "00080018": {"vr": "UI", "Value": [row.sop_instance_uid]},
-        "0020000D": {"vr": "UI", "Value": [study]},
-        "0020000E": {"vr": "UI", "Value": [series]},
-        "00083002": {"vr": "UI", "Value": [row.transfer_syntax_uid]},
+    uids = {
+        "00080018": row.sop_instance_uid,
+        "0020000D": study,
+        "0020000E": series,
+        "00083002": row.transfer_syntax_uid,
     }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return dumps({tag: element("UI", [uid]) for tag, uid in uids.items()})
 
 
 # ---------------------------------------------------------------- frames and bulk data
