@@ -32,7 +32,8 @@ def test_every_internal_used_still_exists() -> None:
     assert isinstance(assoc._is_paused, bool)
     assert callable(assoc._handle_no_response)
     assert list(inspect.signature(assoc._check_received_status).parameters) == ["rsp"]
-    assert "msg_id" in inspect.signature(assoc.send_c_store).parameters
+    send_c_store = inspect.signature(assoc.send_c_store).parameters
+    assert {"msg_id", "originator_aet", "originator_id"} <= set(send_c_store)
     assert isinstance(assoc.dimse.msg_queue, queue.Queue)
     assert isinstance(assoc.dimse.dimse_timeout, int | float | None)
     assert list(inspect.signature(DIMSEServiceProvider.get_msg).parameters) == ["self", "block"]
