@@ -26,7 +26,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 bench: $(VENV)/.installed-test
-	TCP_NODELAY=1 $(BIN)/python bench/ingest.py
+	TCP_NODELAY=1 $(BIN)/python -m bench.ingest
 
 clean:
 	rm -rf $(VENV) var

@@ -1,1 +1,1 @@
-"""Benchmarks of the archive (not tests): ``python bench/ingest.py --help``."""
+"""Benchmarks of the archive (not tests): ``python -m bench.ingest --help``."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
-from tests.dicom_factory import ct_slice
+from testkit.dicom_factory import ct_slice
 
 MANIFEST = "manifest.json"
 

@@ -12,7 +12,7 @@ PostgreSQL database in bulk (the same index rows the store writes, sent with COP
 
 The figures go into docs/performance.md between this benchmark's markers (``--no-write``: not).
 
-    .venv/bin/python bench/fhir.py --patients 100000
+    .venv/bin/python -m bench.fhir --patients 100000
 """
 
 from __future__ import annotations
@@ -36,16 +36,16 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.report import write_section
+from bench.targets import DEFAULT_POSTGRES_URL
+from pacs.config import Settings
+from pacs.fhir.indexer import extract
+from pacs.fhir.values import parse_reference
+from pacs.index.engine import create_index_engine
+from pacs.index.migrate import upgrade
+from testkit.net import free_port
 
-from bench.report import write_section  # noqa: E402
-from bench.targets import DEFAULT_POSTGRES_URL, free_port  # noqa: E402
-from pacs.config import Settings  # noqa: E402
-from pacs.fhir.indexer import extract  # noqa: E402
-from pacs.fhir.values import parse_reference  # noqa: E402
-from pacs.index.engine import create_index_engine  # noqa: E402
-from pacs.index.migrate import upgrade  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BEGIN = "<!-- bench/fhir.py: begin (generated, do not edit by hand) -->"
 END = "<!-- bench/fhir.py: end -->"

@@ -54,8 +54,8 @@ def prepare(data_dir: Path, size: int, slices: int) -> dict[str, Any]:
     """Create the archive and store the phantom series; returns its UIDs and setup times."""
     from pacs.index.engine import create_index_engine
     from pacs.index.migrate import upgrade
-    from tests.chest_phantom import chest_phantom, phantom_series
-    from tests.inference_helpers import open_archive
+    from testkit.chest_phantom import chest_phantom, phantom_series
+    from testkit.inference_helpers import open_archive
 
     settings = _settings(data_dir)
     engine = create_index_engine(settings)
@@ -82,7 +82,7 @@ def child(data_dir: Path, study: str, series: str, version: int) -> None:
     cores = sorted(os.sched_getaffinity(0))[:2]
     os.sched_setaffinity(0, cores)
     from inference import pipeline
-    from tests.inference_helpers import open_archive
+    from testkit.inference_helpers import open_archive
 
     for archive in open_archive(_settings(data_dir)):
         before = resource.getrusage(resource.RUSAGE_SELF)

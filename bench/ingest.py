@@ -2,8 +2,8 @@
 
 Run from the repository root (as root: the peers run in a network namespace)::
 
-    .venv/bin/python bench/ingest.py            # full run: 3 runs, all targets, updates docs
-    .venv/bin/python bench/ingest.py --quick    # smoke check: small data, 1 run, docs untouched
+    .venv/bin/python -m bench.ingest            # full run: 3 runs, all targets, updates docs
+    .venv/bin/python -m bench.ingest --quick    # smoke check: small data, 1 run, docs untouched
 
 Sends a 300-slice CT study over one association (``storescu``) and a batch of 20 studies x 100
 slices over 4 parallel ``storescu`` processes, to every target in turn, each started fresh for
@@ -27,9 +27,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make ``bench`` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.dataset import StudySet, study_set
 from bench.procmon import TreeMemory
@@ -525,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = loadavg()
     summaries = summarise(runs, args.targets, args.modes)
     env = machine()
-    command = "python bench/ingest.py" + (f" {' '.join(argv or sys.argv[1:])}".rstrip())
+    command = "python -m bench.ingest" + (f" {' '.join(argv or sys.argv[1:])}".rstrip())
     # the benchmark itself keeps both cores busy, so only the load before it says anything
     busy = float(load_before.split()[0]) > 1.0
     load_note = (

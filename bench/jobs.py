@@ -10,8 +10,8 @@
    else running): instances/s through the ingest service (4 threads, default fsync policy),
    off and on runs interleaved. Target: on within 10 % of off.
 
-    .venv/bin/python bench/jobs.py                 # everything, writes docs/performance.md
-    .venv/bin/python bench/jobs.py --quick --no-write
+    .venv/bin/python -m bench.jobs                 # everything, writes docs/performance.md
+    .venv/bin/python -m bench.jobs --quick --no-write
 
 PostgreSQL at ``PACS_BENCH_POSTGRES_URL`` (default postgres@127.0.0.1:5432); each part uses
 fresh databases and data directories under a temporary directory.
@@ -36,23 +36,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import generate_uid
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from bench.report import write_section
+from pacs.config import Settings
+from pacs.index.engine import create_index_engine
+from pacs.index.migrate import upgrade
+from pacs.index.models import as_utc
+from pacs.ingest import Source
+from pacs.jobs import queue
+from pacs.jobs.models import Job
+from pacs.runtime import build_ingest
+from testkit.dicom_factory import ct_slice
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pydicom.uid import generate_uid  # noqa: E402
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-
-from bench.report import write_section  # noqa: E402
-from pacs.config import Settings  # noqa: E402
-from pacs.index.engine import create_index_engine  # noqa: E402
-from pacs.index.migrate import upgrade  # noqa: E402
-from pacs.index.models import as_utc  # noqa: E402
-from pacs.ingest import Source  # noqa: E402
-from pacs.jobs import queue  # noqa: E402
-from pacs.jobs.models import Job  # noqa: E402
-from pacs.runtime import build_ingest  # noqa: E402
-from tests.dicom_factory import ct_slice  # noqa: E402
 
 BEGIN = "<!-- bench/jobs.py: begin (generated, do not edit by hand) -->"
 END = "<!-- bench/jobs.py: end -->"
@@ -325,6 +324,7 @@ def loadavg() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ["PACS_TEST_ANALYSES"] = "1"  # the noop analysis, here and in the servers started
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, 1 run")
     p.add_argument("--quiet", type=float, default=2.0, help="quiet period of the latency part")
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             BEGIN,
             "## Study lifecycle and jobs (`bench/jobs.py`)",
             "",
-            f"Measured {started:%Y-%m-%d %H:%M} UTC with `python bench/jobs.py"
+            f"Measured {started:%Y-%m-%d %H:%M} UTC with `python -m bench.jobs"
             f"{' --quick' if args.quick else ''}` on {machine()}; archive at `{git_version()}`. "
             f"Load average {before} before, {loadavg()} after (the machine is shared).",
             "",

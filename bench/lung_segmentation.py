@@ -1,6 +1,6 @@
 """Lung segmentation time for a 512 x 512 x 300 chest CT (shipped model, per stage).
 
-    .venv/bin/python bench/lung_segmentation.py [--threads 2] [--repeat 3]
+    .venv/bin/python -m bench.lung_segmentation [--threads 2] [--repeat 3]
 
 The CT is a synthetic phantom (models/training/phantom.py) rendered at 3 mm and resampled to
 0.75 x 0.75 x 1 mm, int16 HU, so that the input has the size of a real thin-slice chest CT.
@@ -17,22 +17,20 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from bench.report import write_section
+from inference.registry import ModelRegistry
+from inference.segmentation import LungSegmenter
+from models.training import phantom
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 BEGIN = "<!-- bench/lung_segmentation.py: begin (generated, do not edit by hand) -->"
 END = "<!-- bench/lung_segmentation.py: end -->"
-
-from bench.report import write_section  # noqa: E402
-from inference.registry import ModelRegistry  # noqa: E402
-from inference.segmentation import LungSegmenter  # noqa: E402
-from models.training import phantom  # noqa: E402
 
 
 def chest_ct() -> sitk.Image:
@@ -134,7 +132,7 @@ Training: {run["samples_rendered"]} synthetic samples rendered in {run["render_s
 {run["steps_done"]} steps in {run["train_s"]} s on {run["gpu"] or "CPU"} ({run["cpus"]} CPU
 cores), torch {run["torch"]}.
 
-Inference, measured {now} with `python bench/lung_segmentation.py --threads {args.threads}` on
+Inference, measured {now} with `python -m bench.lung_segmentation --threads {args.threads}` on
 {platform.node()} ({os.cpu_count()} CPUs, load average {load:.1f} at the end: the machine was
 shared), a 512 x 512 x 300 int16 CT (0.75 x 0.75 x 1 mm), onnxruntime CPU, median of
 {args.repeat} runs; peak RSS of the process {peak_mib:.0f} MiB:

@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/query.py --studies 2000 --orthanc-studies 500     # quick, ~2 min
-    .venv/bin/python bench/query.py --studies 100000 --backends postgresql    # the target
+    .venv/bin/python -m bench.query --studies 2000 --orthanc-studies 500     # quick, ~2 min
+    .venv/bin/python -m bench.query --studies 100000 --backends postgresql    # the target
 
 Indexes ``--studies`` synthetic studies (5 series of 2 instances each; headers only) by inserting
 rows straight into the index tables (not through C-STORE), starts ``pacs serve`` on that index
@@ -38,9 +38,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make ``bench`` and ``tests`` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import httpx
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
@@ -56,7 +53,8 @@ from pacs.config import Settings
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
 from pacs.index.models import Instance, Patient, Series, Study
-from tests.orthanc import running_orthanc
+from testkit.net import free_port
+from testkit.orthanc import running_orthanc
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN = os.environ.get(
@@ -426,12 +424,6 @@ def measure(
 # ---------------------------------------------------------------- targets
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pacs_database(backend: str, workdir: Path) -> tuple[str, Callable[[], None]]:
     """A fresh empty database URL for ``backend`` and how to drop it."""
     if backend == "sqlite":
@@ -461,7 +453,7 @@ def bench_pacs(backend: str, corpus: Corpus, workload: list[Query], workdir: Pat
         seconds = load_index(engine, corpus)
         engine.dispose()
         print(f"{backend}: indexed {len(corpus.studies)} studies in {seconds:.0f} s", flush=True)
-        dicom_port, http_port = _free_port(), _free_port()
+        dicom_port, http_port = free_port(), free_port()
         env = {
             **os.environ,
             "PACS_DATA_DIR": str(workdir),
@@ -538,8 +530,8 @@ def orthanc_instance(corpus: Corpus, study: StudyRow) -> bytes:
 def bench_orthanc(corpus: Corpus, count: int, workload: list[Query], workdir: Path) -> list[Figure]:
     """Orthanc loaded with the first ``count`` studies; C-FIND and /tools/find."""
     binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-    dicom_port, http_port = _free_port(), _free_port()
-    peers = {"bench": ("BENCHFIND", "127.0.0.1", _free_port())}  # C-FIND needs a known AE
+    dicom_port, http_port = free_port(), free_port()
+    peers = {"bench": ("BENCHFIND", "127.0.0.1", free_port())}  # C-FIND needs a known AE
     with (
         running_orthanc(binary, workdir / "orthanc", dicom_port, http_port, peers) as base,
         httpx.Client(timeout=120) as client,
@@ -590,7 +582,7 @@ def render(reports: list[dict[str, Any]]) -> str:
         f"| {f['mean_matches']} | {f['date']} |"
         for f in merge(reports)
     ]
-    runs = "; ".join(f"{r['date']}: `{r.get('command', 'python bench/query.py')}`" for r in reports)
+    runs = "; ".join(f"{r['date']}: `{r.get('command', 'python -m bench.query')}`" for r in reports)
     return "\n".join(
         [
             BEGIN,
@@ -696,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
                 "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 "machine": _machine(),
                 "studies": args.studies,
-                "command": "python bench/query.py " + " ".join(argv or sys.argv[1:]),
+                "command": "python -m bench.query " + " ".join(argv or sys.argv[1:]),
                 "figures": [vars(f) for f in figures],
             }
         )

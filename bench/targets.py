@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.procmon import process_tree
-from tests.orthanc import write_orthanc_config
+from testkit.net import free_port
+from testkit.orthanc import write_orthanc_config
 
 NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -37,13 +37,6 @@ DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 class BenchError(RuntimeError):
     """A target could not be started, stopped or checked."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -7,8 +7,8 @@ servers over DIMSE C-GET with DCMTK ``getscu``. The archive runs ``pacs serve`` 
 default (SQLite + filesystem). Data: synthetic CT from ``bench/dataset.py`` (cached under
 ``bench/out/data``), loaded into the archive through its ingest path and into Orthanc by REST.
 
-    .venv/bin/python bench/wado.py             # full run, writes the WADO-RS section
-    .venv/bin/python bench/wado.py --quick     # 200 + 50 slices, 3 runs, no write
+    .venv/bin/python -m bench.wado             # full run, writes the WADO-RS section
+    .venv/bin/python -m bench.wado --quick     # 200 + 50 slices, 3 runs, no write
 """
 
 from __future__ import annotations
@@ -29,18 +29,17 @@ from pathlib import Path
 import httpx
 from pydicom import dcmread
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.dataset import StudySet, study_set
+from bench.report import write_section
+from pacs.config import FsyncPolicy, Settings
+from pacs.index.engine import create_index_engine
+from pacs.index.migrate import upgrade
+from pacs.ingest import Source
+from pacs.runtime import build_ingest
+from testkit.net import free_port
+from testkit.orthanc import running_orthanc
 
-from bench.dataset import StudySet, study_set  # noqa: E402
-from bench.report import write_section  # noqa: E402
-from pacs.config import FsyncPolicy, Settings  # noqa: E402
-from pacs.index.engine import create_index_engine  # noqa: E402
-from pacs.index.migrate import upgrade  # noqa: E402
-from pacs.ingest import Source  # noqa: E402
-from pacs.runtime import build_ingest  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.orthanc import running_orthanc  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OUT = ROOT / "bench" / "out"
 BEGIN = "<!-- wado-bench:begin -->"

@@ -34,6 +34,7 @@ from sqlalchemy import Engine, select
 
 from inference.errors import RefusalReason, VolumeRefusedError
 from pacs.config import Settings
+from pacs.geometry import slice_normal
 from pacs.index.models import Instance, Series
 from pacs.storage.base import ObjectStore
 
@@ -101,7 +102,7 @@ def build_volume(datasets: list[Dataset], settings: Settings) -> Volume:
             RefusalReason.TOO_FEW_SLICES,
             f"{len(frames)} slices, at least {settings.inference_min_slices} needed",
         )
-    normal = _normal(frames[0].orientation)
+    normal = np.array(slice_normal(frames[0].orientation))
     frames.sort(key=lambda f: float(np.dot(f.position, normal)))
     step = _check_spacing(frames, normal, settings)
     _check_tilt(frames, normal, settings.inference_max_gantry_tilt_degrees)
@@ -253,11 +254,6 @@ def _check_orientation(frames: list[Frame], tolerance: float) -> None:
                 RefusalReason.MIXED_ORIENTATION,
                 f"orientations {frame.orientation} and {frames[0].orientation}",
             )
-
-
-def _normal(orientation: tuple[float, ...]) -> np.ndarray:
-    normal = np.cross(np.array(orientation[:3]), np.array(orientation[3:]))
-    return normal / np.linalg.norm(normal)
 
 
 def _check_spacing(frames: list[Frame], normal: np.ndarray, settings: Settings) -> float:

@@ -1,6 +1,6 @@
 """Evaluate a registered lung model: Dice on a real CT and on held-out synthetic phantoms.
 
-    .venv/bin/python models/evaluate.py [--name lung-seg] [--version V] [--registry models]
+    .venv/bin/python -m models.evaluate [--name lung-seg] [--version V] [--registry models]
         [--phantoms 6] [--out evaluation.json]
 
 Real CT: ``../shared/data/totalsegmentator/example_ct_sm.nii.gz`` (lung bases, 3 mm) against
@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from inference.registry import ModelRegistry
+from inference.segmentation import LEFT_LUNG, RIGHT_LUNG, LungSegmenter
+from models.training import phantom
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "models" / "training"))
-
-import phantom  # noqa: E402
-
-from inference.registry import ModelRegistry  # noqa: E402
-from inference.segmentation import LEFT_LUNG, RIGHT_LUNG, LungSegmenter  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "totalsegmentator"
 REAL_CT = DATA / "example_ct_sm.nii.gz"

@@ -1,4 +1,13 @@
-"""The archive's exception hierarchy: one base class for the whole package."""
+"""The archive's exception hierarchy: one base class for the whole ``pacs`` package.
+
+Every exception class defined in ``pacs`` derives from :class:`PacsError`, directly or through
+its subpackage's base (``JobError``, ``AERegistryError``, ``QueryError``, ``FhirError``,
+``EmrLinkError``); some also derive from the builtin they refine (``ValueError``,
+``LookupError``). The other packages have their own base: ``inference.errors.InferenceError``
+for the AI service; ``viewer_api``'s exceptions (``QidoError``, ``MultipartError``,
+``NotAcceptable``, ...) are HTTP-layer errors answered with a status code inside
+``viewer_api`` and never leave it.
+"""
 
 
 class PacsError(Exception):

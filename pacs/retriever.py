@@ -19,11 +19,10 @@ from rich.console import Console
 
 from pacs.aes import AERegistryError, get_ae, migrated_session
 from pacs.config import Settings
+from pacs.dimse.status import PENDING_STATUSES, SUCCESS
 from pacs.errors import InvalidDicomError, PacsError
 from pacs.index.models import RemoteAE
 from pacs.storage.keys import require_uid
-
-PENDING = {0xFF00, 0xFF01}
 
 
 class MoveError(PacsError):
@@ -42,7 +41,7 @@ class MoveResult:
     @property
     def ok(self) -> bool:
         """True when every sub-operation succeeded."""
-        return self.status == 0x0000 and not self.failed and not self.warning
+        return self.status == SUCCESS and not self.failed and not self.warning
 
 
 def _identifier(study_uid: str, series_uid: str | None) -> Dataset:
@@ -84,7 +83,7 @@ def move(
             if not status:
                 raise MoveError(f"no C-MOVE response from {peer.title} (timeout or abort)")
             last = status
-            if status.Status in PENDING and on_pending is not None:
+            if status.Status in PENDING_STATUSES and on_pending is not None:
                 on_pending(
                     int(status.get("NumberOfCompletedSuboperations", 0)),
                     int(status.get("NumberOfRemainingSuboperations", 0)),

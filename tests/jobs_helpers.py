@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select
 from pacs.changes import read_since
 from pacs.ingest import IngestService, Source, StoreStatus
 from pacs.jobs.models import Job
-from tests.dicom_factory import ct_slice
+from testkit.dicom_factory import ct_slice
 
 MODALITY = Source(channel="dimse", ae_title="CT1", host="127.0.0.1")
 

@@ -9,7 +9,7 @@ from io import BytesIO
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage, generate_uid
 
-from tests.dicom_factory import ct_slice
+from testkit.dicom_factory import ct_slice
 
 
 @dataclass

@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.orthanc import stop, wait_for_port
+from testkit.orthanc import stop, wait_for_port
 
 
 @contextlib.contextmanager

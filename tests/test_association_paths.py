@@ -16,8 +16,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from testkit.dicom_factory import write_ct_series
 from tests.conftest import Backend, start_archive, stop_archive
-from tests.dicom_factory import write_ct_series
 from tests.dimse_tools import archive_view
 
 

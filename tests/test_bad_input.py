@@ -19,8 +19,8 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from testkit.dicom_factory import ct_slice, write_ct_series
 from tests.conftest import Backend, RunningArchive, require_tool, start_archive, stop_archive
-from tests.dicom_factory import ct_slice, write_ct_series
 from tests.dimse_tools import (
     SUCCESS,
     DicomProxy,

@@ -14,8 +14,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from testkit.dicom_factory import write_ct_series
 from tests.conftest import Backend, RunningArchive, require_tool, start_archive, stop_archive
-from tests.dicom_factory import write_ct_series
 from tests.dimse_tools import (
     SUCCESS,
     DicomProxy,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from testkit.dicom_factory import write_ct_series
 from tests.conftest import Backend, require_tool, start_archive, stop_archive
-from tests.dicom_factory import write_ct_series
 from tests.dimse_tools import (
     archive_view,
     children_of,

@@ -15,8 +15,8 @@ from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine
 from pacs.ingest.source import Source
 from pacs.runtime import build_ingest
+from testkit.dicom_factory import ct_slice, write_ct_series
 from tests.conftest import Backend
-from tests.dicom_factory import ct_slice, write_ct_series
 
 
 def _count(store: FhirStore, rtype: str) -> int:

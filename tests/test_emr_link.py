@@ -30,8 +30,8 @@ from inference.records import ResultRecord, store_result
 from pacs import changes
 from pacs.emr.tables import FeedPosition
 from pacs.index.engine import create_index_engine
+from testkit.dicom_factory import ct_slice
 from tests.conftest import Backend, RunningArchive, require_tool, start_archive, stop_archive
-from tests.dicom_factory import ct_slice
 
 pytestmark = pytest.mark.dcmtk
 

@@ -13,8 +13,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
+from testkit.dicom_factory import ct_slice, write_ct_series
 from tests.conftest import RunningArchive, require_tool
-from tests.dicom_factory import ct_slice, write_ct_series
 from tests.dimse_tools import storescu
 
 

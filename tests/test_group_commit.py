@@ -15,7 +15,7 @@ from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
 from pacs.ingest import Source, StoreStatus
 from pacs.runtime import build_ingest
-from tests.dicom_factory import write_ct_series
+from testkit.dicom_factory import write_ct_series
 
 
 @pytest.mark.parametrize("policy", [FsyncPolicy.ALWAYS, FsyncPolicy.NEVER])

@@ -22,8 +22,8 @@ from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.models import AuditEvent
 from pacs.ingest import IngestService, Source, StoreStatus
 from pacs.runtime import build_ingest
+from testkit.dicom_factory import ct_slice
 from tests.conftest import Backend, RunningArchive, start_archive, stop_archive
-from tests.dicom_factory import ct_slice
 from viewer_api.app import create_app
 
 SOURCE = Source(channel="import")

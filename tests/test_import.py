@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.models import Instance, Study
 from pacs.storage import open_store
+from testkit.dicom_factory import write_ct_series
 from tests.conftest import ROOT, Backend
-from tests.dicom_factory import write_ct_series
 
 DICOMDIR_TESTS = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests"
 PATIENT = {"patient_id": "IMPORT-SECRET-ID", "patient_name": "Secretname^Patient"}

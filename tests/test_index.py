@@ -27,8 +27,8 @@ from pacs.index.models import Patient, Study
 from pacs.index.tables import metadata
 from pacs.ingest import Source, StoreStatus
 from pacs.runtime import build_ingest
+from testkit.dicom_factory import ct_slice
 from tests.conftest import Backend, require
-from tests.dicom_factory import ct_slice
 
 TABLES = {"patient", "study", "series", "instance", "audit_event"}
 

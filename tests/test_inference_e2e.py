@@ -25,9 +25,9 @@ from dicomweb_client.api import DICOMwebClient
 from inference import pipeline
 from inference.registry import ModelRegistry, ModelRegistryError
 from pacs.config import Settings
-from tests.chest_phantom import chest_phantom, phantom_series
+from testkit.chest_phantom import chest_phantom, phantom_series
+from testkit.inference_helpers import Archive, open_archive
 from tests.conftest import Backend, require, require_tool, start_archive, stop_archive
-from tests.inference_helpers import Archive, open_archive
 from tests.test_inference_results import dciodvfy_errors
 from tests.test_inference_volume import real_ct_series
 

@@ -18,9 +18,9 @@ from pacs.jobs import queue as jobs
 from pacs.jobs.analysis import AnalysisRefused
 from pacs.jobs.models import Job
 from pacs.jobs.worker import Worker
-from tests.chest_phantom import Phantom, chest_phantom, phantom_series
+from testkit.chest_phantom import Phantom, chest_phantom, phantom_series
+from testkit.inference_helpers import Archive, FailingSegmenter, TruthSegmenter, open_archive
 from tests.conftest import Backend
-from tests.inference_helpers import Archive, FailingSegmenter, TruthSegmenter, open_archive
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from inference.errors import InferenceError
 from inference.quantify import CONSOLIDATION, GROUND_GLASS, Bands, quantify, severity_grade
 from pacs.config import Settings
-from tests.chest_phantom import chest_phantom
+from testkit.chest_phantom import chest_phantom
 
 
 def images(

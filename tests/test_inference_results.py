@@ -16,7 +16,7 @@ from inference import results
 from inference.quantify import Bands, Quantification, quantify
 from inference.volume import Volume, build_volume
 from pacs.config import Settings
-from tests.chest_phantom import chest_phantom, phantom_series
+from testkit.chest_phantom import chest_phantom, phantom_series
 from tests.conftest import require_tool
 from tests.test_inference_volume import enhanced_ct
 

@@ -14,7 +14,7 @@ from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, RLELossless, gen
 from inference.errors import RefusalReason, VolumeRefusedError
 from inference.volume import build_volume
 from pacs.config import Settings
-from tests.chest_phantom import chest_phantom, phantom_series
+from testkit.chest_phantom import chest_phantom, phantom_series
 
 REAL_CT = Path(__file__).resolve().parents[1] / "../shared/data/totalsegmentator/example_ct_dicom"
 SETTINGS = Settings.model_validate({"inference_min_slices": 10})

@@ -26,8 +26,8 @@ from pacs.index.prepared import Prepared
 from pacs.ingest import IngestOutcome, IngestService, Source, StoreStatus
 from pacs.runtime import build_ingest
 from pacs.storage import instance_key, open_store
+from testkit.dicom_factory import ct_slice
 from tests.conftest import Backend
-from tests.dicom_factory import ct_slice
 from tests.test_storage import stored_names
 
 SOURCE = Source(channel="import", ae_title="MODALITY1", host="10.0.0.7", organisation="Clinic 1")

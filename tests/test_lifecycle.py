@@ -20,8 +20,8 @@ from pacs.jobs.lifecycle import orientation, parse_ae_periods
 from pacs.jobs.rules import parse_rules
 from pacs.jobs.sweeper import study_state, sweep
 from pacs.runtime import build_ingest
+from testkit.dicom_factory import ct_slice
 from tests.conftest import Backend
-from tests.dicom_factory import ct_slice
 from tests.jobs_helpers import TEST_RULES, events, jobs_of, part10, store_study
 
 RULES = parse_rules(TEST_RULES)

@@ -15,8 +15,8 @@ from pacs.index.engine import create_index_engine, session_factory
 from pacs.ingest import Source, StoreStatus
 from pacs.query import QueryError, QueryModel, find
 from pacs.runtime import build_ingest
+from testkit.dicom_factory import ct_slice
 from tests.conftest import Backend
-from tests.dicom_factory import ct_slice
 
 STUDY_ROOT = QueryModel.STUDY_ROOT
 PATIENT_ROOT = QueryModel.PATIENT_ROOT
@@ -241,3 +241,15 @@ def test_lower_levels_need_the_unique_keys_above(corpus: Corpus, session: Sessio
         InstanceNumber="",
     )
     assert len(list(find(session, images, PATIENT_ROOT))) == 2
+
+
+def test_date_and_time_bounds_are_shared_by_query_and_worklist() -> None:
+    """One parser of range bounds: Query/Retrieve raises QueryError, the worklist wraps it."""
+    from pacs.query.matching import compact, range_bounds
+
+    assert range_bounds("2024.01.01-", "date") == ("20240101", "")
+    assert range_bounds("-10:30", "time") == ("", "1030")
+    assert compact(" 10:30:15.5 ", "time") == "103015.5"
+    for value, kind in (("-", "date"), ("2024x-", "date"), ("10h-", "time")):
+        with pytest.raises(QueryError):
+            range_bounds(value, kind)

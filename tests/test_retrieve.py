@@ -9,10 +9,10 @@ import pydicom
 from typer.testing import CliRunner
 
 from pacs.cli import app
+from testkit.dicom_factory import write_ct_series
+from testkit.orthanc import running_orthanc
 from tests.conftest import RunningArchive, free_port, require_tool
-from tests.dicom_factory import write_ct_series
 from tests.dimse_tools import archive_view, storescu
-from tests.orthanc import running_orthanc
 
 
 def cli(archive: RunningArchive, *args: str) -> tuple[int, str]:

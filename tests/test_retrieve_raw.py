@@ -24,10 +24,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from pacs.ingest import Source, StoreStatus
 from pacs.runtime import build_ingest
+from testkit.dicom_factory import ct_slice
+from testkit.orthanc import stop, wait_for_port
 from tests.conftest import RunningArchive, free_port, require_tool
-from tests.dicom_factory import ct_slice
 from tests.dimse_tools import dataset_part, part10_bytes
-from tests.orthanc import stop, wait_for_port
 from tests.test_retrieve_scp import register
 from tests.wado_data import j2k_ct, module_archive
 

@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 from pacs.cli import app
 from pacs.ingest import Source, StoreStatus
 from pacs.runtime import build_ingest
+from testkit.dicom_factory import write_ct_series
+from testkit.orthanc import running_orthanc
 from tests.conftest import RunningArchive, free_port, require_tool
-from tests.dicom_factory import write_ct_series
 from tests.dimse_tools import archive_view, dataset_part, part10_bytes, storescu
-from tests.orthanc import running_orthanc
 from tests.storescp import running_storescp
 
 

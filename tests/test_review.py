@@ -25,9 +25,9 @@ from pacs.index.models import AuditEvent, Instance
 from pacs.ingest.source import Source
 from pacs.jobs.rules import DEFAULT_RULES, RuleSet, parse_rules
 from pacs.runtime import build_ingest
+from testkit.dicom_factory import write_ct_series
+from testkit.inference_helpers import Archive
 from tests.conftest import Backend
-from tests.dicom_factory import write_ct_series
-from tests.inference_helpers import Archive
 
 URL = "http://archive.example"
 MEASUREMENTS = {"involvement_percent": 40.0, "ct_severity_grade": "CT-2"}
@@ -92,8 +92,8 @@ def test_real_ct_analysis_is_reported_and_signed(
 ) -> None:
     """The ct-chest pipeline's own result and TID 1500 SR through report and sign-off."""
     from inference import pipeline
-    from tests.chest_phantom import chest_phantom, phantom_series
-    from tests.inference_helpers import TruthSegmenter, open_archive
+    from testkit.chest_phantom import chest_phantom, phantom_series
+    from testkit.inference_helpers import TruthSegmenter, open_archive
 
     phantom = chest_phantom(size=48, slices=12, involvement=0.3, emphysema=0.05, seed=3)
     for archive in open_archive(db_backend.with_settings(inference_min_slices=10)):
@@ -220,8 +220,8 @@ def test_sign_off_is_final_and_derived_objects_never_reanalyse(
     version changes nothing; only new source images make a new version, analysed and signed
     once. Each version keeps one SEG, one UNVERIFIED SR, one VERIFIED SR and one report."""
     from inference import pipeline
-    from tests.chest_phantom import chest_phantom, phantom_series
-    from tests.inference_helpers import TruthSegmenter, open_archive
+    from testkit.chest_phantom import chest_phantom, phantom_series
+    from testkit.inference_helpers import TruthSegmenter, open_archive
     from tests.jobs_helpers import jobs_of
 
     small = DEFAULT_RULES.replace("min: 50", "min: 10").replace("max: 5.0", "max: 30")

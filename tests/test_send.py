@@ -24,10 +24,10 @@ from typer.testing import CliRunner
 from pacs.cli import app
 from pacs.ingest import Source, StoreStatus
 from pacs.runtime import build_ingest
+from testkit.dicom_factory import ct_slice
+from testkit.orthanc import running_orthanc
 from tests.conftest import Backend, free_port, require_tool
-from tests.dicom_factory import ct_slice
 from tests.dimse_tools import archive_view, dataset_part, part10_bytes
-from tests.orthanc import running_orthanc
 from tests.storescp import running_storescp
 
 SOURCE = Source(channel="import")

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.models import Instance
 from pacs.storage import open_store
+from testkit.dicom_factory import write_ct_series
 from tests.conftest import RunningArchive, require_tool
-from tests.dicom_factory import write_ct_series
 
 
 def test_echo_store_and_list(archive: RunningArchive, tmp_path: Path) -> None:

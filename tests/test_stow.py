@@ -23,8 +23,8 @@ from sqlalchemy import select
 
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.models import AuditEvent
+from testkit.dicom_factory import ct_slice, write_ct_series
 from tests.conftest import Backend, RunningArchive
-from tests.dicom_factory import ct_slice, write_ct_series
 from tests.dimse_tools import archive_view
 from viewer_api.app import create_app
 from viewer_api.multipart import (

@@ -17,9 +17,10 @@ from pacs.metadata.document import (
     BULK_DATA_THRESHOLD,
     FrameIndex,
     build_document,
+    frame_index,
     tag_path,
 )
-from tests.dicom_factory import ct_slice
+from testkit.dicom_factory import ct_slice
 from tests.dimse_tools import part10_bytes
 from tests.wado_data import native_multiframe
 from viewer_api.wado import media
@@ -68,6 +69,20 @@ def test_encapsulated_frames_of_several_fragments_with_offset_table() -> None:
     assert [len(f) for f in doc.frames.frames] == [3, 3]
     rebuilt = [b"".join(data[o : o + n] for o, n in frame) for frame in doc.frames.frames]
     assert [r.rstrip(b"\0") for r in rebuilt] == [f.rstrip(b"\0") for f in frames]
+
+
+@pytest.mark.parametrize("cut", [8, 20])  # the sequence delimiter; into the last fragment
+def test_truncated_fragments_are_refused(cut: int) -> None:
+    ds = native_multiframe(generate_uid(), frames=2, size=8)
+    ds.PixelData = encapsulate([b"\xff\x4f" + bytes([k]) * 2000 for k in (1, 2)], has_bot=True)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    data = part10_bytes(ds)
+    stored = dcmread(io.BytesIO(data), defer_size=BULK_DATA_THRESHOLD)
+    index = frame_index(stored, data)
+    assert index is not None and [len(f) for f in index.frames] == [1, 1]
+    with pytest.raises(ValueError):
+        frame_index(stored, data[:-cut])
 
 
 def test_rle_frames_without_offset_table() -> None:
@@ -187,3 +202,13 @@ def test_fast_conversion_agrees_with_pydicom(name: str, monkeypatch: pytest.Monk
     monkeypatch.setattr(document, "_fast_json", lambda *args: None)
     slow = json.loads(build_document(data, "1.2", "1.3", "1.4", "1.2.840.10008.1.2").json)
     assert _normalised(fast) == _normalised(slow)
+
+
+def test_one_dicom_json_element_writer() -> None:
+    from pacs.metadata.dicom_json import dumps, element
+
+    assert element("UI", ["1.2.3"]) == {"vr": "UI", "Value": ["1.2.3"]}
+    assert element("SQ", []) == {"vr": "SQ"}  # PS3.18 F.2.5: no Value when empty
+    assert dumps({"00100010": element("PN", [{"Alphabetic": "Ж"}])}) == (
+        '{"00100010":{"vr":"PN","Value":[{"Alphabetic":"Ж"}]}}'.encode()
+    )

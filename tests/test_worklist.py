@@ -21,8 +21,8 @@ from pacs.runtime import build_ingest
 from pacs.worklist import WorklistQueryError, item_from_service_request, matches, response
 from pacs.worklist.items import WorklistItem
 from pacs.worklist.source import WorklistSource, prefilter
+from testkit.dicom_factory import ct_slice
 from tests.conftest import Backend
-from tests.dicom_factory import ct_slice
 
 V2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"

@@ -12,6 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from testkit.dicom_factory import ct_slice
 from tests.conftest import (
     SHARED_DATA,
     RunningArchive,
@@ -20,7 +21,6 @@ from tests.conftest import (
     start_archive,
     stop_archive,
 )
-from tests.dicom_factory import ct_slice
 
 J2K_CT = SHARED_DATA / "totalsegmentator" / "example_ct_dicom"
 MULTIFRAME_GRAYSCALE_WORD = "1.2.840.10008.5.1.4.1.1.7.3"

@@ -23,6 +23,7 @@ from pacs.fhir.errors import (
 from pacs.fhir.store import FhirStore
 from viewer_api.audit import record_access
 from viewer_api.deps import User
+from viewer_api.negotiation import media_ranges, parse_media_type
 
 FHIR_JSON = "application/fhir+json"
 _JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir", "text/json"}
@@ -74,16 +75,12 @@ def resource_headers(resource: dict[str, Any], base: str, location: bool) -> dic
     return headers
 
 
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
 async def read_body(request: Request, form: bool = False) -> bytes:
     """The request body, refused with 413 above ``fhir_max_body_bytes`` (before it is read
     when Content-Length says so) and with 415 unless it is FHIR JSON (or a form for
     ``_search``)."""
     limit: int = request.app.state.settings.fhir_max_body_bytes
-    media = _media_type(request)
+    media, _params = parse_media_type(request.headers.get("content-type", ""))
     allowed = {_FORM} if form else _JSON_TYPES
     if media and media not in allowed:
         raise UnsupportedMediaType(f"Content-Type {media!r} is not accepted here")
@@ -143,9 +140,9 @@ def check_format(request: Request) -> None:
     wanted = request.query_params.get("_format", "")
     if wanted and "json" not in wanted.lower():
         raise NotAcceptable(f"_format={wanted}: this server answers JSON only")
-    accept = request.headers.get("accept", "").lower()
-    types = [t.split(";")[0].strip() for t in accept.split(",") if t.strip()]
-    if types and not any("json" in t or t in ("*/*", "application/*") for t in types):
+    accept = request.headers.get("accept", "")
+    types = [r.media_type for r in media_ranges(accept)]
+    if accept.strip() and not any("json" in t or t in ("*/*", "application/*") for t in types):
         raise NotAcceptable(f"Accept: {accept}: this server answers application/fhir+json only")
 
 

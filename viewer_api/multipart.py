@@ -7,6 +7,16 @@ content goes (memory, a temporary file, nowhere). ``spool_parts`` is that caller
 it copies every part's content into one spooled temporary file (kept in memory while small,
 on disk beyond) and remembers where each part lies, so no more than one part need ever be in
 memory at once, and a body whose structure is broken is refused before any part is used.
+
+Why not a library (``python -m bench.multipart``, 2026-12-03, CPU time, best of 15, 64 KiB
+chunks, parts with a Content-Type and no Content-Disposition): on 40 x 512 KiB parts this
+parser takes 7.0 ms, python-multipart's streaming parser 5.5 ms, requests-toolbelt 31.5 ms
+(whole body in memory, no streaming); on 2000 x 4 KiB parts 11.5, 10.8 and 29.9 ms; the
+``multipart`` package refuses parts without Content-Disposition (form-data only).
+python-multipart streams and is slightly faster, but refuses a preamble (RFC 2046 5.1.1
+requires ignoring it) and accepts a body cut before its closing boundary, so a truncated
+upload would be stored; the difference (about 0.04 ms per 512 KiB slice) is small next to
+ingest (about 2.5 ms of CPU per slice). This parser is kept for those two guarantees.
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import IO
 
+from viewer_api.negotiation import parse_media_type
+
 MAX_HEADER_BLOCK = 16 * 1024  # bytes of one part's header block
 MAX_PREAMBLE = 64 * 1024  # bytes before the first boundary
 MAX_BOUNDARY = 70  # RFC 2046 section 5.1.1
@@ -23,56 +35,6 @@ MAX_BOUNDARY = 70  # RFC 2046 section 5.1.1
 
 class MultipartError(ValueError):
     """The body is not a well-formed multipart body."""
-
-
-# ---------------------------------------------------------------- media types
-
-
-def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
-    """Split a Content-Type value into (lower-case type/subtype, parameters).
-
-    Parameter names are lower-cased; values may be tokens or quoted strings (quotes and
-    backslash escapes removed; a ``;`` inside quotes is part of the value).
-    """
-    items: list[str] = []
-    current: list[str] = []
-    quoted = escaped = False
-    for char in value:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif quoted and char == "\\":
-            current.append(char)
-            escaped = True
-        elif char == '"':
-            current.append(char)
-            quoted = not quoted
-        elif char == ";" and not quoted:
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    items.append("".join(current))
-    media_type = items[0].strip().lower()
-    params: dict[str, str] = {}
-    for item in items[1:]:
-        name, sep, raw = item.partition("=")
-        name = name.strip().lower()
-        if not sep or not name:
-            continue
-        raw = raw.strip()
-        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-            raw = _unquote(raw[1:-1])
-        params[name] = raw
-    return media_type, params
-
-
-def _unquote(text: str) -> str:
-    out: list[str] = []
-    chars = iter(text)
-    for char in chars:
-        out.append(next(chars, "") if char == "\\" else char)
-    return "".join(out)
 
 
 def boundary_of(params: Mapping[str, str]) -> bytes:

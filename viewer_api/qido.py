@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
+from pacs.metadata.dicom_json import element
 from pacs.query.find import Match, is_non_ascii
 from pacs.query.keys import COMPUTED, KEYS, LEVELS
 from pacs.storage import is_valid_uid
@@ -343,7 +344,7 @@ def to_json(match: Match, level: str, base_url: str) -> dict[str, object]:
         non_ascii = non_ascii or is_non_ascii(value)
         out[f"{key.tag:08X}"] = _element(key.vr if value is not None else key.empty_vr, value)
     if non_ascii:
-        out["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
+        out["00080005"] = element("CS", ["ISO_IR 192"])
     return dict(sorted(out.items()))
 
 
@@ -358,7 +359,7 @@ def _retrieve_url(values: dict[str, Any], level: str, base_url: str) -> str:
 
 def _element(vr: str, value: Any) -> dict[str, object]:
     if value is None:
-        return {"vr": vr, "Value": []} if vr == "SQ" else {"vr": vr}
+        return {"vr": vr, "Value": []} if vr == "SQ" else element(vr, [])
     items = value if isinstance(value, list) else [value]
     if vr == "PN":
         return {"vr": vr, "Value": [_person_name(str(item)) for item in items]}

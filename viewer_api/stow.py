@@ -17,33 +17,28 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from pacs.dimse import status
 from pacs.ingest import IngestService, Source, StoreStatus
 from pacs.storage import is_valid_uid
+from viewer_api.negotiation import DICOM
 
 log = logging.getLogger(__name__)
 
-DICOM_MEDIA_TYPE = "application/dicom"
-DICOM_JSON_MEDIA_TYPE = "application/dicom+json"
-
-# FailureReason (0008,1197) and WarningReason (0008,1196) values, PS3.18 table 10.5.3-2
-FAILURE_PROCESSING = 0x0110
-FAILURE_DUPLICATE_SOP_INSTANCE = 0x0111
-FAILURE_OUT_OF_RESOURCES = 0xA700
-FAILURE_DATASET_DOES_NOT_MATCH = 0xA900  # also: instance of another study than the target
-FAILURE_CANNOT_UNDERSTAND = 0xC000
-WARNING_COERCION = 0xB000
+# FailureReason (0008,1197) and WarningReason (0008,1196) values (PS3.18 table 10.5.3-2) are
+# the DIMSE codes of pacs.dimse.status; DATA_SET_DOES_NOT_MATCH_SOP_CLASS also refuses an
+# instance of another study than the target.
 
 # (failure reason, warning reason) per ingest outcome; (None, None) is a plain success
 OUTCOME_REASONS: dict[StoreStatus, tuple[int | None, int | None]] = {
     StoreStatus.STORED: (None, None),
     StoreStatus.DUPLICATE: (None, None),
     StoreStatus.REPLACED: (None, None),
-    StoreStatus.CONFLICT_KEPT: (None, WARNING_COERCION),
-    StoreStatus.CONFLICT_REJECTED: (FAILURE_DUPLICATE_SOP_INSTANCE, None),
-    StoreStatus.INVALID: (FAILURE_CANNOT_UNDERSTAND, None),
-    StoreStatus.SOP_CLASS_MISMATCH: (FAILURE_DATASET_DOES_NOT_MATCH, None),
-    StoreStatus.TOO_LARGE: (FAILURE_OUT_OF_RESOURCES, None),
-    StoreStatus.FAILED: (FAILURE_OUT_OF_RESOURCES, None),
+    StoreStatus.CONFLICT_KEPT: (None, status.COERCION_OF_DATA_ELEMENTS),
+    StoreStatus.CONFLICT_REJECTED: (status.DUPLICATE_SOP_INSTANCE, None),
+    StoreStatus.INVALID: (status.CANNOT_UNDERSTAND, None),
+    StoreStatus.SOP_CLASS_MISMATCH: (status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, None),
+    StoreStatus.TOO_LARGE: (status.OUT_OF_RESOURCES, None),
+    StoreStatus.FAILED: (status.OUT_OF_RESOURCES, None),
 }
 
 _IDENTITY_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
@@ -102,20 +97,22 @@ def store_part(
 ) -> PartResult:
     """Store one part through ingest. ``data`` is None for a part over the size limit;
     ``study_instance_uid`` is the target study of ``POST /studies/{study}``."""
-    if content_type != DICOM_MEDIA_TYPE:
-        return PartResult(Identity(), FAILURE_CANNOT_UNDERSTAND, reason="part is not DICOM")
+    if content_type != DICOM:
+        return PartResult(Identity(), status.CANNOT_UNDERSTAND, reason="part is not DICOM")
     if data is None:
-        return PartResult(Identity(), FAILURE_OUT_OF_RESOURCES, reason="part too large")
+        return PartResult(Identity(), status.OUT_OF_RESOURCES, reason="part too large")
     identity = identify(data)
     if study_instance_uid is not None and identity.study_instance_uid != study_instance_uid:
         if not identity.readable:
-            return PartResult(identity, FAILURE_CANNOT_UNDERSTAND, reason="not a DICOM object")
-        return PartResult(identity, FAILURE_DATASET_DOES_NOT_MATCH, reason="another study")
+            return PartResult(identity, status.CANNOT_UNDERSTAND, reason="not a DICOM object")
+        return PartResult(
+            identity, status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, reason="another study"
+        )
     try:
         outcome = ingest.store_part10(data, source)
     except Exception:  # ingest answers failures itself; this is a bug, not the sender's
         log.exception("STOW-RS ingest failed")
-        return PartResult(identity, FAILURE_PROCESSING, reason="internal error")
+        return PartResult(identity, status.PROCESSING_FAILURE, reason="internal error")
     failure, warning = OUTCOME_REASONS[outcome.status]
     return PartResult(identity, failure, warning, f"{outcome.status}: {outcome.reason}", True)
 

@@ -1,6 +1,6 @@
 """Register a trained lung model (train.py's output folder) with its manifest.
 
-    .venv/bin/python models/training/package.py /tmp/lung-seg --version 1.0.0 \
+    .venv/bin/python -m models.training.package /tmp/lung-seg --version 1.0.0 \
         [--evaluation evaluation.json] [--registry models] [--replace]
 
 The manifest's ``evaluation`` holds the training run (machine, torch, time, samples, steps) and,
@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from inference.registry import ModelRegistry
 
-from inference.registry import ModelRegistry  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 SPACING = 3.0
 CONTEXT = 1

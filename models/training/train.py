@@ -11,7 +11,7 @@ SLAB - 2 samples), then train for S steps with random affine, noise and intensit
 augmentation on the device. Held-out phantoms (seeds from 1_000_000 on) are never
 rendered for training.
 
-    python models/training/train.py --out /tmp/lung-seg --samples 16000 --steps 3000
+    python -m models.training.train --out /tmp/lung-seg --samples 16000 --steps 3000
 
 Writes ``model.onnx`` (built with inference.byo_unet from the trained state dict),
 ``weights.npz`` and ``training.json`` (configuration, losses, timings, versions) into --out;
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -33,13 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
-
-import phantom  # noqa: E402
-
-from inference.byo_unet import build_unet_onnx  # noqa: E402
+from inference.byo_unet import build_unet_onnx
+from models.training import phantom
 
 SPACING = 3.0
 SIZE = 128

@@ -32,12 +32,12 @@ from pacs import metrics
 from pacs.dimse import pdu
 from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse.policy import AEPolicy
-from pacs.dimse.store import FAILURE_OUT_OF_RESOURCES, StoreHandler
+from pacs.dimse.status import OUT_OF_RESOURCES, SUCCESS
+from pacs.dimse.store import StoreHandler
 
 log = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
-SUCCESS = 0x0000
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
 REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, provider (presentation), local limit exceeded
@@ -230,7 +230,7 @@ class StorageAcceptor:
                 pdu.C_STORE_RSP,
                 message_id,
                 sop_class,
-                FAILURE_OUT_OF_RESOURCES,
+                OUT_OF_RESOURCES,
                 str(command.get(pdu.AFFECTED_SOP_INSTANCE_UID, "")),
                 f"object larger than {limit} bytes; nothing stored",
             )

@@ -18,6 +18,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacs.config import PnMatching, Settings
+from pacs.dimse.status import (
+    CANCEL,
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    PENDING,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+)
 from pacs.query import QueryError, QueryModel, find
 from pacs.query.matching import DEFAULT_OPTIONS, MatchOptions
 
@@ -30,12 +38,6 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 FIND_SOP_CLASSES = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
 """Abstract syntaxes the C-FIND SCP serves."""
 
-PENDING = 0xFF00
-CANCEL = 0xFE00
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 
 _MODELS = {PATIENT_ROOT_FIND: QueryModel.PATIENT_ROOT, STUDY_ROOT_FIND: QueryModel.STUDY_ROOT}
 

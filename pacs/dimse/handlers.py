@@ -19,7 +19,8 @@ from pacs import metrics
 from pacs.dimse.find import FindService
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.retrieve import RetrieveService
-from pacs.dimse.store import SUCCESS, StoreHandler
+from pacs.dimse.status import SUCCESS, UNABLE_TO_PROCESS
+from pacs.dimse.store import StoreHandler
 from pacs.dimse.worklist import MODALITY_WORKLIST_FIND, WorklistService
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class Handlers:
         service = self.worklist if sop_class == MODALITY_WORKLIST_FIND else self.find
         if service is None:
             status = Dataset()
-            status.Status = 0xC000  # unable to process: this process serves no such C-FIND
+            status.Status = UNABLE_TO_PROCESS  # this process serves no such C-FIND
             yield status, None
             return
         yield from service.on_c_find(event)

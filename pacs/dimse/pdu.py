@@ -12,6 +12,8 @@ import socket
 import struct
 from collections.abc import Iterator
 
+from pacs.errors import PacsError
+
 A_ASSOCIATE_RQ = 0x01
 A_ASSOCIATE_AC = 0x02
 P_DATA_TF = 0x04
@@ -46,7 +48,7 @@ _LAST = 0x02
 _MAX_PDU = 256 * 1024 * 1024  # a PDU longer than this is refused (protects memory)
 
 
-class ProtocolError(Exception):
+class ProtocolError(PacsError):
     """The peer broke the upper layer protocol; the association is aborted."""
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from pacs.aes import AERegistryError, get_ae
+from pacs.dimse.pynetdicom_internals import answer_instead, replace_send_c_store
 from pacs.dimse.scu import (
     MoveOriginator,
     StoreItem,
@@ -38,16 +39,18 @@ from pacs.dimse.scu import (
     split_part10,
     transcode,
 )
+from pacs.dimse.status import (
+    CANCEL,
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    PENDING,
+    UNABLE_TO_PROCESS,
+)
+from pacs.errors import PacsError
 from pacs.index.models import Instance, Patient, Series, Study
 from pacs.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
-PENDING = 0xFF00
-CANCEL = 0xFE00
-MOVE_DESTINATION_UNKNOWN = 0xA801
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 
 _LEVEL_KEYS: dict[str, tuple[str, ...]] = {
     "PATIENT": ("PatientID",),
@@ -65,7 +68,7 @@ _COLUMNS = {
 }
 
 
-class IdentifierError(ValueError):
+class IdentifierError(PacsError, ValueError):
     """The identifier does not name instances by the unique keys of its level."""
 
 
@@ -154,7 +157,7 @@ class RetrieveService:
         if failure is not None:
             # refuse without associating with the destination: pynetdicom would associate
             # before a pending yield, so the final status replaces its "unable to process"
-            _answer_instead(event.assoc, failure)
+            answer_instead(event.assoc, failure)
             raise IdentifierError("retrieve identifier refused")
         yield len(items)
         yield from self._datasets(
@@ -177,7 +180,7 @@ class RetrieveService:
             return self.locate(event.identifier), None
         except IdentifierError as exc:
             log.warning("retrieve identifier refused: %s", exc)
-            return [], IDENTIFIER_DOES_NOT_MATCH
+            return [], IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
         except Exception as exc:
             log.error("retrieve: index lookup failed: %s", type(exc).__name__)
             return [], UNABLE_TO_PROCESS
@@ -256,18 +259,20 @@ def _raw_sender(sink: list[Any], move_originator: str = "") -> Callable[[Any], N
     def wrap(event: Any) -> None:
         assoc = event.assoc
         sink.append(assoc)
-        original = assoc.send_c_store
 
-        def send_c_store(dataset: Any, msg_id: int = 1, **kwargs: Any) -> Dataset:
-            if not isinstance(dataset, StoredDataset):
-                return cast(Dataset, original(dataset, msg_id=msg_id, **kwargs))
-            originator = None
-            if kwargs.get("originator_id") is not None:
-                title = move_originator or str(kwargs.get("originator_aet") or "")
-                originator = MoveOriginator(title, int(kwargs["originator_id"]))
-            return _send_stored(assoc, dataset, msg_id, originator)
+        def raw(original: Callable[..., Any]) -> Callable[..., Dataset]:
+            def send_c_store(dataset: Any, msg_id: int = 1, **kwargs: Any) -> Dataset:
+                if not isinstance(dataset, StoredDataset):
+                    return cast(Dataset, original(dataset, msg_id=msg_id, **kwargs))
+                originator = None
+                if kwargs.get("originator_id") is not None:
+                    title = move_originator or str(kwargs.get("originator_aet") or "")
+                    originator = MoveOriginator(title, int(kwargs["originator_id"]))
+                return _send_stored(assoc, dataset, msg_id, originator)
 
-        assoc.send_c_store = send_c_store
+            return send_c_store
+
+        replace_send_c_store(assoc, raw)
 
     return wrap
 
@@ -298,16 +303,3 @@ def _send_stored(
     result = Dataset()
     result.Status = status
     return result
-
-
-def _answer_instead(assoc: Any, status: int) -> None:
-    """Make the next response pynetdicom sends on ``assoc`` carry ``status``."""
-    dimse = assoc.dimse
-    original = dimse.send_msg
-
-    def send_msg(primitive: Any, context_id: int) -> None:
-        primitive.Status = status
-        dimse.send_msg = original
-        original(primitive, context_id)
-
-    dimse.send_msg = send_msg

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -27,6 +26,8 @@ from pynetdicom.presentation import PresentationContext
 
 from pacs.config import Settings
 from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacs.dimse.pynetdicom_internals import exchange_c_store
+from pacs.dimse.status import STORE_WARNINGS, SUCCESS
 from pacs.errors import PacsError
 
 logger = logging.getLogger(__name__)
@@ -166,9 +167,9 @@ def transcode(data: bytes, syntax: str) -> bytes:
 
 
 def _classify(status: int) -> Outcome:
-    if status == 0x0000:
+    if status == SUCCESS:
         return Outcome.SENT
-    if status in (0xB000, 0xB006, 0xB007, 0x0107, 0x0116):
+    if status in STORE_WARNINGS:
         return Outcome.WARNING
     return Outcome.FAILED
 
@@ -195,20 +196,8 @@ def send_dataset(
     if originator is not None:
         req.MoveOriginatorApplicationEntityTitle = originator.ae_title
         req.MoveOriginatorMessageID = originator.message_id
-    # pause the reactor while we wait for the response (as send_c_store does)
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
-        assoc.dimse.send_msg(req, context_id)
-        _cx, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
-    if rsp is None:
-        assoc._handle_no_response()
-        return -1
-    status = assoc._check_received_status(cast(C_STORE, rsp))
-    return int(status.Status) if "Status" in status else -1
+    status = exchange_c_store(assoc, req, context_id)
+    return int(status.Status) if status is not None and "Status" in status else -1
 
 
 def _send_one(

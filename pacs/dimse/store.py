@@ -7,29 +7,23 @@ from __future__ import annotations
 
 import logging
 
+from pacs.dimse import status
 from pacs.dimse.part10 import part10
 from pacs.dimse.policy import AEPolicy
 from pacs.ingest import IngestService, Source, StoreStatus
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-WARNING_COERCION = 0xB000
-FAILURE_DUPLICATE_SOP_INSTANCE = 0x0111
-FAILURE_OUT_OF_RESOURCES = 0xA700
-FAILURE_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-FAILURE_CANNOT_UNDERSTAND = 0xC000
-
 C_STORE_STATUS = {
-    StoreStatus.STORED: SUCCESS,
-    StoreStatus.DUPLICATE: SUCCESS,
-    StoreStatus.REPLACED: SUCCESS,
-    StoreStatus.CONFLICT_KEPT: WARNING_COERCION,
-    StoreStatus.CONFLICT_REJECTED: FAILURE_DUPLICATE_SOP_INSTANCE,
-    StoreStatus.INVALID: FAILURE_CANNOT_UNDERSTAND,
-    StoreStatus.SOP_CLASS_MISMATCH: FAILURE_DATASET_DOES_NOT_MATCH_SOP_CLASS,
-    StoreStatus.TOO_LARGE: FAILURE_OUT_OF_RESOURCES,
-    StoreStatus.FAILED: FAILURE_OUT_OF_RESOURCES,
+    StoreStatus.STORED: status.SUCCESS,
+    StoreStatus.DUPLICATE: status.SUCCESS,
+    StoreStatus.REPLACED: status.SUCCESS,
+    StoreStatus.CONFLICT_KEPT: status.COERCION_OF_DATA_ELEMENTS,
+    StoreStatus.CONFLICT_REJECTED: status.DUPLICATE_SOP_INSTANCE,
+    StoreStatus.INVALID: status.CANNOT_UNDERSTAND,
+    StoreStatus.SOP_CLASS_MISMATCH: status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    StoreStatus.TOO_LARGE: status.OUT_OF_RESOURCES,
+    StoreStatus.FAILED: status.OUT_OF_RESOURCES,
 }
 
 
@@ -62,7 +56,7 @@ class StoreHandler:
             )
             outcome = self.ingest.store_part10(data, source)
             code = C_STORE_STATUS[outcome.status]
-            return code, ("" if code == SUCCESS else outcome.reason[:64])
+            return code, ("" if code == status.SUCCESS else outcome.reason[:64])
         except Exception:
             log.exception("C-STORE failed")
-            return FAILURE_OUT_OF_RESOURCES, "internal error; nothing stored"
+            return status.OUT_OF_RESOURCES, "internal error; nothing stored"

@@ -12,18 +12,20 @@ import socket
 import threading
 from typing import Any
 
-from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
-from pynetdicom.association import Association
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.config import Settings
-from pacs.dimse import tuning
 from pacs.dimse.acceptor import StorageAcceptor, decode_associate_rq, is_storage_request
 from pacs.dimse.ae import STORAGE_SOP_CLASSES, build_ae
 from pacs.dimse.find import FindService, match_options
 from pacs.dimse.handlers import Handlers
 from pacs.dimse.policy import AEPolicy
+from pacs.dimse.pynetdicom_internals import (
+    SharedContexts,
+    TunedRequestHandler,
+    quiet_identifier_logging,
+)
 from pacs.dimse.retrieve import RetrieveService
 from pacs.dimse.store import StoreHandler
 from pacs.dimse.worklist import WorklistService
@@ -34,25 +36,6 @@ from pacs.runtime import build_ingest
 from pacs.worklist.source import WorklistSource
 
 log = logging.getLogger(__name__)
-
-
-class _RequestHandler(RequestHandler):
-    def _create_association(self) -> Association:
-        assoc = super()._create_association()
-        tuning.install(assoc)
-        return assoc
-
-
-class _SharedContexts(list[Any]):
-    """The supported presentation contexts, shared by every association of the process.
-
-    pynetdicom deep-copies the server's contexts for each association (about 0.1 s of CPU
-    for 171 SOP classes x 39 transfer syntaxes); acceptor negotiation only reads them and
-    builds new result contexts, so one shared list is safe.
-    """
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedContexts:
-        return self
 
 
 class _HandedOverServer(ThreadedAssociationServer):
@@ -69,8 +52,7 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     """Run associations for sockets received on ``control`` until the parent goes away."""
     configure_logging(settings)
     if not settings.log_phi:  # pynetdicom's per-message log handlers print identifiers
-        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
-        pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False  # C-FIND/MOVE/GET identifiers
+        quiet_identifier_logging()
     policy = AEPolicy.from_setting(settings.allowed_aes, settings.accept_any_ae)
     ingest = build_ingest(settings)
     store = StoreHandler(ingest, policy)
@@ -96,9 +78,9 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         ae,
         (settings.host, 0),
         settings.ae_title,
-        _SharedContexts(ae.supported_contexts),
+        SharedContexts(ae.supported_contexts),
         evt_handlers=[*handlers.bindings(), (evt.EVT_CONN_CLOSE, on_closed)],
-        request_handler=_RequestHandler,
+        request_handler=TunedRequestHandler,
     )
     server.daemon_threads = True
     acceptor = StorageAcceptor(

@@ -14,7 +14,8 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.events import Event
 
-from pacs.dimse.find import IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, answer_c_find, failure
+from pacs.dimse.find import answer_c_find, failure
+from pacs.dimse.status import IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
 from pacs.worklist import WorklistItem, WorklistQueryError, matches, response
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"

@@ -9,6 +9,8 @@ review decisions).
 
 from __future__ import annotations
 
+from pacs.errors import PacsError
 
-class EmrLinkError(Exception):
+
+class EmrLinkError(PacsError):
     """Base exception of the EMR link."""

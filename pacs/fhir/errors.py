@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pacs.errors import PacsError
+
 
 def operation_outcome(
     diagnostics: str,
@@ -19,7 +21,7 @@ def operation_outcome(
     return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
-class FhirError(Exception):
+class FhirError(PacsError):
     """Base of every FHIR error: ``status`` is the HTTP status, ``outcome`` the OperationOutcome."""
 
     status = 500

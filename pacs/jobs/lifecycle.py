@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.changes import record
 from pacs.config import Settings
+from pacs.geometry import slice_normal
 from pacs.index.models import utcnow
 from pacs.index.prepared import Prepared, db_timestamp
 from pacs.ingest.attributes import InstanceAttributes
@@ -105,16 +106,12 @@ def orientation(image_orientation_patient: str, image_type: str) -> str:
     except ValueError:
         r = []
     if len(r) == 6:
-        normal = (
-            r[1] * r[5] - r[2] * r[4],
-            r[2] * r[3] - r[0] * r[5],
-            r[0] * r[4] - r[1] * r[3],
-        )
+        try:
+            normal = slice_normal(r)
+        except ValueError:
+            return "OBLIQUE"
         axis = max(range(3), key=lambda i: abs(normal[i]))
-        length = math.sqrt(sum(n * n for n in normal))
-        if length > 0 and abs(normal[axis]) / length >= 0.866:
-            return ("SAGITTAL", "CORONAL", "AXIAL")[axis]
-        return "OBLIQUE"
+        return ("SAGITTAL", "CORONAL", "AXIAL")[axis] if abs(normal[axis]) >= 0.866 else "OBLIQUE"
     values = [v.strip().upper() for v in image_type.split("\\")]
     for plane in ("AXIAL", "CORONAL", "SAGITTAL"):
         if plane in values:

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pacs.jobs import JobError
-from pacs.jobs.registry import ANALYSES
+from pacs.jobs.registry import registered
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ class Rule(BaseModel):
     @field_validator("analysis")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in ANALYSES:
-            raise ValueError(f"unknown analysis {value!r} (known: {', '.join(sorted(ANALYSES))})")
+        if value not in (known := registered()):
+            raise ValueError(f"unknown analysis {value!r} (known: {', '.join(sorted(known))})")
         return value
 
     def matches(self, s: SeriesFacts) -> bool:

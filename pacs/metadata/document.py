@@ -26,9 +26,12 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
+
+from pacs.metadata.dicom_json import dumps, element
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,7 @@ _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 PIXEL_DATA = 0x7FE00010
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, PIXEL_DATA})
 _AVAILABLE_TRANSFER_SYNTAX = 0x00083002
-_ITEM = (0xFFFE, 0xE000)
-_SEQUENCE_END = (0xFFFE, 0xE0DD)
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"  # (FFFE,E0DD), little endian
 _FRAME_STARTS = (b"\xff\xd8", b"\xff\x4f")  # JPEG / JPEG-LS SOI, JPEG 2000 SOC
 
 
@@ -95,9 +97,8 @@ def build_document(
     ds = dcmread(BytesIO(data), defer_size=BULK_DATA_THRESHOLD)
     walker = _Walker(study, series, instance, ds.original_encoding[1] is not False)
     body = walker.dataset(ds, [])
-    body[f"{_AVAILABLE_TRANSFER_SYNTAX:08X}"] = {"vr": "UI", "Value": [transfer_syntax]}
-    body = dict(sorted(body.items()))
-    encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    body[f"{_AVAILABLE_TRANSFER_SYNTAX:08X}"] = element("UI", [transfer_syntax])
+    encoded = dumps(dict(sorted(body.items())))
     frames = None
     try:
         frames = frame_index(ds, data)
@@ -130,19 +131,19 @@ class _Walker:
             try:
                 elem = ds[tag]
             except Exception:  # a value pydicom cannot convert: kept out, named by its VR
-                out[key] = {"vr": vr or "UN"}
+                out[key] = element(vr or "UN", [])
                 continue
             if elem.VR == "SQ":
                 items = [
                     self.dataset(item, [*path, int(tag), str(index)])
                     for index, item in enumerate(elem.value)
                 ]
-                out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+                out[key] = element("SQ", items)
                 continue
             try:
                 out[key] = _element_json(elem, ds)
             except Exception:
-                out[key] = {"vr": elem.VR if " or " not in elem.VR else "UN"}
+                out[key] = element(elem.VR if " or " not in elem.VR else "UN", [])
         return out
 
 
@@ -175,17 +176,17 @@ def _fast_json(raw: RawDataElement, little_endian: bool) -> dict[str, Any] | Non
         numbers = list(struct.unpack(f"<{len(value) // size}{code}", value))
         if code in "fd" and not all(math.isfinite(n) for n in numbers):
             return None
-        return {"vr": vr, "Value": numbers} if numbers else {"vr": vr}
+        return element(vr, numbers)
     if (vr not in _TEXT_VRS and vr != "IS") or not value.isascii():
         return None
     parts = [p.strip(" \0") for p in value.decode("ascii").split("\\")]
     if not any(parts):
-        return {"vr": vr}
+        return element(vr, [])
     if vr == "IS":
         if not all(p.lstrip("+-").isdigit() for p in parts):
             return None
-        return {"vr": vr, "Value": [int(p) for p in parts]}
-    return {"vr": vr, "Value": [p if p else None for p in parts]}
+        return element(vr, [int(p) for p in parts])
+    return element(vr, [p if p else None for p in parts])
 
 
 def _raw_vr(raw: DataElement | RawDataElement, ds: Dataset) -> str:
@@ -246,25 +247,23 @@ def frame_index(ds: Dataset, data: bytes) -> FrameIndex | None:
 
 
 def _encapsulated_index(data: bytes, pos: int, frames: int) -> FrameIndex | None:
-    """Walk the items of encapsulated pixel data at ``pos`` (PS3.5 A.4)."""
-    group, element, length = struct.unpack_from("<HHI", data, pos)
-    if (group, element) != _ITEM:
-        raise ValueError("encapsulated pixel data does not start with an item")
-    pos += 8
-    table = [v[0] for v in struct.iter_unpack("<I", data[pos : pos + length])] if length else []
-    pos += length
-    first = pos
+    """Group the fragments of encapsulated pixel data at ``pos`` (PS3.5 A.4), located by
+    ``pydicom.encaps``, into frames; raise ValueError when the items are malformed."""
+    buffer = BytesIO(data)
+    buffer.seek(pos)
+    table = parse_basic_offsets(buffer)
+    first = buffer.tell()
     fragments: list[tuple[int, int, int]] = []  # item start relative to first, offset, length
-    while True:
-        group, element, length = struct.unpack_from("<HHI", data, pos)
-        if (group, element) == _SEQUENCE_END:
-            break
-        if (group, element) != _ITEM or pos + 8 + length > len(data):
+    for start in parse_fragments(buffer)[1]:
+        (length,) = struct.unpack_from("<I", data, start + 4)
+        if start + 8 + length > len(data):
             raise ValueError("malformed fragment item")
-        fragments.append((pos - first, pos + 8, length))
-        pos += 8 + length
+        fragments.append((start - first, start + 8, length))
     if not fragments:
         raise ValueError("no fragments")
+    end = fragments[-1][1] + fragments[-1][2]
+    if data[end : end + 4] != _SEQUENCE_DELIMITER:
+        raise ValueError("the fragments do not end with a sequence delimiter")
     ranges = [(offset, length) for _, offset, length in fragments]
     if frames == 1:
         return FrameIndex(True, [ranges])

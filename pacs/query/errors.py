@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pacs.errors import PacsError
 
-class QueryError(ValueError):
+
+class QueryError(PacsError, ValueError):
     """A query identifier the archive cannot answer (bad level, missing unique keys...)."""

@@ -96,10 +96,7 @@ def _single(key: Key, value: str, options: MatchOptions) -> ColumnElement[bool]:
 
 
 def _range(column: Any, value: str, kind: str) -> ColumnElement[bool]:
-    low, _, high = value.partition("-")
-    low, high = _compact(low, kind), _compact(high, kind)
-    if not low and not high:
-        raise QueryError(f"empty range: {value!r}")
+    low, high = range_bounds(value, kind)
     parts = [column != ""]
     if low:
         parts.append(column >= low)
@@ -108,7 +105,19 @@ def _range(column: Any, value: str, kind: str) -> ColumnElement[bool]:
     return and_(*parts)
 
 
-def _compact(text: str, kind: str) -> str:
+def range_bounds(value: str, kind: str) -> tuple[str, str]:
+    """The bounds of a date or time range (``A-B``, ``A-`` or ``-B``), each :func:`compact`;
+    raise :class:`QueryError` when a bound is malformed or both are empty."""
+    low, _, high = value.partition("-")
+    low, high = compact(low, kind), compact(high, kind)
+    if not low and not high:
+        raise QueryError(f"empty range: {value!r}")
+    return low, high
+
+
+def compact(text: str, kind: str) -> str:
+    """A date (``kind`` "date") without the old ``.`` separators, or a time without ``:``, as
+    digits (a time may keep its fraction); raise :class:`QueryError` on anything else."""
     text = text.strip().replace(".", "") if kind == "date" else text.strip().replace(":", "")
     allowed = "0123456789" if kind == "date" else "0123456789."
     if any(char not in allowed for char in text):

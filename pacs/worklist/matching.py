@@ -14,11 +14,13 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from pacs.query.matching import values_of
+from pacs.errors import PacsError
+from pacs.query import QueryError
+from pacs.query.matching import compact, has_wildcard, range_bounds, values_of
 from pacs.worklist.items import WorklistItem
 
 
-class WorklistQueryError(ValueError):
+class WorklistQueryError(PacsError, ValueError):
     """A Modality Worklist identifier that cannot be evaluated (e.g. a malformed date)."""
 
 
@@ -68,15 +70,19 @@ def step_of(identifier: Dataset) -> Dataset:
 
 
 def matches(identifier: Dataset, item: WorklistItem) -> bool:
-    """Whether ``item`` matches every key of ``identifier``."""
+    """Whether ``item`` matches every key of ``identifier``; raise
+    :class:`WorklistQueryError` for a key that cannot be evaluated."""
     checks = [(identifier, TOP_KEYS), (step_of(identifier), STEP_KEYS)]
-    for dataset, keys in checks:
-        for element in dataset:
-            key = keys.get(element.keyword)
-            if key is None or element.VR == "SQ":
-                continue
-            if not _matches(key, element.value, getattr(item, key.attribute)):
-                return False
+    try:
+        for dataset, keys in checks:
+            for element in dataset:
+                key = keys.get(element.keyword)
+                if key is None or element.VR == "SQ":
+                    continue
+                if not _matches(key, element.value, getattr(item, key.attribute)):
+                    return False
+    except QueryError as exc:  # the date/time matching shared with Query/Retrieve
+        raise WorklistQueryError(str(exc)) from None
     return True
 
 
@@ -92,10 +98,10 @@ def _single(kind: str, value: str, actual: str) -> bool:
     if kind in ("date", "time") and "-" in value:
         return _in_range(kind, value, actual)
     if kind in ("date", "time"):
-        value = _compact(kind, value)
+        value = compact(value, kind)
     if kind == "pn":
         value, actual = value.lower(), actual.lower()
-    if "*" in value or "?" in value:
+    if has_wildcard(value):
         pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value)
         return re.fullmatch(pattern, actual, flags=re.DOTALL) is not None
     if kind == "time":
@@ -104,18 +110,7 @@ def _single(kind: str, value: str, actual: str) -> bool:
 
 
 def _in_range(kind: str, value: str, actual: str) -> bool:
-    low, _, high = value.partition("-")
-    low, high = _compact(kind, low), _compact(kind, high)
-    if not low and not high:
-        raise WorklistQueryError(f"empty range: {value!r}")
+    low, high = range_bounds(value, kind)
     if not actual:
         return False
     return (not low or actual >= low) and (not high or actual <= high + "~")
-
-
-def _compact(kind: str, text: str) -> str:
-    text = text.strip().replace(".", "") if kind == "date" else text.strip().replace(":", "")
-    allowed = "0123456789" if kind == "date" else "0123456789."
-    if any(char not in allowed for char in text):
-        raise WorklistQueryError(f"not a {kind}: {text!r}")
-    return text

@@ -26,15 +26,13 @@ from pacs.query.find import Match, find_values
 from pacs.query.matching import MatchOptions
 from viewer_api.audit import record_access
 from viewer_api.deps import CurrentUser, SessionDep, SettingsDep
-from viewer_api.multipart import parse_media_type
+from viewer_api.negotiation import DICOM_JSON, accepts
 from viewer_api.qido import QidoError, QidoQuery, parse, to_json
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
-DICOM_JSON = "application/dicom+json"
-_ACCEPTED = {DICOM_JSON, "application/json", "application/*", "*/*"}
 _WARN_AGENT = "299 pacs"
 
 StudyUID = Annotated[str, Path(description="Study Instance UID")]
@@ -149,7 +147,7 @@ def _search(
 def _answer(
     request: Request, session: Session, settings: Settings, level: str, scope: dict[str, str]
 ) -> Response:
-    if not accepts_dicom_json(request.headers.get("accept", "")):
+    if not accepts(request.headers.get("accept", ""), DICOM_JSON, "application/json"):
         raise QidoError(406, f"QIDO-RS answers {DICOM_JSON}; Accept does not allow it")
     query = parse(
         request.query_params.multi_items(), level, scope=scope, max_limit=settings.qido_max_limit
@@ -201,14 +199,3 @@ def _check_scope(session: Session, scope: dict[str, str]) -> None:
     )
     if found is None:
         raise QidoError(404, "no such series in this study")
-
-
-def accepts_dicom_json(accept: str) -> bool:
-    """True when the Accept header (absent, or a list of media ranges) admits DICOM JSON."""
-    if not accept.strip():
-        return True
-    for media_range in accept.split(","):
-        media_type, params = parse_media_type(media_range)
-        if media_type in _ACCEPTED and params.get("q", "1").strip() not in ("0", "0.0", "0.00"):
-            return True
-    return False

@@ -27,12 +27,10 @@ from viewer_api.multipart import (
     MultipartError,
     SpooledPart,
     boundary_of,
-    parse_media_type,
     spool_parts,
 )
+from viewer_api.negotiation import DICOM, DICOM_JSON, accepts, parse_media_type
 from viewer_api.stow import (
-    DICOM_JSON_MEDIA_TYPE,
-    DICOM_MEDIA_TYPE,
     PartResult,
     http_status,
     response_dataset,
@@ -47,10 +45,10 @@ router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 SPOOL_IN_MEMORY = 8 * 1024**2  # bytes of a request body kept in memory before spilling to disk
 
 _RESPONSES: dict[int | str, dict[str, object]] = {
-    200: {"description": "Every instance stored", "content": {DICOM_JSON_MEDIA_TYPE: {}}},
-    202: {"description": "Some failed, or warnings", "content": {DICOM_JSON_MEDIA_TYPE: {}}},
+    200: {"description": "Every instance stored", "content": {DICOM_JSON: {}}},
+    202: {"description": "Some failed, or warnings", "content": {DICOM_JSON: {}}},
     400: {"description": "Malformed multipart body or Study Instance UID"},
-    409: {"description": "No instance stored", "content": {DICOM_JSON_MEDIA_TYPE: {}}},
+    409: {"description": "No instance stored", "content": {DICOM_JSON: {}}},
     406: {"description": "Accept does not allow application/dicom+json"},
     415: {"description": "Not multipart/related; type=application/dicom"},
 }
@@ -101,14 +99,14 @@ async def _stow(
 async def _answer(request: Request, ingest: IngestService, study: str | None) -> JSONResponse:
     if study is not None and not is_valid_uid(study):
         return _error(400, "the Study Instance UID in the path is not a valid UID")
-    if not _accepts_dicom_json(request.headers.get("accept", "")):
-        return _error(406, f"the response is {DICOM_JSON_MEDIA_TYPE}; Accept does not allow it")
+    if not accepts(request.headers.get("accept", ""), DICOM_JSON, "application/json"):
+        return _error(406, f"the response is {DICOM_JSON}; Accept does not allow it")
     media_type, params = parse_media_type(request.headers.get("content-type", ""))
     if media_type != "multipart/related":
         return _error(415, 'expected multipart/related; type="application/dicom"')
-    root_type = params.get("type", DICOM_MEDIA_TYPE).lower()
-    if root_type != DICOM_MEDIA_TYPE:
-        return _error(415, f"only type={DICOM_MEDIA_TYPE} is supported")
+    root_type = params.get("type", DICOM).lower()
+    if root_type != DICOM:
+        return _error(415, f"only type={DICOM} is supported")
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
         try:
             boundary = boundary_of(params)
@@ -125,7 +123,7 @@ async def _answer(request: Request, ingest: IngestService, study: str | None) ->
     public = request.app.state.settings.public_base_url
     base = (public or str(request.base_url)).rstrip("/") + "/dicomweb"
     body = response_json(response_dataset(results, base, study))
-    return JSONResponse(body, status_code=status, media_type=DICOM_JSON_MEDIA_TYPE)
+    return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
 
 
 def _store_all(
@@ -151,19 +149,7 @@ def _part_type(part: SpooledPart) -> str:
     encoding = part.headers.get("content-transfer-encoding", "binary").lower()
     if encoding not in ("binary", "8bit", "7bit"):
         return ""  # base64 or quoted-printable DICOM: not supported, refused as not DICOM
-    return part.content_type or DICOM_MEDIA_TYPE
-
-
-def _accepts_dicom_json(accept: str) -> bool:
-    """True when the Accept header (absent, or a list of media ranges) admits DICOM JSON."""
-    if not accept.strip():
-        return True
-    admitted = {DICOM_JSON_MEDIA_TYPE, "application/json", "application/*", "*/*"}
-    for media_range in accept.split(","):
-        media_type, params = parse_media_type(media_range)
-        if media_type in admitted and params.get("q", "1").strip() not in ("0", "0.0", "0.00"):
-            return True
-    return False
+    return part.content_type or DICOM
 
 
 def _error(status: int, detail: str) -> JSONResponse:

@@ -22,11 +22,13 @@ from pydicom import dcmread
 from pydicom.uid import UID
 
 from pacs.errors import StorageError
+from pacs.metadata.dicom_json import dumps, element
 from pacs.metadata.document import BASE_PLACEHOLDER, PIXEL_DATA, tag_path, value_at
 from pacs.metadata.records import MetadataRow, content_tag
 from pacs.storage.base import ObjectStore
 from viewer_api.audit import record_access
 from viewer_api.deps import CurrentUser, SessionDep, User
+from viewer_api.negotiation import accepts
 from viewer_api.wado import media, parts
 from viewer_api.wado.pixels import (
     decodable,
@@ -254,13 +256,13 @@ def _matches(if_none_match: str, etag: str) -> bool:
 def _minimal(row: MetadataRow, selection: Selection) -> bytes:
     """The index's attributes of an instance whose object cannot be parsed."""
     study, series = selection.series[row.series_pk]
-    body = {
-        "00080018": {"vr": "UI", "Value": [row.sop_instance_uid]},
-        "0020000D": {"vr": "UI", "Value": [study]},
-        "0020000E": {"vr": "UI", "Value": [series]},
-        "00083002": {"vr": "UI", "Value": [row.transfer_syntax_uid]},
+    uids = {
+        "00080018": row.sop_instance_uid,
+        "0020000D": study,
+        "0020000E": series,
+        "00083002": row.transfer_syntax_uid,
     }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return dumps({tag: element("UI", [uid]) for tag, uid in uids.items()})
 
 
 # ---------------------------------------------------------------- frames and bulk data
@@ -373,7 +375,7 @@ def retrieve_bulkdata(
             parts.body(boundary, _frames(call.store, row, list(range(1, count + 1)), choice)),
             media_type=parts.content_type(boundary, choice.media_type),
         )
-    if not _accepts_octets(call.accept()):
+    if not accepts(call.accept(), media.OCTET_STREAM, in_multipart=True):
         call.fail(406, "bulk data is available as application/octet-stream")
     ds = dcmread(BytesIO(call.read(row.object_key)))
     try:
@@ -387,13 +389,6 @@ def retrieve_bulkdata(
     content = iter([(media.OCTET_STREAM, "", bytes(value))])
     return StreamingResponse(
         parts.body(boundary, content), media_type=parts.content_type(boundary, media.OCTET_STREAM)
-    )
-
-
-def _accepts_octets(accept: str) -> bool:
-    return any(
-        r.media_type in ("", "*/*", "application/*", media.OCTET_STREAM)
-        for r in media.media_ranges(accept)
     )
 
 

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from viewer_api.multipart import parse_media_type
+from viewer_api.negotiation import (
+    DICOM,
+    DICOM_JSON,
+    OCTET_STREAM,
+    accepts,
+    matches,
+    media_ranges,
+)
 
-DICOM = "application/dicom"
-DICOM_JSON = "application/dicom+json"
-OCTET_STREAM = "application/octet-stream"
-MULTIPART = "multipart/related"
 AS_STORED = "*"
 NATIVE = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
 
@@ -44,66 +47,13 @@ class NotAcceptable(ValueError):
     """No representation the request accepts can be produced (HTTP 406)."""
 
 
-@dataclass(frozen=True, slots=True)
-class MediaRange:
-    """One entry of an Accept header."""
-
-    media_type: str  # lower case; for multipart/related, the ``type`` parameter
-    multipart: bool
-    transfer_syntax: str  # "" when not given
-    quality: float
-
-
-def media_ranges(accept: str) -> list[MediaRange]:
-    """The entries of an Accept header, best first (absent header: ``*/*``)."""
-    ranges = []
-    for entry in _split(accept) or ["*/*"]:
-        media_type, params = parse_media_type(entry)
-        if not media_type:
-            continue
-        try:
-            quality = float(params.get("q", "1"))
-        except ValueError:
-            quality = 1.0
-        if quality <= 0:
-            continue
-        multipart = media_type == MULTIPART
-        inner = params.get("type", "").strip().lower() if multipart else media_type
-        syntax = params.get("transfer-syntax", "").strip()
-        ranges.append(MediaRange(inner, multipart, syntax, quality))
-    return sorted(ranges, key=lambda r: -r.quality)
-
-
-def _split(accept: str) -> list[str]:
-    """Split on commas outside quoted strings."""
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in accept:
-        if char == '"':
-            quoted = not quoted
-        if char == "," and not quoted:
-            parts.append("".join(current).strip())
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current).strip())
-    return [p for p in parts if p]
-
-
-def _matches(range_type: str, media_type: str) -> bool:
-    if range_type in ("", "*/*", media_type):
-        return True
-    return range_type.endswith("/*") and media_type.startswith(range_type[:-1])
-
-
 def instance_syntax(accept: str) -> tuple[str, bool]:
     """For instances (``multipart/related; type="application/dicom"``): the transfer syntax
     to send (``*`` for as stored) and whether the client named it. Without a
     ``transfer-syntax`` parameter it is Explicit VR Little Endian (PS3.18 8.7.3.5.2); raise
     :class:`NotAcceptable`."""
     for r in media_ranges(accept):
-        if _matches(r.media_type, DICOM) and (r.multipart or r.media_type in ("*/*", "")):
+        if matches(r.media_type, DICOM) and (r.multipart or r.media_type in ("*/*", "")):
             if not r.transfer_syntax:
                 return str(ExplicitVRLittleEndian), False
             if r.transfer_syntax == AS_STORED or _is_uid(r.transfer_syntax):
@@ -124,11 +74,8 @@ def check_syntax(target: str, stored: str, decodable: bool) -> None:
 
 def metadata_type(accept: str) -> str:
     """``application/dicom+json`` if the Accept header admits it; raise NotAcceptable."""
-    for r in media_ranges(accept):
-        if not r.multipart and (
-            _matches(r.media_type, DICOM_JSON) or r.media_type == "application/json"
-        ):
-            return DICOM_JSON
+    if accepts(accept, DICOM_JSON, "application/json"):
+        return DICOM_JSON
     raise NotAcceptable("metadata is available as application/dicom+json")
 
 
@@ -161,7 +108,7 @@ def frame_choice(accept: str, stored: str, decodable: bool) -> FrameChoice:
             continue
         if (
             compressed
-            and _matches(r.media_type, stored_type)
+            and matches(r.media_type, stored_type)
             and r.media_type != "image/*"
             and r.transfer_syntax in ("", AS_STORED, stored)
         ):
@@ -181,9 +128,9 @@ def rendered_type(accept: str) -> str:
     for r in media_ranges(accept):
         if r.multipart:
             continue
-        if _matches(r.media_type, "image/png"):
+        if matches(r.media_type, "image/png"):
             return "image/png"
-        if _matches(r.media_type, "image/jpeg"):
+        if matches(r.media_type, "image/jpeg"):
             return "image/jpeg"
     raise NotAcceptable("rendered images are available as image/png or image/jpeg")
 

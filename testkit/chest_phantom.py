@@ -15,7 +15,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from tests.dicom_factory import ct_slice
+from testkit.dicom_factory import ct_slice
 
 GGO_HU, CONSOLIDATION_HU, LUNG_HU, TISSUE_HU, VESSEL_HU = -550, -20, -860, 40, 60
 
