@@ -102,7 +102,8 @@ def import_(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders (recursive).")],
     data_dir: DataDir = None,
 ) -> None:
-    """Import Part-10 files through the ingest path; exit 1 if anything was rejected."""
+    """Import Part-10 files through the ingest path; files that are not DICOM are skipped;
+    exit 1 if a DICOM object was rejected."""
     from pacs.importer import run_import
 
     settings = _settings(data_dir=data_dir)
