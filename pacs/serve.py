@@ -13,11 +13,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
 
 from pacs.config import Settings
 from pacs.dimse.server import DicomServer
 from pacs.logging import configure_logging
+
+if TYPE_CHECKING:
+    from pacs.jobs.background import Background
 
 log = logging.getLogger(__name__)
 
@@ -25,31 +29,28 @@ READY_POLL_SECONDS = 0.05
 
 
 def run_serve(settings: Settings, http: bool) -> None:
-    """Apply migrations, start the DICOM server, then the HTTP API (or wait) until a signal."""
+    """Apply migrations, start the DICOM server, then the HTTP API (or wait) until a signal.
+    Whatever was started is stopped on the way out, start-up failures included."""
     started = time.monotonic()
     configure_logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    dicom = DicomServer(settings)
-    dicom.spawn_workers()
-    _migrate(settings)
-    background = _background(settings, worker=http and settings.serve_worker)
-    dicom.start()
-    background.start()  # sweeper, job reaper, webhooks (and a worker)
-    stop_emr_feed = _start_emr_feed(settings) if http else None
-    banner = f"DICOM: AE title {settings.ae_title} on {settings.host}:{dicom.port}" + (
-        f"  |  Web UI and API: http://{settings.host}:{settings.http_port}/" if http else ""
-    )
-    try:
+    with ExitStack() as running:
+        dicom = DicomServer(settings)
+        dicom.spawn_workers()
+        running.callback(dicom.stop)
+        _migrate(settings)
+        background = _background(settings, worker=http and settings.serve_worker)
+        dicom.start()
+        background.start()  # sweeper, job reaper, webhooks (and a worker)
+        running.callback(background.stop)
+        banner = f"DICOM: AE title {settings.ae_title} on {settings.host}:{dicom.port}"
         if http:
+            running.callback(_start_emr_feed(settings))
+            banner += f"  |  Web UI and API: http://{settings.host}:{settings.http_port}/"
             _run_http(settings, dicom, banner, started)
         else:
             _announce(banner, started, lambda: dicom.ready)
             _wait_for_signal()
-    finally:
-        if stop_emr_feed is not None:
-            stop_emr_feed()
-        background.stop()
-        dicom.stop()
 
 
 def _migrate(settings: Settings) -> None:
@@ -61,7 +62,7 @@ def _migrate(settings: Settings) -> None:
     engine.dispose()
 
 
-def _background(settings: Settings, worker: bool) -> Any:
+def _background(settings: Settings, worker: bool) -> Background:
     """The lifecycle/job threads of this node; a bad rules file or setting stops the start."""
     from pacs.jobs.background import Background
     from pacs.jobs.rules import RulesError

@@ -3,6 +3,9 @@
 The convention for README.md authors:
 
 - Every fenced block tagged ``sh`` runs, in README order, in one archive started for the test.
+  Untagged blocks are not shell examples and do not run: the opening ``make run`` / ``make test``
+  (they are how a reader gets an archive; ``tests/test_deployment.py`` pins them) and printed
+  output such as the banner.
 - A block that cannot run here says so on the line right before its fence::
 
       <!-- readme-test: not run (REASON) -->

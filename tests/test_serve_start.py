@@ -66,3 +66,42 @@ def test_banner_only_when_ready_and_quiet_console(tmp_path: Path) -> None:
     # third-party INFO lines (alembic's migrations, uvicorn's start-up) stay off the console
     noise = [line for line in printed if "alembic" in line or "Uvicorn running" in line]
     assert not noise, printed
+
+
+def processes_with(marker: str) -> list[int]:
+    """PIDs of live processes whose environment contains ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_failed_start_leaves_no_process_behind(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env |= {
+        "PACS_DATA_DIR": str(data_dir),
+        "PACS_DICOM_PORT": str(free_port()),
+        "PACS_HTTP_PORT": str(free_port()),
+        "PACS_SCP_PROCESSES": "2",
+        "PACS_RULES_FILE": str(tmp_path / "no-such-rules.yaml"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pacs.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    assert "error:" in done.stderr and "no-such-rules.yaml" in done.stderr
+    deadline = time.monotonic() + 10  # workers see their control socket close and exit
+    while processes_with(f"PACS_DATA_DIR={data_dir}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with(f"PACS_DATA_DIR={data_dir}") == []

@@ -89,6 +89,8 @@ class DicomServer:
     def stop(self) -> None:
         """Stop accepting, close the workers' control sockets (they exit) and join them."""
         self._stop.set()
+        if self._spawner:
+            self._spawner.join()
         if self._thread:
             self._thread.join(timeout=5)
         self.listener.close()
