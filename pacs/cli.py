@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from inference.models_cli import models_app
+from pacs.archive_location import Init, describe, open_archive
 from pacs.config import Settings
 from pacs.jobs.cli import jobs_app, worker
 
@@ -41,6 +42,12 @@ Processes = Annotated[
 
 def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _archive(init: bool, **overrides: Any) -> Settings:
+    """The settings of an existing archive (or a new one with ``--init``); see
+    ``pacs.archive_location``."""
+    return open_archive(_settings(**overrides), init)
 
 
 def _prepare_metrics_dir(settings: Settings) -> None:
@@ -95,10 +102,12 @@ def import_(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders (recursive).")],
     data_dir: DataDir = None,
 ) -> None:
-    """Import Part-10 files through the ingest path; exit 1 if anything was rejected."""
+    """Import Part-10 files through the ingest path; files that are not DICOM are skipped;
+    exit 1 if a DICOM object was rejected."""
     from pacs.importer import run_import
 
     settings = _settings(data_dir=data_dir)
+    typer.echo(f"pacs: {describe(settings)}", err=True)
     sys.exit(run_import(settings, paths))
 
 
@@ -110,11 +119,12 @@ def send(
         str | None, typer.Option("--series", help="Send only this Series Instance UID.")
     ] = None,
     data_dir: DataDir = None,
+    init: Init = False,
 ) -> None:
     """C-STORE a stored study to a registered remote AE; exit 1 if any instance failed."""
     from pacs.sender import run_send
 
-    sys.exit(run_send(_settings(data_dir=data_dir), study_uid, title, series))
+    sys.exit(run_send(_archive(init, data_dir=data_dir), study_uid, title, series))
 
 
 @app.command()
@@ -125,11 +135,12 @@ def retrieve(
         str | None, typer.Option("--series", help="Retrieve only this Series Instance UID.")
     ] = None,
     data_dir: DataDir = None,
+    init: Init = False,
 ) -> None:
     """C-MOVE a study from a registered remote AE into this archive (pacs serve must run)."""
     from pacs.retriever import run_retrieve
 
-    sys.exit(run_retrieve(_settings(data_dir=data_dir), study_uid, source, series))
+    sys.exit(run_retrieve(_archive(init, data_dir=data_dir), study_uid, source, series))
 
 
 @ae_app.command("add")
@@ -142,6 +153,7 @@ def ae_add(
     ] = "",
     description: Annotated[str, typer.Option("--description", help="Free text.")] = "",
     data_dir: DataDir = None,
+    init: Init = False,
 ) -> None:
     """Register a remote AE (or update the one registered under TITLE)."""
     from pacs.aes import AESpec, InvalidAEError, migrated_session, put_ae
@@ -151,21 +163,21 @@ def ae_add(
     except InvalidAEError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    with migrated_session(_settings(data_dir=data_dir)) as session:
+    with migrated_session(_archive(init, data_dir=data_dir)) as session:
         entry, created = put_ae(session, spec)
     verb = "added" if created else "updated"
     typer.echo(f"{verb} {entry.title} {entry.host}:{entry.port}")
 
 
 @ae_app.command("list")
-def ae_list(data_dir: DataDir = None) -> None:
+def ae_list(data_dir: DataDir = None, init: Init = False) -> None:
     """List the registered remote AEs."""
     from rich.console import Console
     from rich.table import Table
 
     from pacs.aes import list_aes, migrated_session
 
-    with migrated_session(_settings(data_dir=data_dir)) as session:
+    with migrated_session(_archive(init, data_dir=data_dir)) as session:
         entries = list_aes(session)
     table = Table(title=f"remote AEs: {len(entries)}")
     for column in ("title", "host", "port", "organisation", "description"):
@@ -177,13 +189,15 @@ def ae_list(data_dir: DataDir = None) -> None:
 
 @ae_app.command("remove")
 def ae_remove(
-    title: Annotated[str, typer.Argument(help="AE title.")], data_dir: DataDir = None
+    title: Annotated[str, typer.Argument(help="AE title.")],
+    data_dir: DataDir = None,
+    init: Init = False,
 ) -> None:
     """Remove a registered remote AE; exit 1 if TITLE is not registered."""
     from pacs.aes import AERegistryError, migrated_session, remove_ae
 
     try:
-        with migrated_session(_settings(data_dir=data_dir)) as session:
+        with migrated_session(_archive(init, data_dir=data_dir)) as session:
             remove_ae(session, title)
     except AERegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -195,23 +209,24 @@ def ae_remove(
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
     data_dir: DataDir = None,
+    init: Init = False,
 ) -> None:
     """Apply the index migrations (Alembic) up to REVISION."""
     from pacs.index.engine import create_index_engine
     from pacs.index.migrate import current_revision, upgrade
 
-    engine = create_index_engine(_settings(data_dir=data_dir))
+    engine = create_index_engine(_archive(init, data_dir=data_dir))
     upgrade(engine, revision)
     typer.echo(f"index at revision {current_revision(engine)}")
 
 
 @db_app.command("current")
 def db_current(data_dir: DataDir = None) -> None:
-    """Print the index schema revision."""
+    """Print the index schema revision (of an existing archive: this never creates one)."""
     from pacs.index.engine import create_index_engine
     from pacs.index.migrate import current_revision
 
-    typer.echo(current_revision(create_index_engine(_settings(data_dir=data_dir))) or "empty")
+    typer.echo(current_revision(create_index_engine(_archive(False, data_dir=data_dir))) or "empty")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
 from pathlib import Path
 
+from pydicom import dcmread
+from pydicom.tag import Tag
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -18,6 +22,17 @@ from pacs.ingest import IngestOutcome, IngestService, Source, StoreStatus
 from pacs.runtime import build_ingest
 
 MEDIA_STORAGE_DIRECTORY = b"1.2.840.10008.1.3.10"
+DICM_PREFIX = b"DICM"
+"""The Part-10 prefix after the 128-byte preamble (PS3.10 7.1)."""
+_HEAD_SIZE = 512
+_SOP_TAGS = [Tag(0x0008, 0x0016), Tag(0x0008, 0x0018)]  # SOP Class UID, SOP Instance UID
+
+
+class Skipped(StrEnum):
+    """Files a folder may hold that are not objects to import (not counted as refused)."""
+
+    DICOMDIR = "skipped (DICOMDIR)"
+    NOT_DICOM = "skipped (not DICOM)"  # manifest.json, README, thumbnails, ...
 
 
 def iter_files(paths: list[Path]) -> Iterator[Path]:
@@ -36,16 +51,34 @@ def is_dicomdir(path: Path, head: bytes) -> bool:
     return path.name.upper() == "DICOMDIR" or MEDIA_STORAGE_DIRECTORY in head[:512]
 
 
-def import_file(ingest: IngestService, path: Path) -> IngestOutcome | None:
-    """Ingest one file; None when it is a DICOMDIR (skipped)."""
-    data = path.read_bytes()
-    if is_dicomdir(path, data):
-        return None
+def is_dicom_dataset(path: Path) -> bool:
+    """True when a file without the Part-10 prefix still parses as a DICOM data set naming
+    its SOP Class and Instance (e.g. a bare data set): a DICOM object, which ingest refuses."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about every odd element of junk
+            dataset = dcmread(path, force=True, stop_before_pixels=True, specific_tags=_SOP_TAGS)
+    except Exception:  # anything unparseable is not DICOM
+        return False
+    return "SOPClassUID" in dataset and "SOPInstanceUID" in dataset
+
+
+def import_file(ingest: IngestService, path: Path) -> IngestOutcome | Skipped:
+    """Ingest one file, or say why it is skipped: a DICOMDIR, or not DICOM at all (no
+    ``DICM`` prefix and not parseable as a data set)."""
+    with path.open("rb") as file:
+        head = file.read(_HEAD_SIZE)
+        if is_dicomdir(path, head):
+            return Skipped.DICOMDIR
+        if head[128:132] != DICM_PREFIX and not is_dicom_dataset(path):
+            return Skipped.NOT_DICOM
+        data = head + file.read()
     return ingest.store_part10(data, Source(channel="import", host="localhost"))
 
 
 def run_import(settings: Settings, paths: list[Path], console: Console | None = None) -> int:
-    """Import ``paths``; print a summary; return 1 if anything was rejected, else 0.
+    """Import ``paths``; print a summary; return 1 if a DICOM object was rejected, else 0
+    (files that are not DICOM are skipped and counted, not rejected).
 
     Returns 2 without importing anything when a path does not exist (a typo should not
     leave half a folder imported).
@@ -69,8 +102,8 @@ def run_import(settings: Settings, paths: list[Path], console: Console | None = 
             files, pool.map(lambda p: import_file(ingest, p), files), strict=False
         ):
             progress.advance(task)
-            if outcome is None:
-                counts["skipped (DICOMDIR)"] += 1
+            if isinstance(outcome, Skipped):
+                counts[outcome] += 1
             elif outcome.status.ok:
                 counts["duplicate" if outcome.status is StoreStatus.DUPLICATE else "stored"] += 1
             else:
@@ -79,7 +112,7 @@ def run_import(settings: Settings, paths: list[Path], console: Console | None = 
     table = Table(title=f"pacs import: {len(files)} files")
     table.add_column("result")
     table.add_column("files", justify="right")
-    for name in ("stored", "duplicate", "rejected", "skipped (DICOMDIR)"):
+    for name in ("stored", "duplicate", "rejected", *Skipped):
         table.add_row(name, str(counts[name]))
     console.print(table)
     for path, reason in rejected:

@@ -117,9 +117,10 @@ def test_cli_refuses_bad_values(db_backend: Backend) -> None:
     assert "remote AEs: 0" in run(db_backend, "ae", "list")[1]
 
 
-def test_cli_applies_migrations_on_an_empty_data_dir(tmp_path: Path) -> None:
+def test_cli_applies_migrations_on_a_new_data_dir_with_init(tmp_path: Path) -> None:
     env = {"PACS_DATABASE_URL": "", "PACS_DATA_DIR": str(tmp_path / "fresh")}
-    result = CliRunner().invoke(app, ["ae", "add", "PEER", "127.0.0.1", "104"], env=env)
+    add = ["ae", "add", "PEER", "127.0.0.1", "104", "--init"]
+    result = CliRunner().invoke(app, add, env=env)
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["ae", "list"], env=env)
     assert "PEER" in result.output

@@ -84,6 +84,56 @@ def test_health_ok(client: TestClient) -> None:
     assert response.json() == {"status": "ok", "database": "ok", "storage": "ok"}
 
 
+def test_health_live_checks_nothing_but_the_process(backend: Backend) -> None:
+    settings = backend.with_settings(database_url="postgresql+psycopg://pacs@127.0.0.1:1/pacs")
+    app = create_app(settings)
+    with TestClient(app) as client:
+        live, ready = client.get("/health/live"), client.get("/health/ready")
+    app.state.engine.dispose()
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
+    assert ready.status_code == 503
+
+
+class _DicomServer:
+    def __init__(self, ready: bool) -> None:
+        self.ready = ready
+
+
+def test_health_ready_says_starting_while_the_dicom_workers_load(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    dicom = _DicomServer(ready=False)
+    app = create_app(backend.settings, dicom)
+    with TestClient(app) as client:
+        starting = [client.get(path) for path in ("/health/ready", "/health")]
+        dicom.ready = True
+        ready = [client.get(path) for path in ("/health/ready", "/health")]
+    app.state.engine.dispose()
+    for response in starting:
+        assert response.status_code == 503
+        assert response.json() == {
+            "status": "starting",
+            "database": "ok",
+            "storage": "ok",
+            "dicom": "starting",
+        }
+    for response in ready:
+        assert response.status_code == 200
+        assert response.json()["status"] == "ok"
+
+
+def test_health_ready_unavailable_beats_starting(backend: Backend) -> None:
+    settings = backend.with_settings(database_url="postgresql+psycopg://pacs@127.0.0.1:1/pacs")
+    app = create_app(settings, _DicomServer(ready=False))
+    with TestClient(app) as client:
+        response = client.get("/health/ready")
+    app.state.engine.dispose()
+    assert response.status_code == 503
+    assert response.json()["status"] == "unavailable"
+    assert response.json()["dicom"] == "starting"
+
+
 def test_health_503_when_database_unreachable(backend: Backend) -> None:
     settings = backend.with_settings(database_url="postgresql+psycopg://pacs@127.0.0.1:1/pacs")
     app = create_app(settings)

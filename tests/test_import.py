@@ -21,7 +21,10 @@ from tests.conftest import ROOT, Backend
 
 DICOMDIR_TESTS = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests"
 PATIENT = {"patient_id": "IMPORT-SECRET-ID", "patient_name": "Secretname^Patient"}
-_ROW = re.compile(r"^\W*(stored|duplicate|rejected|skipped \(DICOMDIR\))\W+(\d+)\W*$")
+_ROW = re.compile(
+    r"^\W*(stored|duplicate|rejected|skipped \(DICOMDIR\)|skipped \(not DICOM\))\W+(\d+)\W*$"
+)
+ROWS = {"stored", "duplicate", "rejected", "skipped (DICOMDIR)", "skipped (not DICOM)"}
 
 
 def pacs_import(backend: Backend, *paths: Path) -> tuple[int, str, dict[str, int]]:
@@ -37,7 +40,7 @@ def pacs_import(backend: Backend, *paths: Path) -> tuple[int, str, dict[str, int
     )
     output = done.stdout + done.stderr
     summary = {m[1]: int(m[2]) for line in output.splitlines() if (m := _ROW.match(line))}
-    assert set(summary) == {"stored", "duplicate", "rejected", "skipped (DICOMDIR)"}, output
+    assert set(summary) == ROWS, output
     return done.returncode, output, summary
 
 
@@ -71,19 +74,26 @@ def test_import_of_a_mixed_tree(backend: Backend, tmp_path: Path) -> None:
     shutil.copy(series[0], tree / "copy" / "same-object.dcm")  # a duplicate
     (tree / "junk.bin").write_bytes(b"\x00garbage, not DICOM\n" * 50)
     (tree / "empty.dcm").write_bytes(b"")
+    (tree / "manifest.json").write_text('{"files": ["ct/1.dcm"]}')
+    part10 = series[1].read_bytes()
+    (tree / "truncated.dcm").write_bytes(part10[:400])  # DICOM, cut short: refused
+    (tree / "bare-dataset").write_bytes(part10[132:])  # DICOM without the DICM prefix: refused
 
     code, output, summary = pacs_import(backend, DICOMDIR_TESTS, tree)
 
-    assert code == 1, output  # something was rejected
+    assert code == 1, output  # DICOM objects were rejected
     assert summary == {
         "stored": len(images) + 3,
         "duplicate": 1,
-        "rejected": len(readmes) + 2,
+        "rejected": 2,
         "skipped (DICOMDIR)": len(dicomdirs),
+        "skipped (not DICOM)": len(readmes) + 3,
     }, output
-    for bad in (tree / "junk.bin", tree / "empty.dcm", *readmes):
+    for bad in (tree / "truncated.dcm", tree / "bare-dataset"):
         [line] = [line for line in output.splitlines() if f"{bad}:" in line]
         assert line.startswith("rejected") and "invalid" in line, line  # path and reason
+    for skipped in (tree / "junk.bin", tree / "empty.dcm", tree / "manifest.json", *readmes):
+        assert f"{skipped}:" not in output
     assert not [line for line in output.splitlines() if "DICOMDIR:" in line]
     for secret in PATIENT.values():  # no patient identifiers in the output
         assert secret not in output
@@ -110,13 +120,27 @@ def test_clean_import_then_reimport(backend: Backend, tmp_path: Path) -> None:
 
     code, output, summary = pacs_import(backend, folder)
     assert code == 0, output
-    assert summary == {"stored": 6, "duplicate": 0, "rejected": 0, "skipped (DICOMDIR)": 0}
+    assert summary == dict.fromkeys(ROWS, 0) | {"stored": 6}
     assert count_instances(backend) == (6, 2)
 
     code, output, summary = pacs_import(backend, folder, files[0])  # again, and a file twice
     assert code == 0, output
-    assert summary == {"stored": 0, "duplicate": 7, "rejected": 0, "skipped (DICOMDIR)": 0}
+    assert summary == dict.fromkeys(ROWS, 0) | {"duplicate": 7}
     assert count_instances(backend) == (6, 2)
+
+
+def test_folder_with_non_dicom_files_imports_cleanly(backend: Backend, tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    write_ct_series(folder / "series", slices=2, size=16)
+    (folder / "manifest.json").write_text('{"study": "export", "files": 2}')
+    (folder / "README").write_text("Exported from the modality.\n")
+    (folder / "thumb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+
+    code, output, summary = pacs_import(backend, folder)
+
+    assert code == 0, output
+    assert summary == dict.fromkeys(ROWS, 0) | {"stored": 2, "skipped (not DICOM)": 3}
+    assert count_instances(backend) == (2, 1)
 
 
 def test_import_with_a_missing_path_imports_nothing(backend: Backend, tmp_path: Path) -> None:

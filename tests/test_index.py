@@ -45,7 +45,9 @@ def head_revision() -> str:
 def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a database with no tables at all."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+        path = tmp_path / "empty.sqlite3"
+        path.touch()  # a zero-length file is an empty SQLite database
+        yield f"sqlite:///{path}"
         return
     url = os.environ.get("PACS_TEST_DATABASE_URL", "")
     require(bool(url), "PACS_TEST_DATABASE_URL is not set")
@@ -82,11 +84,11 @@ def test_db_upgrade_cli_on_empty_database(empty_database: str, tmp_path: Path) -
 
     result = runner.invoke(app, ["db", "current"], env=env)
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "empty"
+    assert result.stdout.strip() == "empty"
 
     result = runner.invoke(app, ["db", "upgrade"], env=env)
     assert result.exit_code == 0, result.output
-    assert result.output.strip().endswith(f"index at revision {head}")
+    assert result.stdout.strip().endswith(f"index at revision {head}")
 
     engine = create_engine(empty_database)
     try:
@@ -96,23 +98,27 @@ def test_db_upgrade_cli_on_empty_database(empty_database: str, tmp_path: Path) -
 
     again = runner.invoke(app, ["db", "upgrade"], env=env)  # idempotent
     assert again.exit_code == 0, again.output
-    assert again.output.strip().endswith(f"index at revision {head}")
+    assert again.stdout.strip().endswith(f"index at revision {head}")
 
     result = runner.invoke(app, ["db", "current"], env=env)
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == head
+    assert result.stdout.strip() == head
     assert schema_diff(empty_database) == []
 
 
 def test_db_upgrade_cli_uses_data_dir_by_default(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     env = {"PACS_DATABASE_URL": "", "PACS_DATA_DIR": str(tmp_path / "ignored")}
-    result = CliRunner().invoke(app, ["db", "upgrade", "--data-dir", str(data_dir)], env=env)
+    args = ["db", "upgrade", "--data-dir", str(data_dir)]
+    refused = CliRunner().invoke(app, args, env=env)
+    assert refused.exit_code == 2 and "--init" in refused.stderr, refused.output
+    assert not data_dir.exists()
+    result = CliRunner().invoke(app, [*args, "--init"], env=env)
     assert result.exit_code == 0, result.output
     assert (data_dir / "index.sqlite3").is_file()
     assert not (tmp_path / "ignored").exists()
     current = CliRunner().invoke(app, ["db", "current", "--data-dir", str(data_dir)], env=env)
-    assert current.output.strip() == head_revision()
+    assert current.stdout.strip() == head_revision()
 
 
 def test_migrations_produce_exactly_the_models_schema(empty_database: str) -> None:

@@ -20,6 +20,7 @@ from viewer_api.routers import (
     dicomweb_qido,
     dicomweb_stow,
     dicomweb_wado,
+    docs,
     fhir,
     health,
     jobs,
@@ -37,6 +38,8 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
         title="Regional imaging archive",
         version=__version__,
         description="DICOM archive with an AI service for CT: API, DICOMweb and FHIR.",
+        docs_url=None,  # served by viewer_api.routers.docs with local assets
+        redoc_url=None,
     )
     engine = create_index_engine(settings)
     app.state.settings = settings
@@ -47,6 +50,7 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     app.state.ingest = build_ingest(settings, store=app.state.store)
     app.state.dicom_server = dicom_server
     app.include_router(health.router)
+    app.include_router(docs.router)
     app.include_router(studies.router)
     app.include_router(aes.router)
     app.include_router(ui.router)

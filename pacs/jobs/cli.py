@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pacs.archive_location import Init, open_archive
 from pacs.config import Settings
 
 jobs_app = typer.Typer(help="Analysis jobs: list, inspect, cancel, re-run.", no_args_is_help=True)
@@ -38,6 +39,7 @@ def worker(
         ),
     ] = None,
     data_dir: DataDir = None,
+    init: Init = False,
 ) -> None:
     """Run analysis jobs (and the sweeper and webhook sender) until SIGTERM/SIGINT."""
     from pacs.emr.feed import start_emr_feed
@@ -50,7 +52,7 @@ def worker(
     overrides: dict[str, Any] = {"worker_concurrency": concurrency}
     if limit:
         overrides["worker_analysis_limits"] = ",".join(limit)
-    settings = _settings(data_dir, **overrides)
+    settings = open_archive(_settings(data_dir, **overrides), init)
     configure_logging(settings)
     engine = create_index_engine(settings)
     upgrade(engine)
@@ -74,7 +76,7 @@ def worker(
 def _engine(data_dir: Path | None) -> Any:
     from pacs.index.engine import create_index_engine
 
-    return create_index_engine(_settings(data_dir))
+    return create_index_engine(open_archive(_settings(data_dir), init=False))
 
 
 @jobs_app.command("list")

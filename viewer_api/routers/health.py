@@ -1,4 +1,5 @@
-"""Liveness/readiness (``/health``) and Prometheus metrics (``/metrics``)."""
+"""Liveness (``/health/live``), readiness (``/health/ready``, ``/health``) and Prometheus
+metrics (``/metrics``)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,23 @@ from sqlalchemy import text
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health")
-def health(request: Request) -> JSONResponse:
-    """200 when the database, the object store and (if in this process) the DICOM port are
-    ready; 503 with the failing parts otherwise."""
+STARTING = "starting"
+"""A check that is not ready yet but on its way (the DICOM workers loading): retry."""
+
+
+@router.get("/health/live")
+def live() -> dict[str, str]:
+    """200 while the process answers HTTP (the Kubernetes liveness probe): nothing else is
+    checked, so a slow database never gets a healthy process restarted."""
+    return {"status": "ok"}
+
+
+@router.get("/health/ready")
+def ready(request: Request) -> JSONResponse:
+    """200 when the database, the object store and (if in this process) the DICOM port take
+    traffic (the Kubernetes readiness probe). 503 otherwise, with each check's state and an
+    overall status: ``starting`` while the only missing parts are still starting,
+    ``unavailable`` when a check failed."""
     checks: dict[str, Any] = {}
     state = request.app.state
     try:
@@ -33,12 +47,16 @@ def health(request: Request) -> JSONResponse:
         checks["storage"] = f"error: {exc}"
     dicom = state.dicom_server
     if dicom is not None:
-        checks["dicom"] = "ok" if dicom.ready else "starting"
-    healthy = all(value == "ok" for value in checks.values())
-    return JSONResponse(
-        {"status": "ok" if healthy else "unavailable", **checks},
-        status_code=200 if healthy else 503,
-    )
+        checks["dicom"] = "ok" if dicom.ready else STARTING
+    failing = {value for value in checks.values() if value != "ok"}
+    status = "ok" if not failing else STARTING if failing == {STARTING} else "unavailable"
+    return JSONResponse({"status": status, **checks}, status_code=200 if status == "ok" else 503)
+
+
+@router.get("/health")
+def health(request: Request) -> JSONResponse:
+    """The same answer as ``/health/ready`` (kept for existing probes and the Dockerfile)."""
+    return ready(request)
 
 
 @router.get("/metrics")
