@@ -11,9 +11,10 @@ Method (every number comes from ``Bands``, i.e. the settings ``PACS_INFERENCE_*`
 - vessels: lung voxels at or above ``ggo_max_hu`` (dense) that a morphological opening with an
   in-plane square about ``vessel_max_diameter_mm`` wide (at least 3 voxels) removes, i.e. thin
   (tubular in cross-section) dense structures; blobs that survive the opening are
-  consolidation. Vessels, a rim of ``vessel_halo_mm`` (in whole voxels) around them (at least one
-  voxel: partial volume looks like ground glass) and voxels denser than ``consolidation_max_hu`` are not
-  parenchyma.
+  consolidation. The same opening of the voxels at or above the ground-glass lower bound
+  keeps only patches: thinner spots are vessels smaller than a voxel, counted as normal lung. Vessels, a rim of ``vessel_halo_mm`` (in whole voxels, at least one) around
+  them (partial volume looks like ground glass) and voxels denser than
+  ``consolidation_max_hu`` are not parenchyma.
 - the ground-glass lower bound follows the patient's own normal lung: the mode of the inner
   lung's histogram below ``ggo_min_hu`` plus ``ggo_normal_margin_hu``, kept within
   ``[ggo_min_hu, ggo_min_limit_hu]`` (dependent lung and low inspiration raise a normal lung's
@@ -130,6 +131,7 @@ def quantify(hu: sitk.Image, lungs: sitk.Image, bands: Bands) -> Quantification:
 
     spacing = hu.GetSpacing()
     inner = _inner(lung, bands.lung_rim_mm, spacing)
+    ggo_min = ggo_lower_bound(values[inner & (values <= bands.consolidation_max_hu)], bands)
     dense = lung & (values >= bands.ggo_max_hu)
     blobs = _opening(dense, bands.vessel_max_diameter_mm, spacing)
     vessels = dense & ~blobs
@@ -137,10 +139,13 @@ def quantify(hu: sitk.Image, lungs: sitk.Image, bands: Bands) -> Quantification:
         halo = [max(1, round(bands.vessel_halo_mm / s)) for s in spacing[:2]]
         vessels = _dilate(vessels, halo) & ~blobs
     tissue = lung & ~vessels & (values <= bands.consolidation_max_hu)
+    # vessels thinner than a voxel read as ground glass: raised spots narrower than a vessel
+    # stay in the parenchyma, as normal lung
+    raised = tissue & (values >= ggo_min)
+    patches = raised & _opening(raised, bands.vessel_max_diameter_mm, spacing)
     core = tissue & inner
-    ggo_min = ggo_lower_bound(values[core], bands)
-    ggo = core & (values >= ggo_min) & (values < bands.ggo_max_hu)
-    consolidation = core & (values >= bands.ggo_max_hu)
+    ggo = core & patches & (values < bands.ggo_max_hu)
+    consolidation = core & patches & (values >= bands.ggo_max_hu)
     parenchyma, ggo, consolidation = _classify_rim(tissue & ~inner, core, ggo, consolidation)
     parenchyma_voxels = max(1, int(np.count_nonzero(parenchyma)))
     ggo_percent = 100.0 * np.count_nonzero(ggo) / parenchyma_voxels
@@ -172,7 +177,8 @@ def ggo_lower_bound(parenchyma_hu: np.ndarray, bands: Bands) -> float:
     edges = np.arange(-1024.0, bands.ggo_min_hu + 10.0, 10.0)
     counts, _ = np.histogram(normal, bins=edges)
     mode = float(edges[int(np.argmax(counts))] + 5.0)
-    return float(np.clip(mode + bands.ggo_normal_margin_hu, bands.ggo_min_hu, bands.ggo_min_limit_hu))
+    bound = mode + bands.ggo_normal_margin_hu
+    return float(np.clip(bound, bands.ggo_min_hu, bands.ggo_min_limit_hu))
 
 
 def _classify_rim(

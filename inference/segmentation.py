@@ -11,8 +11,9 @@
   right (1) and left (2) lung by patient side (LPS: the right lung has the smaller x), each
   side grown into the aerated tissue next to it (``grow_aerated``: the thin lung slivers of
   the costophrenic recesses that the network misses; never into air, bowel gas, vessels or
-  the mediastinum, which lie outside the aerated band), then back onto the input geometry (probability resampled linearly and thresholded, so the mask
-  is smooth on a finer input grid).
+  the mediastinum, which lie outside the aerated band), then back onto the input geometry
+  (probability resampled linearly and thresholded, so the mask is smooth on a finer input
+  grid).
 
 ``segment(volume)`` runs the three; the result is a uint8 SimpleITK image with the input's
 size, origin, spacing and direction.
@@ -114,7 +115,7 @@ class LungSegmenter:
         shrunk = sitk.BinShrink(volume, factors) if max(factors) > 1 else volume
         canon = sitk.DICOMOrient(sitk.Cast(shrunk, sitk.sitkFloat32), spec.orientation)
         grid = self._grid(canon)
-        body = _body_mask(grid)
+        body = body_mask(grid)
         # outside the body outline (table, mattress, blankets) the network sees air
         hu = np.where(body, sitk.GetArrayViewFromImage(grid), np.float32(spec.pad_value_hu))
         t = spec.intensity
@@ -293,7 +294,7 @@ def grow_aerated(
     return grown
 
 
-def _body_mask(grid: sitk.Image) -> np.ndarray:
+def body_mask(grid: sitk.Image) -> np.ndarray:
     """Voxels inside the body outline: the largest object denser than air, after an opening
     that detaches the patient table, with its inner air (lungs, airways, bowel gas) filled
     slice by slice."""
