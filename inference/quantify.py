@@ -4,17 +4,19 @@ Method (every number comes from ``Bands``, i.e. the settings ``PACS_INFERENCE_*`
 
 - lung = the segmentation's labels 1 (right) and 2 (left); volumes = voxel count x voxel volume.
 - emphysema index (LAA-950) = % of lung voxels below ``emphysema_hu``.
-- parenchyma excludes the partial-volume rim of the lung (``lung_rim_mm``, at least one voxel
-  in-plane), where chest wall, diaphragm and mediastinum average with air into ground-glass
-  values; the rim is left out of both the finding and the reference (shares are of the inner
-  lung; all lung when the inner lung is under a tenth of it).
+- the partial-volume rim of the lung (``lung_rim_mm``, at least one voxel in-plane), where
+  chest wall, diaphragm and mediastinum average with air into ground-glass values, is not
+  classed by its own density: each rim voxel takes the majority class of the inner lung
+  next to it (repeated inwards ``RIM_STEPS`` times); unreached rim voxels are left out.
+  With less than a tenth of the lung inner, the whole lung is classed by density.
 - vessels: lung voxels at or above ``ggo_max_hu`` (dense) that a morphological opening with an
   in-plane square about ``vessel_max_diameter_mm`` wide (at least 3 voxels) removes, i.e. thin
   (tubular in cross-section) dense structures; blobs that survive the opening are
-  consolidation. The same opening of the voxels at or above the ground-glass lower bound
-  keeps only patches: thinner spots are vessels smaller than a voxel, counted as normal lung. Vessels, a rim of ``vessel_halo_mm`` (in whole voxels, at least one) around
+  consolidation. Vessels, a rim of ``vessel_halo_mm`` (in whole voxels, at least one) around
   them (partial volume looks like ground glass) and voxels denser than
-  ``consolidation_max_hu`` are not parenchyma.
+  ``consolidation_max_hu`` are not parenchyma. The same opening of the voxels at or above the
+  ground-glass lower bound keeps only patches: thinner spots are vessels smaller than a
+  voxel, counted as normal lung.
 - the ground-glass lower bound follows the patient's own normal lung: the mode of the inner
   lung's histogram below ``ggo_min_hu`` plus ``ggo_normal_margin_hu``, kept within
   ``[ggo_min_hu, ggo_min_limit_hu]`` (dependent lung and low inspiration raise a normal lung's

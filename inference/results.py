@@ -33,7 +33,7 @@ MANUFACTURER = "PACS regional archive"
 DEVICE_NAME = "PACS CT chest analysis"
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9001, 9002
 QUANTIFICATION = "lung-densitometry"  # the density-band method of inference.quantify
-QUANTIFICATION_VERSION = "1.0"
+QUANTIFICATION_VERSION = "1.1"
 
 _SCHEME = "99PACS"  # private coding scheme for concepts no standard vocabulary has
 ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")

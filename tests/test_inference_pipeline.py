@@ -80,7 +80,7 @@ def test_analysis_stores_seg_sr_and_result(
     assert row["status"] == "preliminary"
     assert row["study_version"] == 1 and row["analysis"] == "ct-chest"
     assert row["source_series_instance_uid"] == series
-    assert row["model_versions"] == {"lung-seg": "0.0.0-test", "lung-densitometry": "1.0"}
+    assert row["model_versions"] == {"lung-seg": "0.0.0-test", "lung-densitometry": "1.1"}
     assert row["measurements"] == measurements
     assert (row["seg_sop_instance_uid"], row["sr_sop_instance_uid"]) == (seg_uid, sr_uid)
     assert row["seg_series_instance_uid"] == series_of(archive, seg_uid)[0]
@@ -199,17 +199,15 @@ def test_inference_failure_fails_the_job_and_retries_per_policy(
 # ---------------------------------------------------------------- plausibility gates
 
 
-def gated(archive: Archive, datasets: list[Dataset], lungs: Any) -> Any:
+def gated(
+    archive: Archive, datasets: list[Dataset], lungs: Any, monkeypatch: pytest.MonkeyPatch
+) -> Any:
     """The analysis of ``datasets`` with a lung model that returns ``lungs``."""
     archive.store(datasets)
     study, series = str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID)
     segmenter = TruthSegmenter(lungs)
-    pipeline_lung_segmenter = pipeline.lung_segmenter
-    pipeline.lung_segmenter = lambda settings: segmenter  # type: ignore[assignment]
-    try:
-        return pipeline.analyse_ct_chest(archive.context(study, [series]))
-    finally:
-        pipeline.lung_segmenter = pipeline_lung_segmenter  # type: ignore[assignment]
+    monkeypatch.setattr(pipeline, "lung_segmenter", lambda settings: segmenter)
+    return pipeline.analyse_ct_chest(archive.context(study, [series]))
 
 
 def stored_sr(archive: Archive, sop_uid: str) -> hd.sr.Comprehensive3DSR:
@@ -226,10 +224,12 @@ def assessability(sr: hd.sr.Comprehensive3DSR) -> str:
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # pipeline logic only
-def test_lung_bases_only_get_volumes_and_no_grade(archive: Archive, phantom: Phantom) -> None:
+def test_lung_bases_only_get_volumes_and_no_grade(
+    archive: Archive, phantom: Phantom, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 10: 110 mL of lung bases got CT-2; a scan that cuts the lungs is partial."""
     # the scan ends in the middle of the lungs (slices go from the feet up): apex outside
-    result = gated(archive, phantom_series(phantom)[:10], phantom.lungs[:10])
+    result = gated(archive, phantom_series(phantom)[:10], phantom.lungs[:10], monkeypatch)
     measurements = result.summary["measurements"]
     assert measurements["assessment"] == "partial_coverage"
     assert measurements["assessment_reason"] == "partial_coverage"
@@ -245,11 +245,13 @@ def test_lung_bases_only_get_volumes_and_no_grade(archive: Archive, phantom: Pha
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
-def test_no_lung_is_not_assessable(archive: Archive, phantom: Phantom) -> None:
+def test_no_lung_is_not_assessable(
+    archive: Archive, phantom: Phantom, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 10: an abdominal CT got "right lung 3.1 mL, 34 %, CT-2"."""
     lungs = np.zeros_like(phantom.lungs)
     lungs[8:10, 30:32, 10:12] = 1  # a few mL of "lung" in the middle of the scan
-    result = gated(archive, phantom_series(phantom), lungs)
+    result = gated(archive, phantom_series(phantom), lungs, monkeypatch)
     measurements = result.summary["measurements"]
     assert measurements["assessment"] == "not_assessable"
     assert measurements["assessment_reason"] == "no_lung"
@@ -272,32 +274,32 @@ def result_study(archive: Archive, sop_uid: str) -> str:
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
-def test_implausible_lung_volume_is_not_assessable(archive: Archive) -> None:
+def test_implausible_lung_volume_is_not_assessable(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
     small = chest_phantom(size=64, slices=20, seed=3)
     datasets = phantom_series(small)
     for ds in datasets:  # a 10x smaller patient: about 570 mL of whole lungs
         ds.PixelSpacing = [float(v) / 10**0.5 for v in ds.PixelSpacing]
         ds.SliceThickness = float(ds.SliceThickness) / 10 ** (1 / 3)
-    result = gated(archive, datasets, small.lungs)
+    result = gated(archive, datasets, small.lungs, monkeypatch)
     measurements = result.summary["measurements"]
     assert measurements["assessment_reason"] == "lung_volume_implausible"
     assert "outside the adult range" in measurements["assessment_detail"]
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
-def test_miscalibrated_ct_is_refused_before_the_model(archive: Archive, phantom: Phantom) -> None:
+def test_miscalibrated_ct_is_refused_before_the_model(
+    archive: Archive, phantom: Phantom, monkeypatch: pytest.MonkeyPatch
+) -> None:
     datasets = phantom_series(phantom)
     for ds in datasets:
         ds.RescaleIntercept = 0  # stored values (HU + 1024) read as HU: air at +24
+    segmenter = TruthSegmenter(phantom.lungs)
+    monkeypatch.setattr(pipeline, "lung_segmenter", lambda settings: segmenter)
     archive.store(datasets)
     study, series = str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID)
-    segmenter = TruthSegmenter(phantom.lungs)
-    pipeline_lung_segmenter = pipeline.lung_segmenter
-    pipeline.lung_segmenter = lambda settings: segmenter  # type: ignore[assignment]
-    try:
-        result = pipeline.analyse_ct_chest(archive.context(study, [series]))
-    finally:
-        pipeline.lung_segmenter = pipeline_lung_segmenter  # type: ignore[assignment]
+    result = pipeline.analyse_ct_chest(archive.context(study, [series]))
     measurements = result.summary["measurements"]
     assert measurements["assessment_reason"] == "miscalibrated"
     assert "air outside the body reads 24 HU" in measurements["assessment_detail"]
@@ -326,19 +328,21 @@ def test_series_mixing_two_patients_is_refused_with_its_reason(
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
-def test_coronal_series_is_analysed_on_its_head_feet_axis(archive: Archive) -> None:
+def test_coronal_series_is_analysed_on_its_head_feet_axis(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A coronal chest series: the coverage gate runs along the patient's head-feet axis,
     not along the series' slice axis, and the series gets a grade."""
     axial = chest_phantom(size=64, slices=20, involvement=0.3, seed=8)
     datasets, lungs = coronal_series(axial)
-    result = gated(archive, datasets, lungs)
+    result = gated(archive, datasets, lungs, monkeypatch)
     measurements = result.summary["measurements"]
     assert "assessment" not in measurements, measurements
     assert measurements["involvement_percent"] == pytest.approx(axial.involvement_percent, abs=5)
     assert measurements["ct_severity_grade"] == "CT-2"
     # the lower half of the same chest, coronal: the lungs reach the top of every slice
     bases = Phantom(axial.hu[:10], axial.lungs[:10], axial.spacing, 0.0, 0.0)
-    measurements = gated(archive, *coronal_series(bases)).summary["measurements"]
+    measurements = gated(archive, *coronal_series(bases), monkeypatch).summary["measurements"]
     assert measurements["assessment"] == "partial_coverage"
     assert "lung apex outside the scan" in measurements["assessment_detail"]
 
