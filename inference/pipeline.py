@@ -278,9 +278,7 @@ def post_process(
     )
 
 
-def _measurements(
-    quantification: Quantification | None, assessment: Assessment
-) -> dict[str, Any]:
+def _measurements(quantification: Quantification | None, assessment: Assessment) -> dict[str, Any]:
     """All measurements of a complete result; the volumes of a partial one; the reason."""
     if assessment.complete and quantification is not None:
         return quantification.measurements()

@@ -34,7 +34,8 @@ from inference.segmentation import BODY_MIN_HU, body_mask
 from pacs.config import Settings
 
 PADDING_HU = -1500.0  # below: outside the reconstruction circle (padding), not air
-CALIBRATION_GRID_MM = 6.0  # the calibration check runs on a grid about this coarse
+CALIBRATION_GRID_MM = 6.0  # the calibration check runs on a grid about this coarse in-plane
+CALIBRATION_SLICES = 32  # and on about this many slab averages
 MIN_AIR_VOXELS = 500  # fewer outside-body voxels on that grid: use the darkest voxels instead
 
 
@@ -73,8 +74,9 @@ def refused(reason: RefusalReason, detail: str) -> Assessment:
 
 def air_hu(image: sitk.Image) -> float:
     """The HU of the air outside the body (see the module docstring)."""
-    spacing = image.GetSpacing()
-    factors = [max(1, int(CALIBRATION_GRID_MM / s)) for s in spacing[:2]] + [1]
+    spacing, size = image.GetSpacing(), image.GetSize()
+    factors = [max(1, int(CALIBRATION_GRID_MM / s)) for s in spacing[:2]]
+    factors.append(max(1, size[2] // CALIBRATION_SLICES))
     grid = sitk.Cast(sitk.BinShrink(image, factors), sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(grid)
     in_view = values > PADDING_HU
@@ -104,7 +106,7 @@ def check_lungs(lungs: sitk.Image, settings: Settings) -> Assessment:
     """The lung gates on a label image (1 right, 2 left): found, covered, adult volume."""
     voxel_ml = float(np.prod(lungs.GetSpacing())) / 1000.0
     # head-feet axis first: LPS order puts inferior at index 0, superior last
-    labels = sitk.GetArrayViewFromImage(sitk.DICOMOrient(lungs, "LPS"))
+    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(lungs, "LPS"))
     area = np.count_nonzero(labels, axis=(1, 2))
     total_ml = float(area.sum()) * voxel_ml
     if total_ml < settings.inference_lung_found_min_ml:
@@ -128,7 +130,6 @@ def check_lungs(lungs: sitk.Image, settings: Settings) -> Assessment:
     if not low <= total_ml <= high:
         return refused(
             RefusalReason.LUNG_VOLUME_IMPLAUSIBLE,
-            f"total lung volume {total_ml:.0f} mL outside the adult range "
-            f"{low:.0f}-{high:.0f} mL",
+            f"total lung volume {total_ml:.0f} mL outside the adult range {low:.0f}-{high:.0f} mL",
         )
     return COMPLETE
