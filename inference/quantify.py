@@ -188,37 +188,35 @@ def _classify_rim(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parenchyma, ground glass and consolidation with each rim voxel given the majority class
     of the classified voxels next to it (3 x 3 in-plane), repeated inwards from the inner lung
-    up to ``RIM_STEPS`` times; rim voxels still unreached are left out."""
+    up to ``RIM_STEPS`` times; rim voxels still unreached are left out. Works on the rim's
+    coordinates only (the rim is a surface: few voxels of the box)."""
     known, ggo, consolidation = core.copy(), ggo.copy(), consolidation.copy()
-    pending = rim.copy()
+    pending = np.argwhere(rim)
+    _, rows, columns = rim.shape
     for _ in range(RIM_STEPS):
-        if not pending.any():
+        if not len(pending):
             break
-        near_known, near_ggo, near_cons = (_box_sum(m) for m in (known, ggo, consolidation))
-        reached = pending & (near_known > 0)
+        z, y, x = pending.T
+        counts = np.zeros((3, len(z)), dtype=np.int16)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                yy, xx = y + dy, x + dx
+                inside = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < columns)
+                yy, xx = np.clip(yy, 0, rows - 1), np.clip(xx, 0, columns - 1)
+                for i, mask in enumerate((known, ggo, consolidation)):
+                    counts[i] += mask[z, yy, xx] & inside
+        near_known, near_ggo, near_cons = counts
+        reached = near_known > 0
         if not reached.any():
             break
         involved = reached & (2 * (near_ggo + near_cons) > near_known)
-        ggo |= involved & (near_ggo >= near_cons)
-        consolidation |= involved & (near_cons > near_ggo)
-        known |= reached
-        pending &= ~reached
+        as_ggo = involved & (near_ggo >= near_cons)
+        as_cons = involved & (near_cons > near_ggo)
+        ggo[z[as_ggo], y[as_ggo], x[as_ggo]] = True
+        consolidation[z[as_cons], y[as_cons], x[as_cons]] = True
+        known[z[reached], y[reached], x[reached]] = True
+        pending = pending[~reached]
     return known, ggo, consolidation
-
-
-def _box_sum(mask: np.ndarray) -> np.ndarray:
-    """Per voxel, how many of its 3 x 3 in-plane neighbours (itself included) are set."""
-    rows = mask.astype(np.int16)
-    rows = rows + _shifted(mask, -1, 1, False) + _shifted(mask, -1, -1, False)
-    out = rows.copy()
-    for step in (1, -1):
-        shifted = np.zeros_like(rows)
-        if step > 0:
-            shifted[..., step:, :] = rows[..., :-step, :]
-        else:
-            shifted[..., :step, :] = rows[..., -step:, :]
-        out += shifted
-    return out
 
 
 def _inner(lung: np.ndarray, rim_mm: float, spacing: Any) -> np.ndarray:

@@ -53,9 +53,15 @@ GGO_SHARE_CODE = Code("GGO-SHARE", _SCHEME, "Ground glass share of lung parenchy
 CONSOLIDATION_SHARE_CODE = Code("CONS-SHARE", _SCHEME, "Consolidation share of lung parenchyma")
 INVOLVEMENT_CODE = Code("INVOLVEMENT", _SCHEME, "Lung involvement")
 ASSESSABILITY_CODE = Code("ASSESSABILITY", _SCHEME, "Assessability of the lungs")
-NOT_ASSESSABLE_CODES = {
-    reason: Code(reason.value.upper(), _SCHEME, f"Not assessable: {reason.value.replace('_', ' ')}")
-    for reason in RefusalReason
+NOT_ASSESSABLE_CODES = {  # the plausibility gates' reasons (CodeValue: at most 16 characters)
+    RefusalReason.MISCALIBRATED: Code("MISCALIBRATED", _SCHEME, "Not assessable: miscalibrated"),
+    RefusalReason.NO_LUNG: Code("NO_LUNG", _SCHEME, "Not assessable: no lung in the scan"),
+    RefusalReason.LUNG_VOLUME_IMPLAUSIBLE: Code(
+        "LUNG_VOLUME", _SCHEME, "Not assessable: lung volume outside the adult range"
+    ),
+    RefusalReason.PARTIAL_COVERAGE: Code(
+        "PARTIAL_COVERAGE", _SCHEME, "Not assessable: partial coverage of the lungs"
+    ),
 }
 GRADE_CODES = {
     "CT-0": Code("CT-0", _SCHEME, "CT-0 no involvement"),

@@ -7,6 +7,7 @@ import copy
 from collections.abc import Iterator
 from datetime import timedelta
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import highdicom as hd
@@ -17,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
-from inference import pipeline, records
+from inference import pipeline, records, results
 from inference.errors import RefusalReason, VolumeRefusedError
 from inference.volume import build_volume
 from pacs import changes
@@ -29,6 +30,7 @@ from pacs.jobs.worker import Worker
 from tests.chest_phantom import Phantom, chest_phantom, phantom_series
 from tests.conftest import Backend
 from tests.inference_helpers import Archive, FailingSegmenter, TruthSegmenter, open_archive
+from tests.test_inference_results import dciodvfy_errors
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +227,7 @@ def assessability(sr: hd.sr.Comprehensive3DSR) -> str:
 
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # pipeline logic only
 def test_lung_bases_only_get_volumes_and_no_grade(
-    archive: Archive, phantom: Phantom, monkeypatch: pytest.MonkeyPatch
+    archive: Archive, phantom: Phantom, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Issue 10: 110 mL of lung bases got CT-2; a scan that cuts the lungs is partial."""
     # the scan ends in the middle of the lungs (slices go from the feet up): apex outside
@@ -241,6 +243,8 @@ def test_lung_bases_only_get_volumes_and_no_grade(
     assert series_of(archive, seg_uid)[1] == 1
     sr = stored_sr(archive, sr_uid)
     assert assessability(sr) == "PARTIAL_COVERAGE"
+    (tmp_path / "sr.dcm").write_bytes(results.encode(sr))
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
     assert len(sr.content.get_volumetric_roi_measurement_groups()) == 2  # type: ignore[attr-defined]
 
 
