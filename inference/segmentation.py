@@ -9,9 +9,10 @@
 - ``post_process``: probability threshold inside the body outline, connected components
   (those of at least ``min_component_fraction`` of the largest one are kept), split into
   right (1) and left (2) lung by patient side (LPS: the right lung has the smaller x), each
-  side grown into the aerated tissue next to it (``grow_aerated``: the thin lung slivers of
-  the costophrenic recesses that the network misses; never into air, bowel gas, vessels or
-  the mediastinum, which lie outside the aerated band), then back onto the input geometry
+  side grown into the aerated tissue next to it when the manifest asks (``grow_aerated_mm``:
+  the thin lung slivers of the costophrenic recesses that the network misses; never into
+  air, bowel gas, vessels or the mediastinum, which lie outside the aerated band), then back
+  onto the input geometry
   (probability resampled linearly and thresholded, so the mask is smooth on a finer input
   grid).
 
@@ -38,7 +39,6 @@ LEFT_LUNG = 2
 BODY_MIN_HU = -500.0
 BODY_OPENING_MM = 3.0
 AERATED_HU = (-990.0, -500.0)  # lung tissue the segmentation grows into (air and gas below)
-GROW_MM = 30.0  # how far (3D, in voxel steps of the model grid) a lung side may grow
 _SIDE_CODES = {"3341006": RIGHT_LUNG, "44029006": LEFT_LUNG}
 
 
@@ -191,9 +191,11 @@ class LungSegmenter:
         else:
             sides = _split_sides(labels > 0, body)
         side = np.where(labels > 0, sides, 0).astype(np.uint8)
-        grown = grow_aerated(side, sitk.GetArrayViewFromImage(prepared.grid), body, prepared.grid)
-        lung_p = np.where(grown > side, np.float32(1.0), lung_p)
-        side = grown
+        if thr.grow_aerated_mm > 0:
+            hu = sitk.GetArrayViewFromImage(prepared.grid)
+            grown = grow_aerated(side, hu, body, prepared.grid, thr.grow_aerated_mm)
+            lung_p = np.where(grown > side, np.float32(1.0), lung_p)
+            side = grown
         if not side.any():
             logger.warning("no lung found in the volume")
         # back to the input grid: smooth probability inside the kept lungs, nearest side
@@ -274,14 +276,15 @@ def _to_reference(
 
 
 def grow_aerated(
-    side: np.ndarray, hu: np.ndarray, body: np.ndarray, grid: sitk.Image
+    side: np.ndarray, hu: np.ndarray, body: np.ndarray, grid: sitk.Image, distance_mm: float
 ) -> np.ndarray:
-    """``side`` (1 right, 2 left) grown, one 3 x 3 x 3 step at a time and up to ``GROW_MM``,
-    into voxels of the body in ``AERATED_HU`` next to it."""
+    """``side`` (1 right, 2 left) grown, one 3 x 3 x 3 step at a time and up to
+    ``distance_mm`` (in steps of the grid's coarsest spacing), into voxels of the body in
+    ``AERATED_HU`` next to it."""
     if not side.any():
         return side
     candidate = body & (hu >= AERATED_HU[0]) & (hu < AERATED_HU[1])
-    steps = max(1, round(GROW_MM / max(grid.GetSpacing())))
+    steps = max(1, round(distance_mm / max(grid.GetSpacing())))
     grown = side.copy()
     for _ in range(steps):
         dilated = sitk.GetArrayFromImage(
