@@ -223,13 +223,18 @@ class Settings(BaseSettings):
         50.0, ge=0, description="Less lung than this: no lung in the scan (not assessable)."
     )
     inference_coverage_end_fraction: float = Field(
-        0.1, ge=0, le=1, description="Lung in an end slice above this share of the largest "
-        "slice's lung area: apex or base outside the scan (partial coverage)."
+        0.1,
+        ge=0,
+        le=1,
+        description="Lung in an end slice above this share of the largest "
+        "slice's lung area: apex or base outside the scan (partial coverage).",
     )
     inference_air_hu: float = Field(-1000.0, description="Expected HU of air outside the body.")
     inference_air_tolerance_hu: float = Field(
-        100.0, gt=0, description="Air outside the body further than this from -1000 HU: "
-        "miscalibrated, not assessable."
+        100.0,
+        gt=0,
+        description="Air outside the body further than this from -1000 HU: "
+        "miscalibrated, not assessable.",
     )
 
     @field_validator("ae_title")
