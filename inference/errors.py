@@ -14,7 +14,8 @@ class NoCandidateSeriesError(InferenceError):
 
 
 class RefusalReason(StrEnum):
-    """Why a series cannot become a volume (the ``reason`` code of ``VolumeRefusedError``)."""
+    """Why a series cannot become a volume (the ``reason`` code of ``VolumeRefusedError``), or
+    why its analysis is not assessable (``inference.plausibility``)."""
 
     EMPTY = "empty"  # no stored instance in the series
     NOT_CT = "not_ct"  # modality / SOP class is not CT
@@ -28,6 +29,15 @@ class RefusalReason(StrEnum):
     MISSING_SLICES = "missing_slices"  # a gap: a step is a multiple of the usual spacing
     NON_UNIFORM_SPACING = "non_uniform_spacing"  # steps differ beyond the tolerance
     GANTRY_TILT = "gantry_tilt"  # positions do not advance along the slice normal
+    MIXED_PATIENT = "mixed_patient"  # PatientID (and issuer) differ between objects
+    MIXED_STUDY = "mixed_study"  # StudyInstanceUID differs between objects
+    MIXED_SERIES = "mixed_series"  # SeriesInstanceUID differs between objects
+    MIXED_FRAME_OF_REFERENCE = "mixed_frame_of_reference"  # two FrameOfReferenceUIDs
+    # plausibility of the volume and of the lungs found (no grade is given)
+    MISCALIBRATED = "miscalibrated"  # air outside the body is not near -1000 HU
+    NO_LUNG = "no_lung"  # (almost) no lung in the scan
+    LUNG_VOLUME_IMPLAUSIBLE = "lung_volume_implausible"  # outside the adult range
+    PARTIAL_COVERAGE = "partial_coverage"  # lung apex or base outside the scan: volumes only
 
 
 class VolumeRefusedError(InferenceError, ValueError):

@@ -4,10 +4,18 @@ Stages, each testable alone (MONAI Deploy's habit):
 
 - ``pre_process``: choose the series among those the routing rules selected and build its
   volume (``inference.volume``); a series the volume checks refuse is skipped for the next.
-- ``predict``: the lung model from the registry (``inference.segmentation.LungSegmenter``).
+- ``predict``: the calibration gate, the lung model from the registry
+  (``inference.segmentation.LungSegmenter``), then the lung gates (``inference.plausibility``).
 - ``post_process``: quantification, SEG + SR (``inference.results``), stored through the
   ingest path (overwrite policy: a re-run replaces its own objects), and the ``ai_result``
   row with its ``result.stored`` change.
+
+No grade without every gate passed, and a stopped analysis is a result too: a series no
+check accepts gives an ``ai_result`` row saying "not assessable: <reason>" (then
+``AnalysisRefused``); a failed gate gives that row and an SR with the reason (and, for a
+partial coverage, the lung volumes and their SEG). Not-assessable measurements hold
+``assessment`` (``partial_coverage`` / ``not_assessable``), ``assessment_reason`` (the
+``RefusalReason`` code) and ``assessment_detail``; a complete result has none of them.
 
 ``ctx.heartbeat()`` runs between stages (it raises if an operator cancelled the job). Any
 failure propagates, so the job is marked failed with the error and retried per its policy.
@@ -21,13 +29,20 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import SimpleITK as sitk
 from sqlalchemy import func, select
 
 from inference import records, results
-from inference.errors import InferenceError, NoCandidateSeriesError, VolumeRefusedError
-from inference.quantify import Bands, quantify
+from inference.errors import (
+    InferenceError,
+    NoCandidateSeriesError,
+    RefusalReason,
+    VolumeRefusedError,
+)
+from inference.plausibility import COMPLETE, Assessment, Status, check_calibration, check_lungs
+from inference.quantify import Bands, Quantification, quantify
 from inference.registry import DEFAULT_MODELS_DIR, ModelRegistry
 from inference.segmentation import LungSegmenter
 from inference.volume import CT_SOP_CLASSES, Volume, build_volume, read_series
@@ -63,18 +78,64 @@ def analyse_ct_chest(ctx: AnalysisContext) -> AnalysisResult:
     try:
         volume = pre_process(ctx, timings)
     except (VolumeRefusedError, NoCandidateSeriesError) as exc:  # a retry cannot change it
+        record_refusal(ctx, exc)
         raise AnalysisRefused(f"{ANALYSIS}: {exc}") from exc
     ctx.heartbeat()
-    with _stage(timings, "predict"):
-        segmenter = lung_segmenter(ctx.settings)
-        lungs = predict(volume, segmenter)
+    segmenter = lung_segmenter(ctx.settings)
+    with _stage(timings, "calibration"):
+        assessment = check_calibration(volume.image, ctx.settings)
+    lungs = None
+    if assessment.complete:
+        with _stage(timings, "predict"):
+            lungs = predict(volume, segmenter)
+        with _stage(timings, "plausibility"):
+            assessment = check_lungs(lungs, ctx.settings)
     ctx.heartbeat()
-    result = post_process(ctx, volume, lungs, model_versions(segmenter), timings)
+    result = post_process(ctx, volume, lungs, model_versions(segmenter), timings, assessment)
     result.summary["timings_s"] = timings
     log.info(
-        "job %s: %s on %d slices in %s s", ctx.job_id, ANALYSIS, volume.image.GetSize()[2], timings
+        "job %s: %s on %d slices (%s) in %s s",
+        ctx.job_id,
+        ANALYSIS,
+        volume.image.GetSize()[2],
+        assessment.status.value,
+        timings,
     )
     return result
+
+
+def not_assessable_measurements(assessment: Assessment) -> dict[str, Any]:
+    """The ``ai_result`` keys of an incomplete assessment."""
+    return {
+        "assessment": assessment.status.value,
+        "assessment_reason": assessment.reason.value if assessment.reason else "",
+        "assessment_detail": assessment.detail,
+    }
+
+
+def record_refusal(ctx: AnalysisContext, exc: VolumeRefusedError | NoCandidateSeriesError) -> int:
+    """The ``ai_result`` row of a study whose series no check accepts: not assessable, no
+    SEG or SR (there is no volume to derive them from)."""
+    if isinstance(exc, VolumeRefusedError):
+        assessment = Assessment(Status.NOT_ASSESSABLE, exc.reason, exc.detail)
+    else:
+        assessment = Assessment(Status.NOT_ASSESSABLE, RefusalReason.NOT_CT, str(exc))
+    series = ctx.series_instance_uids[0] if ctx.series_instance_uids else ""
+    return records.store_result(
+        ctx.engine,
+        records.ResultRecord(
+            study_instance_uid=ctx.study_instance_uid,
+            study_version=ctx.study_version,
+            analysis=ctx.analysis,
+            source_series_instance_uid=series,
+            model_versions={results.QUANTIFICATION: results.QUANTIFICATION_VERSION},
+            measurements=not_assessable_measurements(assessment),
+            seg_sop_instance_uid="",
+            seg_series_instance_uid="",
+            sr_sop_instance_uid="",
+            sr_series_instance_uid="",
+        ),
+    )
 
 
 # ---------------------------------------------------------------- pre_process
@@ -156,32 +217,46 @@ def model_versions(segmenter: LungSegmenter) -> dict[str, str]:
 def post_process(
     ctx: AnalysisContext,
     volume: Volume,
-    lungs: sitk.Image,
+    lungs: sitk.Image | None,
     versions: dict[str, str],
     timings: dict[str, float] | None = None,
+    assessment: Assessment = COMPLETE,
 ) -> AnalysisResult:
-    """Quantify, build and store SEG + SR, record the result."""
+    """Quantify, build and store SEG + SR, record the result (lungs: None when the
+    calibration gate stopped the analysis before the model)."""
     from pacs.jobs.analysis import AnalysisResult
 
     timings = {} if timings is None else timings
-    with _stage(timings, "quantify"):
-        quantification = quantify(volume.image, lungs, Bands.from_settings(ctx.settings))
+    quantification: Quantification | None = None
+    if lungs is not None and assessment.status is not Status.NOT_ASSESSABLE:
+        with _stage(timings, "quantify"):
+            quantification = quantify(volume.image, lungs, Bands.from_settings(ctx.settings))
+        if not assessment.complete:
+            quantification.findings[:] = 0  # volumes only
     uids = results.result_uids(ctx.study_instance_uid, ctx.study_version, ctx.analysis, versions)
-    labels = sitk.GetArrayViewFromImage(lungs)
-    with _stage(timings, "seg"):
-        segmentation = results.build_segmentation(volume, labels, quantification, uids, versions)
-    ctx.heartbeat()
+    segmentation = None
+    if quantification is not None and lungs is not None:
+        labels = sitk.GetArrayViewFromImage(lungs)
+        with _stage(timings, "seg"):
+            segmentation = results.build_segmentation(
+                volume, labels, quantification, uids, versions
+            )
+        ctx.heartbeat()
     with _stage(timings, "sr"):
-        report = results.build_report(volume, segmentation, quantification, uids, versions)
+        report = results.build_report(
+            volume, segmentation, quantification, uids, versions, assessment
+        )
     ingest = copy.copy(ctx.ingest)  # same store and engine; results replace their own UIDs
     ingest.duplicate_policy = DuplicatePolicy.OVERWRITE
+    stored = [dataset for dataset in (segmentation, report) if dataset is not None]
     with _stage(timings, "store"):
-        for dataset in (segmentation, report):
+        for dataset in stored:
             outcome = ingest.store_part10(results.encode(dataset), ctx.source)
             if not outcome.status.ok:
                 kind = dataset.Modality
                 raise ResultStoreError(f"{kind} refused: {outcome.status} {outcome.reason}")
-    measurements = quantification.measurements()
+    measurements = _measurements(quantification, assessment)
+    seg_uids = (uids.seg_instance, uids.seg_series) if segmentation is not None else ("", "")
     with _stage(timings, "record"):
         pk = records.store_result(
             ctx.engine,
@@ -192,14 +267,14 @@ def post_process(
                 source_series_instance_uid=volume.series_instance_uid,
                 model_versions=versions,
                 measurements=measurements,
-                seg_sop_instance_uid=uids.seg_instance,
-                seg_series_instance_uid=uids.seg_series,
+                seg_sop_instance_uid=seg_uids[0],
+                seg_series_instance_uid=seg_uids[1],
                 sr_sop_instance_uid=uids.sr_instance,
                 sr_series_instance_uid=uids.sr_series,
             ),
         )
     return AnalysisResult(
-        output_sop_instance_uids=[uids.seg_instance, uids.sr_instance],
+        output_sop_instance_uids=[str(dataset.SOPInstanceUID) for dataset in stored],
         summary={
             "result_pk": pk,
             "source_series_instance_uid": volume.series_instance_uid,
@@ -207,3 +282,12 @@ def post_process(
             "measurements": measurements,
         },
     )
+
+
+def _measurements(quantification: Quantification | None, assessment: Assessment) -> dict[str, Any]:
+    """All measurements of a complete result; the volumes of a partial one; the reason."""
+    if assessment.complete and quantification is not None:
+        return quantification.measurements()
+    measured = quantification.measurements() if quantification is not None else {}
+    volumes = {k: v for k, v in measured.items() if k.endswith("_lung_volume_ml")}
+    return volumes | not_assessable_measurements(assessment)

@@ -4,13 +4,24 @@ Method (every number comes from ``Bands``, i.e. the settings ``PACS_INFERENCE_*`
 
 - lung = the segmentation's labels 1 (right) and 2 (left); volumes = voxel count x voxel volume.
 - emphysema index (LAA-950) = % of lung voxels below ``emphysema_hu``.
+- the partial-volume rim of the lung (``lung_rim_mm``, at least one voxel in-plane), where
+  chest wall, diaphragm and mediastinum average with air into ground-glass values, is not
+  classed by its own density: each rim voxel takes the majority class of the inner lung
+  next to it (repeated inwards ``RIM_STEPS`` times); unreached rim voxels are left out.
+  With less than a tenth of the lung inner, the whole lung is classed by density.
 - vessels: lung voxels at or above ``ggo_max_hu`` (dense) that a morphological opening with an
   in-plane square about ``vessel_max_diameter_mm`` wide (at least 3 voxels) removes, i.e. thin
   (tubular in cross-section) dense structures; blobs that survive the opening are
-  consolidation. Vessels, a rim of ``vessel_halo_mm`` (in whole voxels) around them (partial
-  volume looks like ground glass) and voxels denser than ``consolidation_max_hu`` are not
-  parenchyma.
-- ground-glass = parenchyma in ``[ggo_min_hu, ggo_max_hu)``, consolidation = parenchyma in
+  consolidation. Vessels, a rim of ``vessel_halo_mm`` (in whole voxels, at least one) around
+  them (partial volume looks like ground glass) and voxels denser than
+  ``consolidation_max_hu`` are not parenchyma. The same opening of the voxels at or above the
+  ground-glass lower bound keeps only patches: thinner spots are vessels smaller than a
+  voxel, counted as normal lung.
+- the ground-glass lower bound follows the patient's own normal lung: the mode of the inner
+  lung's histogram below ``ggo_min_hu`` plus ``ggo_normal_margin_hu``, kept within
+  ``[ggo_min_hu, ggo_min_limit_hu]`` (dependent lung and low inspiration raise a normal lung's
+  density; a lung with no normal part keeps ``ggo_min_limit_hu``).
+- ground-glass = parenchyma in ``[ggo lower bound, ggo_max_hu)``, consolidation = parenchyma in
   ``[ggo_max_hu, consolidation_max_hu]``; both as % of the parenchyma.
 - involvement = ground-glass % + consolidation %; the CT grade is CT-0 below ``grade_bounds[0]``,
   then CT-1 ``[b0, b1)``, CT-2 ``[b1, b2)``, CT-3 ``[b2, b3)``, CT-4 ``>= b3``.
@@ -31,6 +42,7 @@ from pacs.config import Settings
 
 RIGHT_LUNG, LEFT_LUNG = 1, 2  # labels of the lung segmentation
 GROUND_GLASS, CONSOLIDATION = 1, 2  # labels of ``Quantification.findings``
+RIM_STEPS = 8  # in-plane voxel steps a rim voxel's class is taken from the inner lung
 GRADES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 
 
@@ -45,6 +57,9 @@ class Bands:
     vessel_max_diameter_mm: float = 5.0
     vessel_halo_mm: float = 1.0
     grade_bounds: tuple[float, float, float, float] = (0.5, 25.0, 50.0, 75.0)
+    ggo_normal_margin_hu: float = 200.0
+    ggo_min_limit_hu: float = -650.0
+    lung_rim_mm: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Bands:
@@ -57,6 +72,9 @@ class Bands:
             vessel_max_diameter_mm=settings.inference_vessel_max_diameter_mm,
             vessel_halo_mm=settings.inference_vessel_halo_mm,
             grade_bounds=settings.ct_grade_bounds,
+            ggo_normal_margin_hu=settings.inference_ggo_normal_margin_hu,
+            ggo_min_limit_hu=settings.inference_ggo_min_limit_hu,
+            lung_rim_mm=settings.inference_lung_rim_mm,
         )
 
 
@@ -114,15 +132,23 @@ def quantify(hu: sitk.Image, lungs: sitk.Image, bands: Bands) -> Quantification:
     emphysema = int(np.count_nonzero(lung & (values < bands.emphysema_hu)))
 
     spacing = hu.GetSpacing()
+    inner = _inner(lung, bands.lung_rim_mm, spacing)
+    ggo_min = ggo_lower_bound(values[inner & (values <= bands.consolidation_max_hu)], bands)
     dense = lung & (values >= bands.ggo_max_hu)
     blobs = _opening(dense, bands.vessel_max_diameter_mm, spacing)
     vessels = dense & ~blobs
-    rim = [round(bands.vessel_halo_mm / s) for s in spacing[:2]]
-    if any(rim) and vessels.any():
-        vessels = _dilate(vessels, rim) & ~blobs
-    parenchyma = lung & ~vessels & (values <= bands.consolidation_max_hu)
-    ggo = parenchyma & (values >= bands.ggo_min_hu) & (values < bands.ggo_max_hu)
-    consolidation = parenchyma & (values >= bands.ggo_max_hu)
+    if vessels.any():
+        halo = [max(1, round(bands.vessel_halo_mm / s)) for s in spacing[:2]]
+        vessels = _dilate(vessels, halo) & ~blobs
+    tissue = lung & ~vessels & (values <= bands.consolidation_max_hu)
+    # vessels thinner than a voxel read as ground glass: raised spots narrower than a vessel
+    # stay in the parenchyma, as normal lung
+    raised = tissue & (values >= ggo_min)
+    patches = raised & _opening(raised, bands.vessel_max_diameter_mm, spacing)
+    core = tissue & inner
+    ggo = core & patches & (values < bands.ggo_max_hu)
+    consolidation = core & patches & (values >= bands.ggo_max_hu)
+    parenchyma, ggo, consolidation = _classify_rim(tissue & ~inner, core, ggo, consolidation)
     parenchyma_voxels = max(1, int(np.count_nonzero(parenchyma)))
     ggo_percent = 100.0 * np.count_nonzero(ggo) / parenchyma_voxels
     consolidation_percent = 100.0 * np.count_nonzero(consolidation) / parenchyma_voxels
@@ -140,6 +166,65 @@ def quantify(hu: sitk.Image, lungs: sitk.Image, bands: Bands) -> Quantification:
         ct_severity_grade=severity_grade(involvement, bands.grade_bounds),
         findings=findings,
     )
+
+
+def ggo_lower_bound(parenchyma_hu: np.ndarray, bands: Bands) -> float:
+    """The ground-glass lower bound of one patient: the mode of the normal-looking parenchyma
+    (below ``ggo_min_hu``, 10 HU bins) plus ``ggo_normal_margin_hu``, clipped to
+    ``[ggo_min_hu, ggo_min_limit_hu]``; ``ggo_min_limit_hu`` when under a tenth of the
+    parenchyma looks normal."""
+    normal = parenchyma_hu[parenchyma_hu < bands.ggo_min_hu]
+    if normal.size < 0.1 * parenchyma_hu.size or normal.size == 0:
+        return bands.ggo_min_limit_hu
+    edges = np.arange(-1024.0, bands.ggo_min_hu + 10.0, 10.0)
+    counts, _ = np.histogram(normal, bins=edges)
+    mode = float(edges[int(np.argmax(counts))] + 5.0)
+    bound = mode + bands.ggo_normal_margin_hu
+    return float(np.clip(bound, bands.ggo_min_hu, bands.ggo_min_limit_hu))
+
+
+def _classify_rim(
+    rim: np.ndarray, core: np.ndarray, ggo: np.ndarray, consolidation: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parenchyma, ground glass and consolidation with each rim voxel given the majority class
+    of the classified voxels next to it (3 x 3 in-plane), repeated inwards from the inner lung
+    up to ``RIM_STEPS`` times; rim voxels still unreached are left out. Works on the rim's
+    coordinates only (the rim is a surface: few voxels of the box)."""
+    known, ggo, consolidation = core.copy(), ggo.copy(), consolidation.copy()
+    pending = np.argwhere(rim)
+    _, rows, columns = rim.shape
+    for _ in range(RIM_STEPS):
+        if not len(pending):
+            break
+        z, y, x = pending.T
+        counts = np.zeros((3, len(z)), dtype=np.int16)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                yy, xx = y + dy, x + dx
+                inside = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < columns)
+                yy, xx = np.clip(yy, 0, rows - 1), np.clip(xx, 0, columns - 1)
+                for i, mask in enumerate((known, ggo, consolidation)):
+                    counts[i] += mask[z, yy, xx] & inside
+        near_known, near_ggo, near_cons = counts
+        reached = near_known > 0
+        if not reached.any():
+            break
+        involved = reached & (2 * (near_ggo + near_cons) > near_known)
+        as_ggo = involved & (near_ggo >= near_cons)
+        as_cons = involved & (near_cons > near_ggo)
+        ggo[z[as_ggo], y[as_ggo], x[as_ggo]] = True
+        consolidation[z[as_cons], y[as_cons], x[as_cons]] = True
+        known[z[reached], y[reached], x[reached]] = True
+        pending = pending[~reached]
+    return known, ggo, consolidation
+
+
+def _inner(lung: np.ndarray, rim_mm: float, spacing: Any) -> np.ndarray:
+    """The lung without its edge rim (``rim_mm`` in-plane, at least one voxel); the whole lung
+    when less than a tenth of it is inner."""
+    radius = [max(1, round(rim_mm / s)) for s in spacing[:2]]
+    inner = _erode(lung, radius)
+    return inner if np.count_nonzero(inner) >= 0.1 * np.count_nonzero(lung) else lung
 
 
 def _bounding_box(labels: np.ndarray) -> tuple[slice, ...] | None:

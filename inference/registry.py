@@ -104,6 +104,15 @@ class Thresholds(_Strict):
             "-850 HU, rarely below -950 even in emphysema). None: no such check."
         ),
     )
+    grow_aerated_mm: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Grow each lung side this far (3 x 3 x 3 steps on the model grid) into body voxels "
+            "of aerated density (-990..-500 HU) next to it: the thin lung the network misses. "
+            "0: no growth."
+        ),
+    )
 
 
 class Manifest(_Strict):

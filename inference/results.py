@@ -4,6 +4,10 @@ Both objects are built with highdicom, reference the source CT series, and carry
 from (study UID, study version, analysis, model versions): running the same analysis again on
 the same study version produces the same SOP Instance UIDs, which replace the stored objects
 instead of adding new ones. The SR is UNVERIFIED and not final: a radiologist signs it off.
+
+An analysis the plausibility gates stopped (``inference.plausibility``) still gets an SR: its
+lung group says "not assessable" with the reason as a coded value, with the lung volumes when
+the coverage was partial (and a SEG of the lungs), without shares and grade.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -19,6 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from inference.errors import RefusalReason
+from inference.plausibility import COMPLETE, Assessment
 from inference.quantify import CONSOLIDATION, GROUND_GLASS, LEFT_LUNG, RIGHT_LUNG, Quantification
 from inference.volume import Volume
 from pacs.ingest.derived import ARCHIVE_MANUFACTURER
@@ -26,7 +33,7 @@ from pacs.ingest.derived import ARCHIVE_MANUFACTURER
 DEVICE_NAME = "PACS CT chest analysis"
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9001, 9002
 QUANTIFICATION = "lung-densitometry"  # the density-band method of inference.quantify
-QUANTIFICATION_VERSION = "1.0"
+QUANTIFICATION_VERSION = "1.1"
 
 _SCHEME = "99PACS"  # private coding scheme for concepts no standard vocabulary has
 ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
@@ -45,6 +52,17 @@ EMPHYSEMA_INDEX_CODE = Code("EI-LAA950", _SCHEME, "Emphysema index (LAA-950)")
 GGO_SHARE_CODE = Code("GGO-SHARE", _SCHEME, "Ground glass share of lung parenchyma")
 CONSOLIDATION_SHARE_CODE = Code("CONS-SHARE", _SCHEME, "Consolidation share of lung parenchyma")
 INVOLVEMENT_CODE = Code("INVOLVEMENT", _SCHEME, "Lung involvement")
+ASSESSABILITY_CODE = Code("ASSESSABILITY", _SCHEME, "Assessability of the lungs")
+NOT_ASSESSABLE_CODES = {  # the plausibility gates' reasons (CodeValue: at most 16 characters)
+    RefusalReason.MISCALIBRATED: Code("MISCALIBRATED", _SCHEME, "Not assessable: miscalibrated"),
+    RefusalReason.NO_LUNG: Code("NO_LUNG", _SCHEME, "Not assessable: no lung in the scan"),
+    RefusalReason.LUNG_VOLUME_IMPLAUSIBLE: Code(
+        "LUNG_VOLUME", _SCHEME, "Not assessable: lung volume outside the adult range"
+    ),
+    RefusalReason.PARTIAL_COVERAGE: Code(
+        "PARTIAL_COVERAGE", _SCHEME, "Not assessable: partial coverage of the lungs"
+    ),
+}
 GRADE_CODES = {
     "CT-0": Code("CT-0", _SCHEME, "CT-0 no involvement"),
     "CT-1": Code("CT-1", _SCHEME, "CT-1 involvement below 25 %"),
@@ -180,17 +198,20 @@ def _software_versions(model_versions: dict[str, str]) -> tuple[str, ...]:
 
 def build_report(
     volume: Volume,
-    segmentation: hd.seg.Segmentation,
-    quantification: Quantification,
+    segmentation: hd.seg.Segmentation | None,
+    quantification: Quantification | None,
     uids: ResultUids,
     model_versions: dict[str, str],
+    assessment: Assessment = COMPLETE,
 ) -> hd.sr.Comprehensive3DSR:
-    """A TID 1500 Imaging Measurement Report of the quantification, unverified."""
+    """A TID 1500 Imaging Measurement Report of the quantification, unverified.
+
+    Lung volumes need the SEG and the quantification; shares and grade only come with a
+    complete assessment, otherwise the lung group holds the "not assessable" reason."""
     algorithms = {
         name: hd.sr.AlgorithmIdentification(name=name, version=version)
         for name, version in model_versions.items()
     }
-    lung_model = next(name for name in model_versions if name != QUANTIFICATION)
     bands = algorithms[QUANTIFICATION]
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -201,66 +222,51 @@ def build_report(
             model_name=" ".join(_software_versions(model_versions))[:64],
         ),
     )
-    # the segment applies to the whole source series: referenced as a series, not per image
-    source_series = hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid)
-    lung_groups = [
-        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=derived_uid(uids.sr_instance, label),
-                identifier=label,
-            ),
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=segmentation.SOPClassUID,
-                sop_instance_uid=segmentation.SOPInstanceUID,
-                segment_number=number,
-                source_series=source_series,
-            ),
-            finding_type=LUNG_CODE,
-            finding_sites=[hd.sr.FindingSite(anatomic_location=site)],
-            algorithm_id=algorithms[lung_model],
-            measurements=[
-                hd.sr.Measurement(
-                    name=VOLUME_CODE, value=round(value, 1), unit=MILLILITER, algorithm_id=bands
-                )
-            ],
-        )
-        for number, label, site, value in (
-            (1, "Right lung", RIGHT_LUNG_CODE, quantification.right_lung_volume_ml),
-            (2, "Left lung", LEFT_LUNG_CODE, quantification.left_lung_volume_ml),
-        )
-    ]
-    percentages = [
-        (EMPHYSEMA_INDEX_CODE, quantification.emphysema_index_percent),
-        (GGO_SHARE_CODE, quantification.ground_glass_percent),
-        (CONSOLIDATION_SHARE_CODE, quantification.consolidation_percent),
-        (INVOLVEMENT_CODE, quantification.involvement_percent),
-    ]
-    lungs_group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid(uids.sr_instance, "lungs"),
-            identifier="Both lungs",
-        ),
-        finding_type=LUNG_CODE,
-        finding_sites=[hd.sr.FindingSite(anatomic_location=LUNG_CODE)],
-        algorithm_id=bands,
-        measurements=[
+    groups: list[Any] = []
+    if segmentation is not None and quantification is not None:
+        groups.extend(_volume_groups(volume, segmentation, quantification, uids, algorithms))
+    measurements: list[hd.sr.Measurement] = []
+    if assessment.complete and quantification is not None:
+        percentages = [
+            (EMPHYSEMA_INDEX_CODE, quantification.emphysema_index_percent),
+            (GGO_SHARE_CODE, quantification.ground_glass_percent),
+            (CONSOLIDATION_SHARE_CODE, quantification.consolidation_percent),
+            (INVOLVEMENT_CODE, quantification.involvement_percent),
+        ]
+        measurements = [
             hd.sr.Measurement(name=name, value=round(float(value), 2), unit=PERCENT)
             for name, value in percentages
-        ],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(
-                name=SEVERITY_CODE, value=GRADE_CODES[quantification.ct_severity_grade]
-            )
-        ],
+        ]
+        evaluation = hd.sr.QualitativeEvaluation(
+            name=SEVERITY_CODE, value=GRADE_CODES[quantification.ct_severity_grade]
+        )
+    else:
+        reason = assessment.reason or RefusalReason.NO_LUNG
+        evaluation = hd.sr.QualitativeEvaluation(
+            name=ASSESSABILITY_CODE, value=NOT_ASSESSABLE_CODES[reason]
+        )
+    groups.append(
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derived_uid(uids.sr_instance, "lungs"),
+                identifier="Both lungs",
+            ),
+            finding_type=LUNG_CODE,
+            finding_sites=[hd.sr.FindingSite(anatomic_location=LUNG_CODE)],
+            algorithm_id=bands,
+            measurements=measurements or None,
+            qualitative_evaluations=[evaluation],
+        )
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=CT_CHEST_CODE,
-        imaging_measurements=[*lung_groups, lungs_group],
+        imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
     )
+    evidence = [segmentation] if segmentation is not None else _source_images(volume)
     report_document = hd.sr.Comprehensive3DSR(
-        evidence=[segmentation],
+        evidence=evidence,
         content=report,
         series_instance_uid=uids.sr_series,
         series_number=SR_SERIES_NUMBER,
@@ -278,6 +284,53 @@ def build_report(
     scheme.CodingSchemeResponsibleOrganization = ARCHIVE_MANUFACTURER
     report_document.CodingSchemeIdentificationSequence = [scheme]
     return report_document
+
+
+def _volume_groups(
+    volume: Volume,
+    segmentation: hd.seg.Segmentation,
+    quantification: Quantification,
+    uids: ResultUids,
+    algorithms: dict[str, hd.sr.AlgorithmIdentification],
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """The right and left lung groups: each lung segment with its volume."""
+    lung_model = next(name for name in algorithms if name != QUANTIFICATION)
+    # the segment applies to the whole source series: referenced as a series, not per image
+    source_series = hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid)
+    return [
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derived_uid(uids.sr_instance, label),
+                identifier=label,
+            ),
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=segmentation.SOPClassUID,
+                sop_instance_uid=segmentation.SOPInstanceUID,
+                segment_number=number,
+                source_series=source_series,
+            ),
+            finding_type=LUNG_CODE,
+            finding_sites=[hd.sr.FindingSite(anatomic_location=site)],
+            algorithm_id=algorithms[lung_model],
+            measurements=[
+                hd.sr.Measurement(
+                    name=VOLUME_CODE,
+                    value=round(value, 1),
+                    unit=MILLILITER,
+                    algorithm_id=algorithms[QUANTIFICATION],
+                )
+            ],
+        )
+        for number, label, site, value in (
+            (1, "Right lung", RIGHT_LUNG_CODE, quantification.right_lung_volume_ml),
+            (2, "Left lung", LEFT_LUNG_CODE, quantification.left_lung_volume_ml),
+        )
+    ]
+
+
+def _source_images(volume: Volume) -> list[Dataset]:
+    """The source objects of the volume, each once (the SR's evidence without a SEG)."""
+    return list({id(ds): ds for ds in volume.datasets}.values())
 
 
 def encode(dataset: Dataset) -> bytes:

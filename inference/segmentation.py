@@ -8,9 +8,13 @@
   model grid.
 - ``post_process``: probability threshold inside the body outline, connected components
   (those of at least ``min_component_fraction`` of the largest one are kept), split into
-  right (1) and left (2) lung by patient side (LPS: the right lung has the smaller x), then
-  back onto the input geometry (probability resampled linearly and thresholded, so the mask
-  is smooth on a finer input grid).
+  right (1) and left (2) lung by patient side (LPS: the right lung has the smaller x), each
+  side grown into the aerated tissue next to it when the manifest asks (``grow_aerated_mm``:
+  the thin lung slivers of the costophrenic recesses that the network misses; never into
+  air, bowel gas, vessels or the mediastinum, which lie outside the aerated band), then back
+  onto the input geometry
+  (probability resampled linearly and thresholded, so the mask is smooth on a finer input
+  grid).
 
 ``segment(volume)`` runs the three; the result is a uint8 SimpleITK image with the input's
 size, origin, spacing and direction.
@@ -34,6 +38,7 @@ RIGHT_LUNG = 1
 LEFT_LUNG = 2
 BODY_MIN_HU = -500.0
 BODY_OPENING_MM = 3.0
+AERATED_HU = (-990.0, -500.0)  # lung tissue the segmentation grows into (air and gas below)
 _SIDE_CODES = {"3341006": RIGHT_LUNG, "44029006": LEFT_LUNG}
 
 
@@ -110,7 +115,7 @@ class LungSegmenter:
         shrunk = sitk.BinShrink(volume, factors) if max(factors) > 1 else volume
         canon = sitk.DICOMOrient(sitk.Cast(shrunk, sitk.sitkFloat32), spec.orientation)
         grid = self._grid(canon)
-        body = _body_mask(grid)
+        body = body_mask(grid)
         # outside the body outline (table, mattress, blankets) the network sees air
         hu = np.where(body, sitk.GetArrayViewFromImage(grid), np.float32(spec.pad_value_hu))
         t = spec.intensity
@@ -186,6 +191,11 @@ class LungSegmenter:
         else:
             sides = _split_sides(labels > 0, body)
         side = np.where(labels > 0, sides, 0).astype(np.uint8)
+        if thr.grow_aerated_mm > 0:
+            hu = sitk.GetArrayViewFromImage(prepared.grid)
+            grown = grow_aerated(side, hu, body, prepared.grid, thr.grow_aerated_mm)
+            lung_p = np.where(grown > side, np.float32(1.0), lung_p)
+            side = grown
         if not side.any():
             logger.warning("no lung found in the volume")
         # back to the input grid: smooth probability inside the kept lungs, nearest side
@@ -265,7 +275,29 @@ def _to_reference(
     return result
 
 
-def _body_mask(grid: sitk.Image) -> np.ndarray:
+def grow_aerated(
+    side: np.ndarray, hu: np.ndarray, body: np.ndarray, grid: sitk.Image, distance_mm: float
+) -> np.ndarray:
+    """``side`` (1 right, 2 left) grown, one 3 x 3 x 3 step at a time and up to
+    ``distance_mm`` (in steps of the grid's coarsest spacing), into voxels of the body in
+    ``AERATED_HU`` next to it."""
+    if not side.any():
+        return side
+    candidate = body & (hu >= AERATED_HU[0]) & (hu < AERATED_HU[1])
+    steps = max(1, round(distance_mm / max(grid.GetSpacing())))
+    grown = side.copy()
+    for _ in range(steps):
+        dilated = sitk.GetArrayFromImage(
+            sitk.GrayscaleDilate(sitk.GetImageFromArray(grown), [1, 1, 1])
+        )
+        added = (grown == 0) & candidate & (dilated > 0)
+        if not added.any():
+            break
+        grown[added] = dilated[added]
+    return grown
+
+
+def body_mask(grid: sitk.Image) -> np.ndarray:
     """Voxels inside the body outline: the largest object denser than air, after an opening
     that detaches the patient table, with its inner air (lungs, airways, bowel gas) filled
     slice by slice."""

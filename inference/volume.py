@@ -95,6 +95,7 @@ def build_volume(datasets: list[Dataset], settings: Settings) -> Volume:
     for index, ds in enumerate(datasets):
         _check_object(ds)
         frames.extend(_frames(index, ds))
+    _check_identity(datasets)
     _check_matrix(frames)
     _check_orientation(frames, settings.inference_orientation_tolerance)
     if len(frames) < settings.inference_min_slices:
@@ -141,6 +142,23 @@ def _check_object(ds: Dataset) -> None:
         )
     if "PixelData" not in ds:
         raise VolumeRefusedError(RefusalReason.UNDECODABLE, "an object has no pixel data")
+
+
+_IDENTITY = (
+    (RefusalReason.MIXED_PATIENT, ("PatientID", "IssuerOfPatientID"), "patients"),
+    (RefusalReason.MIXED_STUDY, ("StudyInstanceUID",), "studies"),
+    (RefusalReason.MIXED_SERIES, ("SeriesInstanceUID",), "series"),
+    (RefusalReason.MIXED_FRAME_OF_REFERENCE, ("FrameOfReferenceUID",), "frames of reference"),
+)
+
+
+def _check_identity(datasets: list[Dataset]) -> None:
+    """One patient, study, series and Frame of Reference in the whole volume (values are
+    counted, never logged or echoed: they may identify the patient)."""
+    for reason, keywords, what in _IDENTITY:
+        values = {tuple(str(ds.get(k, "") or "") for k in keywords) for ds in datasets}
+        if len(values) > 1:
+            raise VolumeRefusedError(reason, f"the series mixes {len(values)} {what}")
 
 
 def _item(ds: Dataset, sequence: str) -> Dataset | None:

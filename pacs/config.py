@@ -209,6 +209,38 @@ class Settings(BaseSettings):
     inference_ct2_min_percent: float = Field(25.0, description="Involvement % where CT-2 starts.")
     inference_ct3_min_percent: float = Field(50.0, description="Involvement % where CT-3 starts.")
     inference_ct4_min_percent: float = Field(75.0, description="Involvement % where CT-4 starts.")
+    inference_ggo_normal_margin_hu: float = Field(
+        200.0, ge=0, description="Ground glass starts this far above the patient's normal lung."
+    )
+    inference_ggo_min_limit_hu: float = Field(
+        -650.0, description="Highest ground-glass lower bound the normal-lung margin may set (HU)."
+    )
+    inference_lung_rim_mm: float = Field(
+        1.0, ge=0, description="Partial-volume rim at the lung edge (at least one voxel) excluded."
+    )
+    inference_lung_volume_min_ml: float = Field(
+        1500.0, ge=0, description="Smallest total lung volume of a fully covered adult chest CT."
+    )
+    inference_lung_volume_max_ml: float = Field(
+        10000.0, gt=0, description="Largest total lung volume of a fully covered adult chest CT."
+    )
+    inference_lung_found_min_ml: float = Field(
+        50.0, ge=0, description="Less lung than this: no lung in the scan (not assessable)."
+    )
+    inference_coverage_end_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Lung in an end slice above this share of the largest "
+        "slice's lung area: apex or base outside the scan (partial coverage).",
+    )
+    inference_air_hu: float = Field(-1000.0, description="Expected HU of air outside the body.")
+    inference_air_tolerance_hu: float = Field(
+        100.0,
+        gt=0,
+        description="Air outside the body further than this from -1000 HU: "
+        "miscalibrated, not assessable.",
+    )
 
     @field_validator("ae_title")
     @classmethod

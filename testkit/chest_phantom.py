@@ -2,9 +2,10 @@
 
 A phantom is an axial volume in HU (int16, z-y-x) with: air outside, a soft-tissue body
 ellipse, two lung ellipsoids (right lung on the image left, as in radiological display:
-patient right = -x in LPS), thin vessels running along z, and a lesion region occupying a
-chosen share of the lung parenchyma (the dependent, posterior part: ground glass above,
-consolidation below), plus optional emphysema (bullae below -950 HU).
+patient right = -x in LPS) whose apex and base lie inside the scan, thin vessels running
+along z, and a lesion region occupying a chosen share of the lung parenchyma (the
+dependent, posterior part: ground glass above, consolidation below), plus optional
+emphysema (bullae below -950 HU).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydicom.uid import generate_uid
 from testkit.dicom_factory import ct_slice
 
 GGO_HU, CONSOLIDATION_HU, LUNG_HU, TISSUE_HU, VESSEL_HU = -550, -20, -860, 40, 60
+LUNG_HALF_LENGTH = 0.92  # of the scan's half length: apex and base lie inside the scan
 
 
 @dataclass
@@ -57,7 +59,7 @@ def chest_phantom(
     lungs = np.zeros((slices, size, size), dtype=np.uint8)
     for k, z in enumerate((np.arange(slices) + 0.5) / slices * 2 - 1):
         for label, centre in ((1, -0.42), (2, 0.42)):
-            inside = ((x - centre) / 0.33) ** 2 + (y / 0.5) ** 2 + (z / 1.15) ** 2 <= 1
+            inside = ((x - centre) / 0.33) ** 2 + (y / 0.5) ** 2 + (z / LUNG_HALF_LENGTH) ** 2 <= 1
             lungs[k][inside] = label
     # lesions fill the posterior (largest y) share of the parenchyma, bullae the anterior one
     parenchyma_rows = np.count_nonzero((lungs > 0) & ~vessels, axis=(0, 2))  # voxels per row

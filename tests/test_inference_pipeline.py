@@ -3,15 +3,24 @@ refusals, and an inference failure through the job queue (failed, retried, dead)
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from datetime import timedelta
+from io import BytesIO
+from pathlib import Path
+from typing import Any
 
+import highdicom as hd
+import numpy as np
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
-from inference import pipeline, records
+from inference import pipeline, records, results
 from inference.errors import RefusalReason, VolumeRefusedError
+from inference.volume import build_volume
 from pacs import changes
 from pacs.index.models import Instance, Series
 from pacs.jobs import queue as jobs
@@ -21,6 +30,7 @@ from pacs.jobs.worker import Worker
 from testkit.chest_phantom import Phantom, chest_phantom, phantom_series
 from testkit.inference_helpers import Archive, FailingSegmenter, TruthSegmenter, open_archive
 from tests.conftest import Backend
+from tests.test_inference_results import dciodvfy_errors
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +69,8 @@ def test_analysis_stores_seg_sr_and_result(
     seg_uid, sr_uid = result.output_sop_instance_uids
     assert series_of(archive, seg_uid)[1] == 1 and series_of(archive, sr_uid)[1] == 1
     assert len(archive.heartbeats) >= 2
-    stages = {"read", "volume", "predict", "quantify", "seg", "sr", "store", "record"}
+    stages = {"read", "volume", "calibration", "predict", "plausibility", "quantify", "seg"}
+    stages |= {"sr", "store", "record"}
     assert set(result.summary["timings_s"]) == stages
     measurements = result.summary["measurements"]
     assert measurements["involvement_percent"] == pytest.approx(30, abs=5)
@@ -71,7 +82,7 @@ def test_analysis_stores_seg_sr_and_result(
     assert row["status"] == "preliminary"
     assert row["study_version"] == 1 and row["analysis"] == "ct-chest"
     assert row["source_series_instance_uid"] == series
-    assert row["model_versions"] == {"lung-seg": "0.0.0-test", "lung-densitometry": "1.0"}
+    assert row["model_versions"] == {"lung-seg": "0.0.0-test", "lung-densitometry": "1.1"}
     assert row["measurements"] == measurements
     assert (row["seg_sop_instance_uid"], row["sr_sop_instance_uid"]) == (seg_uid, sr_uid)
     assert row["seg_series_instance_uid"] == series_of(archive, seg_uid)[0]
@@ -115,6 +126,12 @@ def test_refused_series_is_skipped_for_the_next(
     cause = refused.value.__cause__
     assert isinstance(cause, VolumeRefusedError)
     assert cause.reason is RefusalReason.MISSING_SLICES
+    with archive.engine.connect() as conn:  # the refusal is a result too: not assessable
+        [row, _] = records.results_of_study(conn, study)
+    assert row["study_version"] == 2 and row["sr_sop_instance_uid"] == ""
+    assert row["measurements"]["assessment"] == "not_assessable"
+    assert row["measurements"]["assessment_reason"] == "missing_slices"
+    assert "ct_severity_grade" not in row["measurements"]
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # queue logic only
@@ -179,3 +196,181 @@ def test_inference_failure_fails_the_job_and_retries_per_policy(
     assert segmenter.calls == 2
     with archive.engine.connect() as conn:
         assert records.results_of_study(conn, study) == []
+
+
+# ---------------------------------------------------------------- plausibility gates
+
+
+def gated(
+    archive: Archive, datasets: list[Dataset], lungs: Any, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """The analysis of ``datasets`` with a lung model that returns ``lungs``."""
+    archive.store(datasets)
+    study, series = str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID)
+    segmenter = TruthSegmenter(lungs)
+    monkeypatch.setattr(pipeline, "lung_segmenter", lambda settings: segmenter)
+    return pipeline.analyse_ct_chest(archive.context(study, [series]))
+
+
+def stored_sr(archive: Archive, sop_uid: str) -> hd.sr.Comprehensive3DSR:
+    with archive.engine.connect() as conn:
+        key = conn.scalar(select(Instance.object_key).where(Instance.sop_instance_uid == sop_uid))
+    assert key is not None
+    return hd.sr.Comprehensive3DSR.from_dataset(dcmread(BytesIO(archive.ingest.store.get(key))))
+
+
+def assessability(sr: hd.sr.Comprehensive3DSR) -> str:
+    [lungs] = sr.content.get_image_measurement_groups()  # type: ignore[attr-defined]
+    [evaluation] = lungs.get_qualitative_evaluations()
+    return str(evaluation.value.value)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # pipeline logic only
+def test_lung_bases_only_get_volumes_and_no_grade(
+    archive: Archive, phantom: Phantom, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 10: 110 mL of lung bases got CT-2; a scan that cuts the lungs is partial."""
+    # the scan ends in the middle of the lungs (slices go from the feet up): apex outside
+    result = gated(archive, phantom_series(phantom)[:10], phantom.lungs[:10], monkeypatch)
+    measurements = result.summary["measurements"]
+    assert measurements["assessment"] == "partial_coverage"
+    assert measurements["assessment_reason"] == "partial_coverage"
+    assert "lung apex outside the scan" in measurements["assessment_detail"]
+    assert measurements["right_lung_volume_ml"] > 0 and measurements["left_lung_volume_ml"] > 0
+    for key in ("ct_severity_grade", "involvement_percent", "ground_glass_percent"):
+        assert key not in measurements
+    seg_uid, sr_uid = result.output_sop_instance_uids
+    assert series_of(archive, seg_uid)[1] == 1
+    sr = stored_sr(archive, sr_uid)
+    assert assessability(sr) == "PARTIAL_COVERAGE"
+    (tmp_path / "sr.dcm").write_bytes(results.encode(sr))
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    assert len(sr.content.get_volumetric_roi_measurement_groups()) == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+def test_no_lung_is_not_assessable(
+    archive: Archive, phantom: Phantom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10: an abdominal CT got "right lung 3.1 mL, 34 %, CT-2"."""
+    lungs = np.zeros_like(phantom.lungs)
+    lungs[8:10, 30:32, 10:12] = 1  # a few mL of "lung" in the middle of the scan
+    result = gated(archive, phantom_series(phantom), lungs, monkeypatch)
+    measurements = result.summary["measurements"]
+    assert measurements["assessment"] == "not_assessable"
+    assert measurements["assessment_reason"] == "no_lung"
+    assert set(measurements) == {"assessment", "assessment_reason", "assessment_detail"}
+    [sr_uid] = result.output_sop_instance_uids  # an SR saying so, no SEG
+    assert assessability(stored_sr(archive, sr_uid)) == "NO_LUNG"
+    with archive.engine.connect() as conn:
+        [row] = records.results_of_study(conn, result_study(archive, sr_uid))
+    assert row["seg_sop_instance_uid"] == "" and row["sr_sop_instance_uid"] == sr_uid
+
+
+def result_study(archive: Archive, sop_uid: str) -> str:
+    with archive.engine.connect() as conn:
+        row = conn.execute(
+            select(records.AI_RESULT.c.study_instance_uid).where(
+                records.AI_RESULT.c.sr_sop_instance_uid == sop_uid
+            )
+        ).one()
+    return str(row[0])
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+def test_implausible_lung_volume_is_not_assessable(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = chest_phantom(size=64, slices=20, seed=3)
+    datasets = phantom_series(small)
+    for ds in datasets:  # a 10x smaller patient: about 570 mL of whole lungs
+        ds.PixelSpacing = [float(v) / 10**0.5 for v in ds.PixelSpacing]
+        ds.SliceThickness = float(ds.SliceThickness) / 10 ** (1 / 3)
+    result = gated(archive, datasets, small.lungs, monkeypatch)
+    measurements = result.summary["measurements"]
+    assert measurements["assessment_reason"] == "lung_volume_implausible"
+    assert "outside the adult range" in measurements["assessment_detail"]
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+def test_miscalibrated_ct_is_refused_before_the_model(
+    archive: Archive, phantom: Phantom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    datasets = phantom_series(phantom)
+    for ds in datasets:
+        ds.RescaleIntercept = 0  # stored values (HU + 1024) read as HU: air at +24
+    segmenter = TruthSegmenter(phantom.lungs)
+    monkeypatch.setattr(pipeline, "lung_segmenter", lambda settings: segmenter)
+    archive.store(datasets)
+    study, series = str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID)
+    result = pipeline.analyse_ct_chest(archive.context(study, [series]))
+    measurements = result.summary["measurements"]
+    assert measurements["assessment_reason"] == "miscalibrated"
+    assert "air outside the body reads 24 HU" in measurements["assessment_detail"]
+    assert segmenter.calls == 0
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+def test_series_mixing_two_patients_is_refused_with_its_reason(
+    archive: Archive, phantom: Phantom
+) -> None:
+    datasets = phantom_series(phantom)
+    for ds in datasets[10:]:
+        ds.PatientID = "PHANTOM-2"
+    # the archive's own identity rules may refuse the second patient at ingest; the volume
+    # check must refuse the mix wherever it comes from
+    with pytest.raises(VolumeRefusedError) as caught:
+        build_volume(datasets, archive.settings)
+    assert caught.value.reason is RefusalReason.MIXED_PATIENT
+    assert "PHANTOM" not in str(caught.value)  # never echoes an identifier
+    other_frame = phantom_series(phantom)
+    for ds in other_frame[:5]:
+        ds.FrameOfReferenceUID = "1.2.3.4"
+    with pytest.raises(VolumeRefusedError) as caught:
+        build_volume(other_frame, archive.settings)
+    assert caught.value.reason is RefusalReason.MIXED_FRAME_OF_REFERENCE
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+def test_coronal_series_is_analysed_on_its_head_feet_axis(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coronal chest series: the coverage gate runs along the patient's head-feet axis,
+    not along the series' slice axis, and the series gets a grade."""
+    axial = chest_phantom(size=64, slices=20, involvement=0.3, seed=8)
+    datasets, lungs = coronal_series(axial)
+    result = gated(archive, datasets, lungs, monkeypatch)
+    measurements = result.summary["measurements"]
+    assert "assessment" not in measurements, measurements
+    assert measurements["involvement_percent"] == pytest.approx(axial.involvement_percent, abs=5)
+    assert measurements["ct_severity_grade"] == "CT-2"
+    # the lower half of the same chest, coronal: the lungs reach the top of every slice
+    bases = Phantom(axial.hu[:10], axial.lungs[:10], axial.spacing, 0.0, 0.0)
+    measurements = gated(archive, *coronal_series(bases), monkeypatch).summary["measurements"]
+    assert measurements["assessment"] == "partial_coverage"
+    assert "lung apex outside the scan" in measurements["assessment_detail"]
+
+
+def coronal_series(phantom: Phantom) -> tuple[list[Dataset], np.ndarray]:
+    """The phantom resliced coronally (one slice per phantom row, anterior to posterior) and
+    its lung labels in that slice order (z = row, y = superior to inferior, x)."""
+    slices, rows, columns = phantom.hu.shape
+    sx, sy, sz = phantom.spacing
+    hu = np.ascontiguousarray(phantom.hu.transpose(1, 0, 2)[:, ::-1, :])
+    lungs = np.ascontiguousarray(phantom.lungs.transpose(1, 0, 2)[:, ::-1, :])
+    template = phantom_series(phantom)[0]
+    datasets = []
+    for k in range(rows):
+        ds = copy.deepcopy(template)
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = k + 1
+        ds.Rows, ds.Columns = slices, columns
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # rows run to the feet
+        top = -150.0 + (slices - 1) * sz
+        ds.ImagePositionPatient = [-0.5 * columns * sx, -0.5 * rows * sy + k * sy, top]
+        ds.PixelSpacing = [sz, sx]
+        ds.SliceThickness = sy
+        ds.PixelData = (hu[k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
+        datasets.append(ds)
+    return datasets, lungs

@@ -7,9 +7,17 @@ import pytest
 import SimpleITK as sitk
 
 from inference.errors import InferenceError
-from inference.quantify import CONSOLIDATION, GROUND_GLASS, Bands, quantify, severity_grade
+from inference.quantify import (
+    CONSOLIDATION,
+    GROUND_GLASS,
+    Bands,
+    _erode,
+    ggo_lower_bound,
+    quantify,
+    severity_grade,
+)
 from pacs.config import Settings
-from testkit.chest_phantom import chest_phantom
+from testkit.chest_phantom import LUNG_HU, chest_phantom
 
 
 def images(
@@ -70,11 +78,57 @@ def test_emphysema_index() -> None:
 
 
 def test_findings_masks_match_the_bands() -> None:
+    """Inner lung voxels are classed by their density; rim voxels (partial volume with the
+    chest wall) take the class of the inner lung next to them."""
     phantom = chest_phantom(size=64, slices=32, involvement=0.4, seed=4)
     result = quantify(*images(phantom.hu, phantom.lungs, phantom.spacing), Bands())
-    assert np.all(phantom.hu[result.findings == GROUND_GLASS] < -300)
-    assert np.all(phantom.hu[result.findings == GROUND_GLASS] >= -750)
-    assert np.all(phantom.hu[result.findings == CONSOLIDATION] >= -300)
+    inner = _erode(phantom.lungs > 0, [1, 1])
+    ggo, consolidation = result.findings == GROUND_GLASS, result.findings == CONSOLIDATION
+    assert np.all(phantom.hu[ggo & inner] < -300)
+    assert np.all(phantom.hu[ggo & inner] >= -750)
+    assert np.all(phantom.hu[consolidation & inner] >= -300)
+    rim_findings = (ggo | consolidation) & ~inner
+    assert rim_findings.any()  # the lesion reaches the chest wall
+    assert np.mean(phantom.hu[rim_findings] >= -750) > 0.9
+
+
+def partial_volume_phantom(lung_hu: float, involvement: float = 0.0) -> tuple[np.ndarray, ...]:
+    """A chest phantom rendered at twice the resolution and area-averaged 2 x 2 in-plane, as
+    a scanner's voxels average what they hold: vessels and lung edges get partial-volume rims.
+    Returns HU, lungs (a voxel is lung when most of it is) and the spacing."""
+    fine = chest_phantom(size=192, slices=24, involvement=involvement, seed=6)
+    hu = fine.hu.astype(np.float32)
+    hu[(fine.lungs > 0) & (np.abs(hu - LUNG_HU) < 60)] = lung_hu  # uniform, noise-free lung
+    coarse = hu.reshape(24, 96, 2, 96, 2).mean(axis=(2, 4)).astype(np.int16)
+    lungs = fine.lungs.reshape(24, 96, 2, 96, 2).astype(np.float32).mean(axis=(2, 4))
+    labels = np.where(lungs > 0.5, fine.lungs[:, ::2, ::2], 0).astype(np.uint8)
+    spacing = (fine.spacing[0] * 2, fine.spacing[1] * 2, fine.spacing[2])
+    return coarse, labels, spacing
+
+
+def test_healthy_uniform_lung_with_partial_volume_rims_is_ct0() -> None:
+    """Issue 10: uniform -850 HU lungs were CT-1 from the rims around vessels."""
+    hu, lungs, spacing = partial_volume_phantom(-850.0)
+    rims = (lungs > 0) & (hu >= -750) & (hu < -300)
+    assert np.count_nonzero(rims) > 0.005 * np.count_nonzero(lungs)  # the rims are there
+    result = quantify(*images(hu, lungs, spacing), Bands())
+    assert result.involvement_percent < 0.5
+    assert result.ct_severity_grade == "CT-0"
+
+
+def test_ground_glass_floor_follows_the_patients_normal_lung() -> None:
+    bands = Bands()
+    dense_normal = np.random.default_rng(1).normal(-810, 30, 10_000)
+    assert ggo_lower_bound(dense_normal, bands) == bands.ggo_min_limit_hu  # -610 -> -650
+    inflated = np.random.default_rng(1).normal(-900, 25, 10_000)
+    assert ggo_lower_bound(inflated, bands) == pytest.approx(-700, abs=10)
+    all_ground_glass = np.random.default_rng(1).normal(-550, 30, 10_000)
+    assert ggo_lower_bound(all_ground_glass, bands) == bands.ggo_min_limit_hu
+    # a diffuse ground-glass lung is still graded by its density
+    hu, lungs, spacing = partial_volume_phantom(-550.0)
+    result = quantify(*images(hu, lungs, spacing), Bands())
+    assert result.involvement_percent > 90
+    assert result.ct_severity_grade == "CT-4"
 
 
 def test_bands_come_from_settings() -> None:

@@ -186,10 +186,17 @@ def observation(
     return resource
 
 
+ASSESSMENT_KEYS = ("assessment", "assessment_reason", "assessment_detail")
+"""Keys of a result the AI's plausibility gates stopped (``inference.pipeline``): no grade."""
+
+
 def check_measurements(measurements: Mapping[str, Any]) -> dict[str, Any]:
     """The measurements of a result, checked before anything is written (``EmrLinkError``
-    for a grade outside CT-0..CT-4 or a value that is not a number)."""
-    checked: dict[str, Any] = {}
+    for a grade outside CT-0..CT-4 or a value that is not a number); the assessment keys of
+    a not-assessable result are kept as text."""
+    checked: dict[str, Any] = {
+        key: str(measurements[key]) for key in ASSESSMENT_KEYS if measurements.get(key)
+    }
     for key, spec in MEASUREMENTS.items():
         value = measurements.get(key)
         if value is None:
@@ -211,6 +218,9 @@ def preliminary_conclusion(measurements: Mapping[str, Any]) -> str:
     grade = measurements.get("ct_severity_grade")
     involvement = measurements.get("involvement_percent")
     parts = ["Preliminary AI analysis, not reviewed by a radiologist."]
+    if measurements.get("assessment"):
+        detail = measurements.get("assessment_detail") or measurements.get("assessment_reason")
+        parts.append(f"Not assessable: {detail}.")
     if grade in GRADES:
         parts.append(GRADES[str(grade)] + ".")
     if involvement is not None:
