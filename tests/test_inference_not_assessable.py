@@ -12,8 +12,8 @@ from pacs.emr.feed import EmrFeed
 from pacs.emr.review import review_view
 from pacs.fhir.store import FhirStore
 from testkit.chest_phantom import chest_phantom, phantom_series
-from tests.conftest import Backend
 from testkit.inference_helpers import TruthSegmenter, open_archive
+from tests.conftest import Backend
 
 URL = "http://archive.example"
 
