@@ -9,7 +9,7 @@ import logging
 
 from pacs.dimse.part10 import part10
 from pacs.dimse.policy import AEPolicy
-from pacs.ingest import IngestService, Source, StoreStatus
+from pacs.ingest import IngestOutcome, IngestService, Source, StoreStatus
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,23 @@ C_STORE_STATUS = {
     StoreStatus.REPLACED: SUCCESS,
     StoreStatus.CONFLICT_KEPT: WARNING_COERCION,
     StoreStatus.CONFLICT_REJECTED: FAILURE_DUPLICATE_SOP_INSTANCE,
+    StoreStatus.IDENTITY_CONFLICT: FAILURE_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    StoreStatus.QUARANTINED: WARNING_COERCION,
     StoreStatus.INVALID: FAILURE_CANNOT_UNDERSTAND,
     StoreStatus.SOP_CLASS_MISMATCH: FAILURE_DATASET_DOES_NOT_MATCH_SOP_CLASS,
     StoreStatus.TOO_LARGE: FAILURE_OUT_OF_RESOURCES,
     StoreStatus.FAILED: FAILURE_OUT_OF_RESOURCES,
 }
+
+
+def error_comment(outcome: IngestOutcome) -> str:
+    """The ErrorComment (at most 64 characters) of a failure or warning: the refusal reason;
+    an identity conflict (0xA900) or a quarantined object (0xB000) says so first."""
+    if outcome.status is StoreStatus.QUARANTINED:
+        return f"quarantined: {outcome.reason}"[:64]
+    if outcome.status is StoreStatus.IDENTITY_CONFLICT:
+        return f"identity conflict: {outcome.reason}"[:64]
+    return outcome.reason[:64]
 
 
 class StoreHandler:
@@ -62,7 +74,7 @@ class StoreHandler:
             )
             outcome = self.ingest.store_part10(data, source)
             code = C_STORE_STATUS[outcome.status]
-            return code, ("" if code == SUCCESS else outcome.reason[:64])
+            return code, ("" if code == SUCCESS else error_comment(outcome))
         except Exception:
             log.exception("C-STORE failed")
             return FAILURE_OUT_OF_RESOURCES, "internal error; nothing stored"
