@@ -44,6 +44,7 @@ from pacs.ingest.indexer import (
     insert_instance,
 )
 from pacs.ingest.quarantine import QuarantineError, hold
+from pacs.ingest.sameness import same_data_set
 from pacs.ingest.source import Source
 from pacs.ingest.structure import dataset_offset
 from pacs.metadata import records as metadata_records
@@ -256,12 +257,13 @@ class IngestService:
     def _identical(
         self, known: StoredInstance, sha256: str, data: bytes, attrs: InstanceAttributes
     ) -> bool:
-        """True when ``data`` is the stored object again, perhaps in another file meta.
+        """True when ``data`` is the stored object again, perhaps in another encoding.
 
         Over DIMSE the archive writes the file meta itself, while a file keeps the one its
-        writer made: one object imported from a file and then received by C-STORE (or the
-        other way round) has two digests, yet it is an identical re-send when the transfer
-        syntax and every byte of the data set agree. The stored object is read only then.
+        writer made, and a sender may re-encode the data set (``storescu`` does): one object
+        imported or sent by STOW-RS and then by C-STORE (or the other way round) has two
+        digests, yet it is an identical re-send when its data set has the same elements and
+        values (``sameness``). The stored object is read only then.
         """
         if known.sha256 == sha256:
             return True
@@ -270,11 +272,11 @@ class IngestService:
             stored_syntax = parse_part10(stored).file_meta.get("TransferSyntaxUID")
         except (KeyError, StorageError, InvalidDicomError):
             return False
-        if stored_syntax != attrs.transfer_syntax_uid:
-            return False
-        return (
+        if stored_syntax == attrs.transfer_syntax_uid and (
             memoryview(stored)[dataset_offset(stored) :] == memoryview(data)[dataset_offset(data) :]
-        )
+        ):
+            return True
+        return same_data_set(stored, data)
 
     def _identity_conflict(
         self,
