@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,7 +21,8 @@ Entries = Annotated[list[int], typer.Argument(help="Quarantine entry numbers (se
 
 
 def _settings(data_dir: Path | None) -> Settings:
-    return Settings(**({"data_dir": data_dir} if data_dir is not None else {}))
+    overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir is not None else {}
+    return Settings(**overrides)
 
 
 @quarantine_app.command("list")
