@@ -45,7 +45,8 @@ def import_file(ingest: IngestService, path: Path) -> IngestOutcome | None:
 
 
 def run_import(settings: Settings, paths: list[Path], console: Console | None = None) -> int:
-    """Import ``paths``; print a summary; return 1 if anything was rejected, else 0.
+    """Import ``paths``; print a summary; return 1 if anything was rejected, else 0 (an
+    object held in the quarantine is counted and listed, not rejected).
 
     Returns 2 without importing anything when a path does not exist (a typo should not
     leave half a folder imported).
@@ -63,6 +64,7 @@ def run_import(settings: Settings, paths: list[Path], console: Console | None = 
     files = list(iter_files(paths))
     counts: Counter[str] = Counter()
     rejected: list[tuple[Path, str]] = []
+    held: list[tuple[Path, str]] = []  # identity conflicts kept in the quarantine
     with Progress(console=console, transient=True) as progress, ThreadPoolExecutor(4) as pool:
         task = progress.add_task("importing", total=len(files))
         for path, outcome in zip(
@@ -71,6 +73,9 @@ def run_import(settings: Settings, paths: list[Path], console: Console | None = 
             progress.advance(task)
             if outcome is None:
                 counts["skipped (DICOMDIR)"] += 1
+            elif outcome.status is StoreStatus.QUARANTINED:
+                counts["quarantined"] += 1
+                held.append((path, outcome.reason))
             elif outcome.status.ok:
                 counts["duplicate" if outcome.status is StoreStatus.DUPLICATE else "stored"] += 1
             else:
@@ -79,9 +84,12 @@ def run_import(settings: Settings, paths: list[Path], console: Console | None = 
     table = Table(title=f"pacs import: {len(files)} files")
     table.add_column("result")
     table.add_column("files", justify="right")
-    for name in ("stored", "duplicate", "rejected", "skipped (DICOMDIR)"):
-        table.add_row(name, str(counts[name]))
+    for name in ("stored", "duplicate", "rejected", "quarantined", "skipped (DICOMDIR)"):
+        if name != "quarantined" or counts[name]:
+            table.add_row(name, str(counts[name]))
     console.print(table)
     for path, reason in rejected:
         console.print(f"[red]rejected[/red] {path}: {reason}", highlight=False)
+    for path, reason in held:
+        console.print(f"[yellow]quarantined[/yellow] {path}: {reason}", highlight=False)
     return 1 if rejected else 0

@@ -62,9 +62,7 @@ def test_demographics_contradict_only_when_both_present() -> None:
         "PatientSex",
     ]
     assert identity_conflict(known, Demographics("2", "", "DOE^JOHN")) == ["PatientID"]
-    assert identity_conflict(known, Demographics("1", "HOSP", "DOE^JOHN")) == [
-        "IssuerOfPatientID"
-    ]
+    assert identity_conflict(known, Demographics("1", "HOSP", "DOE^JOHN")) == ["IssuerOfPatientID"]
 
 
 # ---------------------------------------------------------------- refused
@@ -83,12 +81,12 @@ def test_study_uid_of_another_patient_is_refused(backend: Backend) -> None:
     outcome = ingest.store_part10(encode(ct(study, generate_uid(), 0, **PATIENT_2)), SOURCE)
     assert outcome.status is StoreStatus.IDENTITY_CONFLICT
     assert not outcome.status.ok
-    assert outcome.reason == "StudyInstanceUID belongs to another patient: PatientID differ"
+    assert outcome.reason == "StudyInstanceUID of another patient (PatientID)"
     assert "OTHER" not in outcome.reason  # no patient identifiers in what is logged
     # the same series UID for the second patient
     outcome = ingest.store_part10(encode(ct(study, series, 1, **PATIENT_2)), SOURCE)
     assert outcome.status is StoreStatus.IDENTITY_CONFLICT
-    assert outcome.reason.startswith("SeriesInstanceUID belongs to another patient")
+    assert outcome.reason.startswith("SeriesInstanceUID of another patient")
     assert _patient_ids(backend) == ["PHANTOM-1"]
     assert len(rows(backend.settings, Instance)) == 1
     assert len(rows(backend.settings, Series)) == 1
@@ -103,14 +101,12 @@ def test_contradicting_demographics_are_refused(db_backend: Backend) -> None:
     other = ct(study, series, 1, PatientBirthDate="19580312", PatientSex="F")
     outcome = ingest.store_part10(encode(other), SOURCE)
     assert outcome.status is StoreStatus.IDENTITY_CONFLICT
-    assert outcome.reason == (
-        "SeriesInstanceUID belongs to another patient: PatientBirthDate, PatientSex differ"
-    )
+    assert outcome.reason == ("SeriesInstanceUID of another patient (birth date, sex)")
     # a new study with that PatientID and a contradicting name is not filed under it either
     renamed = ct(generate_uid(), generate_uid(), 0, PatientName="Someone^Else")
     outcome = ingest.store_part10(encode(renamed), SOURCE)
     assert outcome.status is StoreStatus.IDENTITY_CONFLICT
-    assert outcome.reason == "PatientID belongs to another patient: PatientName differ"
+    assert outcome.reason == "PatientID of another patient (name)"
     # empty values and the spelling of a name do not contradict
     same = ct(study, series, 2, PatientName="PHANTOM^CHEST^^", PatientSex="", PatientBirthDate="")
     assert ingest.store_part10(encode(same), SOURCE).status is StoreStatus.STORED
@@ -123,7 +119,7 @@ def test_series_of_another_study_is_refused(db_backend: Backend) -> None:
     assert ingest.store_part10(encode(ct(generate_uid(), series, 0)), SOURCE).status.ok
     outcome = ingest.store_part10(encode(ct(generate_uid(), series, 1)), SOURCE)
     assert outcome.status is StoreStatus.IDENTITY_CONFLICT
-    assert outcome.reason == "SeriesInstanceUID is in another study: StudyInstanceUID differs"
+    assert outcome.reason == "SeriesInstanceUID is in another study"
     assert len(rows(db_backend.settings, Study)) == 1
 
 
@@ -149,7 +145,7 @@ def test_sop_instance_of_another_series_is_refused_whatever_the_duplicate_policy
     swapped.SOPInstanceUID = swapped.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     outcome = ingest.store_part10(encode(swapped), SOURCE)
     assert outcome.status is StoreStatus.IDENTITY_CONFLICT
-    assert outcome.reason == "SOPInstanceUID belongs to another patient: PatientID differ"
+    assert outcome.reason == "SOPInstanceUID of another patient (PatientID)"
     [instance] = rows(db_backend.settings, Instance)
     assert _patient_ids(db_backend) == ["PHANTOM-1"]
     assert instance.series_pk == rows(db_backend.settings, Series)[0].pk
@@ -168,12 +164,10 @@ def test_two_patients_racing_into_one_new_study(backend: Backend) -> None:
         barrier = threading.Barrier(2)
         outcomes: list[list[StoreStatus]] = [[], []]
 
-        def send(n: int) -> None:
-            barrier.wait()
-            for data in objects[n]:
-                outcomes[n].append(services[n].store_part10(data, SOURCE).status)
-
-        threads = [threading.Thread(target=send, args=(n,)) for n in (0, 1)]
+        threads = [
+            threading.Thread(target=_send, args=(barrier, services[n], objects[n], outcomes[n]))
+            for n in (0, 1)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -185,6 +179,14 @@ def test_two_patients_racing_into_one_new_study(backend: Backend) -> None:
         [row] = [s for s in rows(backend.settings, Study) if s.study_instance_uid == study]
         assert row.number_of_study_related_instances == 3
         assert row.number_of_study_related_series == 1
+
+
+def _send(
+    barrier: threading.Barrier, ingest: IngestService, objects: list[bytes], out: list[Any]
+) -> None:
+    barrier.wait()
+    for data in objects:
+        out.append(ingest.store_part10(data, SOURCE).status)
 
 
 # ---------------------------------------------------------------- quarantine
@@ -204,7 +206,7 @@ def test_quarantine_holds_the_object_out_of_the_index(backend: Backend) -> None:
     assert ingest.store_part10(intruder, SOURCE).status is StoreStatus.QUARANTINED  # again
     [held] = list_held(ingest.engine)
     assert (held.patient_id, held.study_instance_uid) == ("OTHER-2", study)
-    assert held.reason.startswith("SeriesInstanceUID belongs to another patient")
+    assert held.reason.startswith("SeriesInstanceUID of another patient")
     assert held.source == SOURCE
     assert open_store(backend.settings).get(held.object_key) == intruder  # durable, exact
     assert len(rows(backend.settings, Instance)) == 1

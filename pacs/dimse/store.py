@@ -36,12 +36,10 @@ C_STORE_STATUS = {
 
 
 def error_comment(outcome: IngestOutcome) -> str:
-    """The ErrorComment (at most 64 characters) of a failure or warning: the refusal reason;
-    an identity conflict (0xA900) or a quarantined object (0xB000) says so first."""
+    """The ErrorComment (at most 64 characters) of a failure or warning: the reason, which
+    for a quarantined object (0xB000, as the keep policy's conflicts) says so first."""
     if outcome.status is StoreStatus.QUARANTINED:
         return f"quarantined: {outcome.reason}"[:64]
-    if outcome.status is StoreStatus.IDENTITY_CONFLICT:
-        return f"identity conflict: {outcome.reason}"[:64]
     return outcome.reason[:64]
 
 

@@ -139,27 +139,32 @@ def check_instance_identity(known: StoredInstance, a: InstanceAttributes) -> Non
     """Raise ``IdentityConflictError`` when the indexed instance ``known`` is in another
     series or study, or of another patient, than the object ``a`` with its SOP Instance UID."""
     if known.study_instance_uid != a.study_instance_uid:
-        raise IdentityConflictError("SOPInstanceUID is in another study: StudyInstanceUID differs")
+        raise IdentityConflictError("SOPInstanceUID is in another study")
     if known.series_instance_uid != a.series_instance_uid:
-        raise IdentityConflictError(
-            "SOPInstanceUID is in another series: SeriesInstanceUID differs"
-        )
+        raise IdentityConflictError("SOPInstanceUID is in another series")
     _check_patient("SOPInstanceUID", known.patient, a)
+
+
+# Short names of the attributes that differ: a reason fits a C-STORE ErrorComment (64 chars)
+_WORDS = {
+    "PatientID": "PatientID",
+    "IssuerOfPatientID": "issuer",
+    "PatientName": "name",
+    "PatientBirthDate": "birth date",
+    "PatientSex": "sex",
+}
 
 
 def _check_patient(keyword: str, known: Demographics, a: InstanceAttributes) -> None:
     differing = identity_conflict(known, demographics(a))
     if differing:
-        raise IdentityConflictError(
-            f"{keyword} belongs to another patient: {', '.join(differing)} differ"
-        )
+        words = ", ".join(_WORDS[name] for name in differing)
+        raise IdentityConflictError(f"{keyword} of another patient ({words})")
 
 
 def _check_series(found: _SeriesRow, a: InstanceAttributes) -> None:
     if found.study_instance_uid != a.study_instance_uid:
-        raise IdentityConflictError(
-            "SeriesInstanceUID is in another study: StudyInstanceUID differs"
-        )
+        raise IdentityConflictError("SeriesInstanceUID is in another study")
     _check_patient("SeriesInstanceUID", found.patient, a)
 
 
