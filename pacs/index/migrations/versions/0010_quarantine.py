@@ -1,4 +1,4 @@
-"""quarantine: objects held out of the archive for a patient identity conflict
+"""quarantine (pacs.ingest.quarantine) and study_reconciliation (pacs.emr.tables)
 
 Revision ID: 0010
 Revises: 0009
@@ -46,8 +46,18 @@ def upgrade() -> None:
             batch_op.f("ix_quarantine_study_instance_uid"), ["study_instance_uid"], unique=False
         )
 
+    op.create_table(
+        "study_reconciliation",
+        sa.Column("study_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column("reason", sa.String(length=255), nullable=False),
+        sa.Column("candidate", sa.String(length=128), nullable=False),
+        sa.Column("flagged_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("study_instance_uid"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("study_reconciliation")
     with op.batch_alter_table("quarantine", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_quarantine_study_instance_uid"))
     op.drop_table("quarantine")
