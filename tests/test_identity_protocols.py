@@ -17,14 +17,16 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+)
 from rich.console import Console
 
 from pacs.config import IdentityConflictPolicy
 from pacs.importer import run_import
 from tests.conftest import Backend, RunningArchive, require_tool, start_archive, stop_archive
 from tests.dicom_factory import ct_slice
-from tests.dimse_tools import pynetdicom_store, storescu, write_part10
+from tests.dimse_tools import pynetdicom_store, storescu, wait_until, write_part10
 from tests.test_identity import PATIENT_2
 
 FAILED_SOP_SEQUENCE = "00081198"
@@ -71,6 +73,16 @@ def _instances(archive: RunningArchive, study: str) -> list[dict[str, Any]]:
 
 def _patient_ids(instances: list[dict[str, Any]]) -> set[str]:
     return {i["00100020"]["Value"][0] for i in instances if "00100020" in i}
+
+
+def _imaging_study(archive: RunningArchive, study: str) -> dict[str, Any] | None:
+    bundle = httpx.get(
+        f"{archive.http}/fhir/ImagingStudy",
+        params={"identifier": f"urn:dicom:uid|urn:oid:{study}"},
+        timeout=30,
+    ).json()
+    entries = bundle.get("entry") or []
+    return entries[0]["resource"] if entries else None
 
 
 def _c_find(archive: RunningArchive, **keys: str) -> list[Dataset]:
@@ -224,6 +236,9 @@ def _quarantine_round(archive: RunningArchive, tmp_path: Path) -> None:
     new_study = released.json()["study_instance_uid"]
     assert new_study != study
     assert _patient_ids(_instances(archive, new_study)) == {"OTHER-2"}
+    # FHIR: the released study has its ImagingStudy; the first one never counted the held object
+    assert wait_until(lambda: _imaging_study(archive, new_study) is not None, 60)
+    assert _imaging_study(archive, study)["numberOfInstances"] == 3  # type: ignore[index]
     discarded = subprocess.run(
         [sys.executable, "-m", "pacs.cli", "quarantine", "discard", str(other_pk)],
         env=archive.env,
