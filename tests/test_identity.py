@@ -107,10 +107,20 @@ def test_contradicting_demographics_are_refused(db_backend: Backend) -> None:
     outcome = ingest.store_part10(encode(renamed), SOURCE)
     assert outcome.status is StoreStatus.IDENTITY_CONFLICT
     assert outcome.reason == "PatientID of another patient (name)"
+    # without a PatientID only identifiers are compared: objects without one share one
+    # patient row whose demographics are the first such object's (an empty ID claims nothing)
+    anonymous = ct(generate_uid(), generate_uid(), 0, PatientID="", PatientName="A^B")
+    assert ingest.store_part10(encode(anonymous), SOURCE).status is StoreStatus.STORED
+    stranger = ct(generate_uid(), generate_uid(), 0, PatientID="", PatientName="C^D")
+    assert ingest.store_part10(encode(stranger), SOURCE).status is StoreStatus.STORED
+    intruder = ct(anonymous.StudyInstanceUID, generate_uid(), 1)  # PHANTOM-1
+    assert ingest.store_part10(encode(intruder), SOURCE).reason == (
+        "StudyInstanceUID of another patient (PatientID)"
+    )
     # empty values and the spelling of a name do not contradict
     same = ct(study, series, 2, PatientName="PHANTOM^CHEST^^", PatientSex="", PatientBirthDate="")
     assert ingest.store_part10(encode(same), SOURCE).status is StoreStatus.STORED
-    assert len(rows(db_backend.settings, Instance)) == 2
+    assert len(rows(db_backend.settings, Instance)) == 4
 
 
 def test_series_of_another_study_is_refused(db_backend: Backend) -> None:

@@ -156,6 +156,10 @@ _WORDS = {
 
 
 def _check_patient(keyword: str, known: Demographics, a: InstanceAttributes) -> None:
+    if not (known.patient_id or a.patient_id):
+        # no PatientID on either side: objects without one share one patient row, whose
+        # demographics are the first such object's, so only the identifiers can be compared
+        return
     differing = identity_conflict(known, demographics(a))
     if differing:
         words = ", ".join(_WORDS[name] for name in differing)
