@@ -121,7 +121,7 @@ class IngestService:
         """
         started = time.perf_counter()
         if quarantine is None:
-            quarantine = self.identity_conflict is IdentityConflictPolicy.QUARANTINE
+            quarantine = self.identity_conflict == IdentityConflictPolicy.QUARANTINE
         outcome = self._store(data, source, quarantine)
         metrics.record_ingest(source.channel, outcome.status, len(data), started)
         if not outcome.status.ok:
