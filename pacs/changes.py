@@ -45,6 +45,7 @@ KINDS = frozenset(
         "series.added",
         "study.stable",
         "study.reopened",
+        "study.reconcile",
         "job.queued",
         "job.started",
         "job.succeeded",

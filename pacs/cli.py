@@ -13,6 +13,7 @@ import typer
 from inference.models_cli import models_app
 from pacs.archive_location import Init, describe, open_archive
 from pacs.config import Settings
+from pacs.ingest.quarantine_cli import quarantine_app
 from pacs.jobs.cli import jobs_app, worker
 
 app = typer.Typer(help="Regional imaging archive.", no_args_is_help=True, add_completion=False)
@@ -22,6 +23,7 @@ ae_app = typer.Typer(help="Registry of remote AEs (destinations).", no_args_is_h
 app.add_typer(ae_app, name="ae")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
+app.add_typer(quarantine_app, name="quarantine")
 app.command("worker")(worker)
 
 DataDir = Annotated[

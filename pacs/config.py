@@ -22,6 +22,13 @@ class DuplicatePolicy(StrEnum):
     OVERWRITE = "overwrite"  # replace the stored object with the new one, log it
 
 
+class IdentityConflictPolicy(StrEnum):
+    """What to do with an object whose UIDs the index holds for another patient."""
+
+    REJECT = "reject"  # refuse it: C-STORE 0xA900 with an ErrorComment, STOW-RS 409
+    QUARANTINE = "quarantine"  # hold it out of every query and retrieve for an administrator
+
+
 class FsyncPolicy(StrEnum):
     """When the filesystem object store calls fsync."""
 
@@ -91,6 +98,13 @@ class Settings(BaseSettings):
     )
     duplicate_policy: DuplicatePolicy = Field(
         DuplicatePolicy.REJECT, description="Different object with a stored SOP Instance UID."
+    )
+    identity_conflict: IdentityConflictPolicy = Field(
+        IdentityConflictPolicy.REJECT,
+        description=(
+            "A UID already held by another patient (or SOP Instance in another series): "
+            "'reject' it or 'quarantine' it for an administrator (pacs quarantine)."
+        ),
     )
     pn_component_matching: PnMatching = Field(
         PnMatching.WHOLE,

@@ -24,3 +24,10 @@ class SOPClassMismatchError(InvalidDicomError):
 
 class StorageError(PacsError):
     """The object store failed to write, read or delete an object."""
+
+
+class IdentityConflictError(PacsError):
+    """An object names a UID that the index holds for another patient, study or series.
+
+    The message names the UID and the attributes that conflict, never their values.
+    """

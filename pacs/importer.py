@@ -78,7 +78,8 @@ def import_file(ingest: IngestService, path: Path) -> IngestOutcome | Skipped:
 
 def run_import(settings: Settings, paths: list[Path], console: Console | None = None) -> int:
     """Import ``paths``; print a summary; return 1 if a DICOM object was rejected, else 0
-    (files that are not DICOM are skipped and counted, not rejected).
+    (files that are not DICOM are skipped and counted, not rejected; an object held in the
+    quarantine is counted and listed, not rejected).
 
     Returns 2 without importing anything when a path does not exist (a typo should not
     leave half a folder imported).
@@ -96,6 +97,7 @@ def run_import(settings: Settings, paths: list[Path], console: Console | None = 
     files = list(iter_files(paths))
     counts: Counter[str] = Counter()
     rejected: list[tuple[Path, str]] = []
+    held: list[tuple[Path, str]] = []  # identity conflicts kept in the quarantine
     with Progress(console=console, transient=True) as progress, ThreadPoolExecutor(4) as pool:
         task = progress.add_task("importing", total=len(files))
         for path, outcome in zip(
@@ -104,6 +106,9 @@ def run_import(settings: Settings, paths: list[Path], console: Console | None = 
             progress.advance(task)
             if isinstance(outcome, Skipped):
                 counts[outcome] += 1
+            elif outcome.status is StoreStatus.QUARANTINED:
+                counts["quarantined"] += 1
+                held.append((path, outcome.reason))
             elif outcome.status.ok:
                 counts["duplicate" if outcome.status is StoreStatus.DUPLICATE else "stored"] += 1
             else:
@@ -112,9 +117,12 @@ def run_import(settings: Settings, paths: list[Path], console: Console | None = 
     table = Table(title=f"pacs import: {len(files)} files")
     table.add_column("result")
     table.add_column("files", justify="right")
-    for name in ("stored", "duplicate", "rejected", *Skipped):
-        table.add_row(name, str(counts[name]))
+    for name in ("stored", "duplicate", "rejected", "quarantined", *Skipped):
+        if name != "quarantined" or counts[name]:
+            table.add_row(name, str(counts[name]))
     console.print(table)
     for path, reason in rejected:
         console.print(f"[red]rejected[/red] {path}: {reason}", highlight=False)
+    for path, reason in held:
+        console.print(f"[yellow]quarantined[/yellow] {path}: {reason}", highlight=False)
     return 1 if rejected else 0

@@ -18,6 +18,7 @@ def build_ingest(settings: Settings, store: ObjectStore | None = None) -> Ingest
         store=store if store is not None else open_store(settings),
         engine=create_index_engine(settings),
         duplicate_policy=settings.duplicate_policy,
+        identity_conflict=settings.identity_conflict,
         max_object_size=settings.max_object_size,
         durable_commits=settings.storage_fsync is FsyncPolicy.ALWAYS,
         lifecycle=StudyLifecycle.from_settings(settings) if settings.study_lifecycle else None,

@@ -18,7 +18,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from pacs.dimse.part10 import part10
 from pacs.importer import is_dicomdir
+from pacs.ingest.sameness import same_data_set
 from tests.conftest import Backend, RunningArchive, require, require_tool
 from tests.dimse_tools import (
     BLANK_UID_CT,
@@ -88,7 +90,8 @@ def test_dcmtk_sends_the_corpus(
 
     with archive_view(archive.backend.settings) as view:
         rows = view.assert_consistent()
-        stored = {uid: dataset_part(view.store.get(row.object_key)) for uid, row in rows.items()}
+        objects = {uid: view.store.get(row.object_key) for uid, row in rows.items()}
+        stored = {uid: dataset_part(data) for uid, data in objects.items()}
 
     success_uids: set[str] = set()
     problems: list[str] = []
@@ -102,7 +105,12 @@ def test_dcmtk_sends_the_corpus(
             sent_valid += 1
             if status == SUCCESS:
                 success_uids.add(uid)
-                if stored.get(uid) != exchange.dataset:
+                # pydicom's corpus also has one data set in two byte orders: the second is an
+                # identical re-send of the first (same elements and values), answered success
+                sent = part10(
+                    exchange.dataset, info.sop_class_uid, uid, info.transfer_syntax_uid, ""
+                )
+                if stored.get(uid) != exchange.dataset and not same_data_set(objects[uid], sent):
                     problems.append(f"{path.name}: stored data set differs from what was sent")
             elif status == FAILURE_DUPLICATE_SOP_INSTANCE:
                 # pydicom's corpus has one SOP Instance UID in several encodings: the first
@@ -180,10 +188,8 @@ def test_import_stores_the_corpus_byte_exact(
             problems.append(f"{uid}: stored object equals none of {[p.name for p in data]}")
         for info in infos:
             content = data[info.path]
-            same = content == stored[uid] or (  # the same data set in another file meta
-                dataset_part(content) == dataset_part(stored[uid])
-                and info.transfer_syntax_uid == rows[uid].transfer_syntax_uid
-            )
+            # the same data set in another file meta or another encoding (byte order)
+            same = content == stored[uid] or same_data_set(stored[uid], content)
             if same and info.path in rejected:
                 problems.append(f"{info.path.name}: stored, yet reported rejected")
             if not same and "different object with this SOP" not in rejected.get(info.path, ""):

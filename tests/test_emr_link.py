@@ -183,7 +183,8 @@ def findscu_worklist(
 def write_study(
     folder: Path, study_uid: str, slices: int, patient_id: str, issuer: str, accession: str
 ) -> tuple[list[Path], Dataset]:
-    """A small CT series (with IssuerOfPatientID) as Part-10 files."""
+    """A small CT series (with IssuerOfPatientID) as Part-10 files, of the referral's patient
+    as the worklist gave it (the EMR link links on identifier and demographics)."""
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = generate_uid()
     paths, first = [], None
@@ -192,6 +193,9 @@ def write_study(
             study_uid, series_uid, i, 16, patient_id=patient_id, accession_number=accession
         )
         ds.IssuerOfPatientID = issuer
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = "Петров^Иван^Сергеевич"
+        ds.PatientBirthDate, ds.PatientSex = "19610412", "M"
         path = folder / f"{i:03d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

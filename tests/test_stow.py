@@ -229,7 +229,7 @@ def test_conflict_and_oversize_and_other_media_type(client: TestClient, backend:
     first = small_ct()
     assert post(client, multipart(part10(first))).status_code == 200
     conflict = copy.deepcopy(first)
-    conflict.PatientID = "OTHER"
+    conflict.SeriesDescription = "OTHER"  # another PatientID would be an identity conflict
     big = small_ct(size=256)  # 128 KiB of pixels > 64 KiB limit
     body = multipart(part10(conflict), part10(big))
     response = post(client, body)

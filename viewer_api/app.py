@@ -24,6 +24,7 @@ from viewer_api.routers import (
     fhir,
     health,
     jobs,
+    quarantine,
     review,
     studies,
     ui,
@@ -60,6 +61,7 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     app.include_router(fhir.router)
     app.include_router(review.router)
     app.include_router(jobs.router)
+    app.include_router(quarantine.router)
     app.include_router(changes.router)
     app.include_router(webhooks.router)
     _add_middleware(app, settings)

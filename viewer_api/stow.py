@@ -35,6 +35,8 @@ OUTCOME_REASONS: dict[StoreStatus, tuple[int | None, int | None]] = {
     StoreStatus.REPLACED: (None, None),
     StoreStatus.CONFLICT_KEPT: (None, status.COERCION_OF_DATA_ELEMENTS),
     StoreStatus.CONFLICT_REJECTED: (status.DUPLICATE_SOP_INSTANCE, None),
+    StoreStatus.IDENTITY_CONFLICT: (status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, None),
+    StoreStatus.QUARANTINED: (None, status.COERCION_OF_DATA_ELEMENTS),
     StoreStatus.INVALID: (status.CANNOT_UNDERSTAND, None),
     StoreStatus.SOP_CLASS_MISMATCH: (status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, None),
     StoreStatus.TOO_LARGE: (status.OUT_OF_RESOURCES, None),
@@ -81,6 +83,12 @@ class PartResult:
     warning: int | None = None
     reason: str = ""  # for the log; never contains patient identifiers
     ingested: bool = False  # True when ingest decided (and logged a refusal itself)
+    quarantined: bool = False  # held out of the archive: no RetrieveURL
+
+    @property
+    def retrievable(self) -> bool:
+        """True when the instance can be retrieved (stored and not quarantined)."""
+        return self.failure is None and not self.quarantined
 
     @property
     def stored(self) -> bool:
@@ -114,7 +122,9 @@ def store_part(
         log.exception("STOW-RS ingest failed")
         return PartResult(identity, status.PROCESSING_FAILURE, reason="internal error")
     failure, warning = OUTCOME_REASONS[outcome.status]
-    return PartResult(identity, failure, warning, f"{outcome.status}: {outcome.reason}", True)
+    quarantined = outcome.status is StoreStatus.QUARANTINED
+    reason = f"{outcome.status}: {outcome.reason}"
+    return PartResult(identity, failure, warning, reason, True, quarantined)
 
 
 def http_status(results: list[PartResult]) -> int:
@@ -127,6 +137,16 @@ def http_status(results: list[PartResult]) -> int:
     return 200
 
 
+def warning_header(results: list[PartResult]) -> str | None:
+    """A ``Warning`` header (PS3.18 8.5, code 299) naming each identity conflict, which a
+    FailureReason or WarningReason code alone cannot; None when there was none."""
+    prefixes = (f"{StoreStatus.IDENTITY_CONFLICT}: ", f"{StoreStatus.QUARANTINED}: ")
+    reasons = dict.fromkeys(
+        r.reason.replace('"', "'") for r in results if r.reason.startswith(prefixes)
+    )
+    return ", ".join(f'299 - "{reason}"' for reason in reasons) or None
+
+
 def response_dataset(
     results: list[PartResult], dicomweb_base: str, study_instance_uid: str | None = None
 ) -> Dataset:
@@ -136,7 +156,7 @@ def response_dataset(
     RetrieveURL is given for ``/studies/{study}`` and when every stored instance is of one study.
     """
     response = Dataset()
-    studies = {r.identity.study_instance_uid for r in results if r.stored}
+    studies = {r.identity.study_instance_uid for r in results if r.retrievable}
     study = study_instance_uid or (studies.pop() if len(studies) == 1 else "")
     if study:
         response.RetrieveURL = f"{dicomweb_base}/studies/{study}"
@@ -146,7 +166,8 @@ def response_dataset(
         item.ReferencedSOPClassUID = result.identity.sop_class_uid
         item.ReferencedSOPInstanceUID = result.identity.sop_instance_uid
         if result.stored:
-            item.RetrieveURL = _instance_url(dicomweb_base, result.identity)
+            if result.retrievable:
+                item.RetrieveURL = _instance_url(dicomweb_base, result.identity)
             if result.warning is not None:
                 item.WarningReason = result.warning
             referenced.append(item)

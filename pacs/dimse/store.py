@@ -10,7 +10,7 @@ import logging
 from pacs.dimse import status
 from pacs.dimse.part10 import part10
 from pacs.dimse.policy import AEPolicy
-from pacs.ingest import IngestService, Source, StoreStatus
+from pacs.ingest import IngestOutcome, IngestService, Source, StoreStatus
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +20,21 @@ C_STORE_STATUS = {
     StoreStatus.REPLACED: status.SUCCESS,
     StoreStatus.CONFLICT_KEPT: status.COERCION_OF_DATA_ELEMENTS,
     StoreStatus.CONFLICT_REJECTED: status.DUPLICATE_SOP_INSTANCE,
+    StoreStatus.IDENTITY_CONFLICT: status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    StoreStatus.QUARANTINED: status.COERCION_OF_DATA_ELEMENTS,
     StoreStatus.INVALID: status.CANNOT_UNDERSTAND,
     StoreStatus.SOP_CLASS_MISMATCH: status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     StoreStatus.TOO_LARGE: status.OUT_OF_RESOURCES,
     StoreStatus.FAILED: status.OUT_OF_RESOURCES,
 }
+
+
+def error_comment(outcome: IngestOutcome) -> str:
+    """The ErrorComment (at most 64 characters) of a failure or warning: the reason, which
+    for a quarantined object (0xB000, as the keep policy's conflicts) says so first."""
+    if outcome.status is StoreStatus.QUARANTINED:
+        return f"quarantined: {outcome.reason}"[:64]
+    return outcome.reason[:64]
 
 
 class StoreHandler:
@@ -56,7 +66,7 @@ class StoreHandler:
             )
             outcome = self.ingest.store_part10(data, source)
             code = C_STORE_STATUS[outcome.status]
-            return code, ("" if code == status.SUCCESS else outcome.reason[:64])
+            return code, ("" if code == status.SUCCESS else error_comment(outcome))
         except Exception:
             log.exception("C-STORE failed")
             return status.OUT_OF_RESOURCES, "internal error; nothing stored"

@@ -32,6 +32,10 @@ ISSUER_PREFIX = "urn:pacs:issuer:"
 URI: ``urn:pacs:issuer:<issuer, percent-encoded>``."""
 LOCAL_PATIENT_ID = "urn:pacs:patient-id"
 """Patient identifier system for a DICOM PatientID without an issuer."""
+UNMATCHED_PATIENT = "urn:pacs:unmatched-patient"
+"""Patient identifier system of a Patient made from DICOM data whose PatientID belongs to a
+FHIR Patient with contradicting demographics (value: the index's patient number), so that
+the two are never one resource."""
 AI_RESULT = "urn:pacs:ai-result"
 """System of DiagnosticReport / Observation identifiers made from an AI result:
 ``<StudyInstanceUID>/<study version>/<analysis>[/<measurement>]``."""

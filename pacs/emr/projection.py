@@ -5,7 +5,10 @@ and Encounter.
   and the accession number (type ACSN).
 - Patient: found by identifier (PatientID, IssuerOfPatientID -> ``identifiers.patient_system``);
   else the subject of the ServiceRequest with the study's accession number; else a Patient is
-  created from the DICOM demographics with meta.tag ``urn:pacs:tags|reconcile``.
+  created from the DICOM demographics with meta.tag ``urn:pacs:tags|reconcile``. A Patient
+  found either way is linked only when its demographics do not contradict the study's
+  (``matching``): else the study gets a reconcile-tagged Patient of its own (identifier
+  ``urn:pacs:unmatched-patient``), no basedOn, and is flagged for reconciliation.
 - basedOn: the ServiceRequest whose accession number is the study's; encounter: its encounter.
 - endpoint: the archive's DICOMweb Endpoint (``connectionType`` dicom-wado-rs).
 """
@@ -19,11 +22,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from pacs.emr import matching
 from pacs.emr.identifiers import (
     DCM,
     DICOM_UID,
     ENDPOINT,
     RECONCILE_TAG,
+    UNMATCHED_PATIENT,
     accession_identifier,
     accession_of,
     issuer_of,
@@ -32,7 +37,9 @@ from pacs.emr.identifiers import (
     study_identifier,
     token_search_value,
 )
+from pacs.fhir.errors import FhirError
 from pacs.fhir.store import FhirStore
+from pacs.identity import Demographics
 from pacs.index.models import Instance, Patient, Series, Study
 
 log = logging.getLogger(__name__)
@@ -156,17 +163,23 @@ def _dicom_name(pn: str) -> dict[str, Any] | None:
     return name or None
 
 
-def reconcile_patient(store: FhirStore, patient: Patient) -> dict[str, Any]:
+def reconcile_patient(
+    store: FhirStore, patient: Patient, unmatched: bool = False
+) -> dict[str, Any]:
     """A Patient made from the study's DICOM demographics, flagged for reconciliation (the
-    same one again for the same PatientID and issuer)."""
+    same one again for the same PatientID and issuer). ``unmatched``: the PatientID belongs
+    to a FHIR Patient whose demographics contradict, so the identifier is the archive's own
+    (``urn:pacs:unmatched-patient``, the index's patient number), never that Patient's."""
     system = patient_system(patient.issuer_of_patient_id)
     value = patient.patient_id or f"unknown-{patient.pk}"
+    if unmatched:
+        system, value = UNMATCHED_PATIENT, str(patient.pk)
     resource: dict[str, Any] = {
         "resourceType": "Patient",
         "meta": {"tag": [RECONCILE_TAG]},
         "identifier": [{"system": system, "value": value}],
     }
-    if patient.issuer_of_patient_id:
+    if patient.issuer_of_patient_id and not unmatched:
         resource["identifier"][0]["assigner"] = {"display": patient.issuer_of_patient_id}
     name = _dicom_name(patient.patient_name.split("=")[0])
     if name:
@@ -274,12 +287,47 @@ def project_study(
     patient_row = session.get(Patient, study.patient_pk)
     assert patient_row is not None  # foreign key
     service_request = find_service_request(store, study.accession_number)
-    patient = find_patient(store, patient_row.patient_id, patient_row.issuer_of_patient_id)
-    patient_id = str(patient["id"]) if patient else ""
-    if not patient_id and service_request is not None:
-        patient_id = str(reference_id(service_request.get("subject"), "Patient") or "")
-    if not patient_id:
-        patient_id = str(reconcile_patient(store, patient_row)["id"])
-    resource = imaging_study(session, study, patient_id, endpoint, service_request)
+    dicom = Demographics(
+        patient_row.patient_id,
+        patient_row.issuer_of_patient_id,
+        patient_row.patient_name,
+        patient_row.patient_birth_date,
+        patient_row.patient_sex,
+    )
+    candidates = [find_patient(store, patient_row.patient_id, patient_row.issuer_of_patient_id)]
+    if candidates[0] is None and service_request is not None:
+        candidates = [_subject(store, service_request)]
+    patient, mismatch = None, None
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        contradicting = matching.patient_contradictions(dicom, candidate)
+        if contradicting:
+            mismatch = (candidate, contradicting)
+        else:
+            patient = candidate
+    engine = session.get_bind().engine
+    if mismatch is not None:
+        candidate, contradicting = mismatch
+        patient = reconcile_patient(store, patient_row, unmatched=True)
+        service_request = None  # the referral is the other person's
+        reason = f"demographics contradict the FHIR Patient: {', '.join(contradicting)}"
+        matching.flag(engine, study_instance_uid, reason, f"Patient/{candidate['id']}")
+    else:
+        if patient is None:
+            patient = reconcile_patient(store, patient_row)
+        matching.clear(engine, study_instance_uid)
+    resource = imaging_study(session, study, str(patient["id"]), endpoint, service_request)
     identifier = study_identifier(study_instance_uid)
     return store.upsert_by_identifier(resource, DICOM_UID, identifier["value"])
+
+
+def _subject(store: FhirStore, service_request: dict[str, Any]) -> dict[str, Any] | None:
+    """The Patient a ServiceRequest is for, if it can be read."""
+    patient_id = reference_id(service_request.get("subject"), "Patient")
+    if not patient_id:
+        return None
+    try:
+        return store.read("Patient", patient_id)
+    except FhirError:
+        return None

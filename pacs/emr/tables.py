@@ -53,3 +53,15 @@ class ReviewDecision(Base):
     organisation: Mapped[str] = mapped_column(String(128), default="")
     sr_sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
     signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StudyReconciliation(Base):
+    """A study the EMR link did not attach to the FHIR Patient its PatientID found, because
+    their demographics contradict: to be reconciled by a person (``pacs.emr.matching``)."""
+
+    __tablename__ = "study_reconciliation"
+
+    study_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(255))  # attributes that contradict, no values
+    candidate: Mapped[str] = mapped_column(String(128))  # "Patient/<id>" it was not linked to
+    flagged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -11,6 +11,7 @@ from pacs import changes  # noqa: F401  (change_event)
 from pacs.emr import tables as emr_tables  # noqa: F401  (feed_position, ai_report, review)
 from pacs.fhir import schema as fhir_schema  # noqa: F401  (fhir_resource, search indexes)
 from pacs.index.models import Base
+from pacs.ingest import quarantine  # noqa: F401  (quarantine)
 from pacs.jobs import models as jobs_models  # noqa: F401  (study_state, job, webhook, ...)
 from pacs.metadata import records  # noqa: F401  (instance_metadata)
 from pacs.query import indexes as query_indexes  # noqa: F401  (ix_patient_name_lower)

@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from pacs.errors import IdentityConflictError
+from pacs.identity import Demographics, identity_conflict
 from pacs.index.models import Instance, Patient, Series, Study, utcnow
 from pacs.index.prepared import Prepared, db_timestamp
 from pacs.ingest.attributes import InstanceAttributes
@@ -25,6 +27,17 @@ SERIES: Table = Series.__table__  # type: ignore[assignment]
 INSTANCE: Table = Instance.__table__  # type: ignore[assignment]
 
 
+_PATIENT_COLUMNS = (
+    PATIENT.c.patient_id,
+    PATIENT.c.issuer_of_patient_id,
+    PATIENT.c.patient_name,
+    PATIENT.c.patient_birth_date,
+    PATIENT.c.patient_sex,
+)
+_PARENTS = SERIES.join(STUDY, STUDY.c.pk == SERIES.c.study_pk).join(
+    PATIENT, PATIENT.c.pk == STUDY.c.patient_pk
+)
+
 # Statements of the per-instance hot path, built once (only their parameters vary).
 _FIND_INSTANCE = Prepared(
     select(
@@ -33,10 +46,17 @@ _FIND_INSTANCE = Prepared(
         INSTANCE.c.sha256,
         INSTANCE.c.object_key,
         INSTANCE.c.size_bytes,
-    ).where(INSTANCE.c.sop_instance_uid == bindparam("uid"))
+        SERIES.c.series_instance_uid,
+        STUDY.c.study_instance_uid,
+        *_PATIENT_COLUMNS,
+    )
+    .select_from(INSTANCE.join(_PARENTS, SERIES.c.pk == INSTANCE.c.series_pk))
+    .where(INSTANCE.c.sop_instance_uid == bindparam("uid"))
 )
 _FIND_SERIES = Prepared(
-    select(SERIES.c.pk, SERIES.c.study_pk).where(SERIES.c.series_instance_uid == bindparam("uid"))
+    select(SERIES.c.pk, SERIES.c.study_pk, STUDY.c.study_instance_uid, *_PATIENT_COLUMNS)
+    .select_from(_PARENTS)
+    .where(SERIES.c.series_instance_uid == bindparam("uid"))
 )
 _INSTANCE_COLUMNS = [
     "sop_instance_uid",
@@ -85,12 +105,71 @@ class StoredInstance(NamedTuple):
     sha256: str
     object_key: str
     size_bytes: int
+    series_instance_uid: str = ""
+    study_instance_uid: str = ""
+    patient: Demographics = Demographics()
+
+
+class _SeriesRow(NamedTuple):
+    series_pk: int
+    study_pk: int
+    study_instance_uid: str
+    patient: Demographics
+
+
+def demographics(a: InstanceAttributes) -> Demographics:
+    """The patient an object describes."""
+    return Demographics(
+        a.patient_id, a.issuer_of_patient_id, a.patient_name, a.patient_birth_date, a.patient_sex
+    )
 
 
 def find_instance(conn: Connection, sop_instance_uid: str) -> StoredInstance | None:
     """The indexed instance with this SOP Instance UID, if any."""
     row = _FIND_INSTANCE.execute(conn, {"uid": sop_instance_uid}).fetchone()
-    return None if row is None else StoredInstance(*row)
+    if row is None:
+        return None
+    pk, series_pk, sha256, key, size, series_uid, study_uid, *patient = row
+    return StoredInstance(
+        pk, series_pk, sha256, key, size, series_uid, study_uid, Demographics(*patient)
+    )
+
+
+def check_instance_identity(known: StoredInstance, a: InstanceAttributes) -> None:
+    """Raise ``IdentityConflictError`` when the indexed instance ``known`` is in another
+    series or study, or of another patient, than the object ``a`` with its SOP Instance UID."""
+    if known.study_instance_uid != a.study_instance_uid:
+        raise IdentityConflictError("SOPInstanceUID is in another study")
+    if known.series_instance_uid != a.series_instance_uid:
+        raise IdentityConflictError("SOPInstanceUID is in another series")
+    _check_patient("SOPInstanceUID", known.patient, a)
+
+
+# Short names of the attributes that differ: a reason fits a C-STORE ErrorComment (64 chars)
+_WORDS = {
+    "PatientID": "PatientID",
+    "IssuerOfPatientID": "issuer",
+    "PatientName": "name",
+    "PatientBirthDate": "birth date",
+    "PatientSex": "sex",
+}
+
+
+def _check_patient(keyword: str, known: Demographics, a: InstanceAttributes) -> None:
+    if not (known.patient_id or a.patient_id):
+        # no PatientID on either side: objects without one share one patient row, whose
+        # demographics are the first such object's, so only the identifiers can be compared
+        return
+    differing = identity_conflict(known, demographics(a))
+    if differing:
+        words = ", ".join(_WORDS[name] for name in differing)
+        raise IdentityConflictError(f"{keyword} of another patient ({words})")
+
+
+def _check_series(found: _SeriesRow, a: InstanceAttributes) -> None:
+    if found.study_instance_uid != a.study_instance_uid:
+        raise IdentityConflictError("SeriesInstanceUID is in another study")
+    _check_patient("SeriesInstanceUID", found.patient, a)
 
 
 def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any], key: list[str]) -> bool:
@@ -100,38 +179,27 @@ def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any], key: 
     return conn.execute(statement.returning(table.c.pk)).first() is not None
 
 
-def _series_row(conn: Connection, series_uid: str) -> tuple[int, int] | None:
+def _series_row(conn: Connection, series_uid: str) -> _SeriesRow | None:
     row = _FIND_SERIES.execute(conn, {"uid": series_uid}).fetchone()
-    return None if row is None else (row[0], row[1])
+    return None if row is None else _SeriesRow(row[0], row[1], row[2], Demographics(*row[3:]))
 
 
 def _ensure_series(
     conn: Connection, a: InstanceAttributes, source: Source, now: datetime
 ) -> tuple[int, int, bool]:
     """Return (series_pk, study_pk, new series), creating patient, study and series rows as
-    needed; "new series" is True only in the one transaction that inserted the series row."""
+    needed; "new series" is True only in the one transaction that inserted the series row.
+
+    Raises ``IdentityConflictError`` when the series, the study or the PatientID is held for
+    another patient (or the series for another study): the rows checked are those committed
+    or inserted in this transaction, so two senders racing to create one study with two
+    patients cannot both win (the unique index makes the second wait for the first).
+    """
     found = _series_row(conn, a.series_instance_uid)
     if found is not None:
-        return found[0], found[1], False
-    _insert_ignore(
-        conn,
-        PATIENT,
-        {
-            "patient_id": a.patient_id,
-            "issuer_of_patient_id": a.issuer_of_patient_id,
-            "patient_name": a.patient_name,
-            "patient_birth_date": a.patient_birth_date,
-            "patient_sex": a.patient_sex,
-            "created_at": now,
-        },
-        ["patient_id", "issuer_of_patient_id"],
-    )
-    patient_pk = conn.scalar(
-        select(PATIENT.c.pk).where(
-            PATIENT.c.patient_id == a.patient_id,
-            PATIENT.c.issuer_of_patient_id == a.issuer_of_patient_id,
-        )
-    )
+        _check_series(found, a)
+        return found.series_pk, found.study_pk, False
+    patient_pk = _ensure_patient(conn, a, now)
     _insert_ignore(
         conn,
         STUDY,
@@ -151,9 +219,16 @@ def _ensure_series(
         },
         ["study_instance_uid"],
     )
-    study_pk = conn.scalar(
-        select(STUDY.c.pk).where(STUDY.c.study_instance_uid == a.study_instance_uid)
-    )
+    study_pk, study_patient_pk = conn.execute(
+        select(STUDY.c.pk, STUDY.c.patient_pk).where(
+            STUDY.c.study_instance_uid == a.study_instance_uid
+        )
+    ).one()
+    if study_patient_pk != patient_pk:
+        known = conn.execute(
+            select(*_PATIENT_COLUMNS).where(PATIENT.c.pk == study_patient_pk)
+        ).one()
+        _check_patient("StudyInstanceUID", Demographics(*known), a)
     created = _insert_ignore(
         conn,
         SERIES,
@@ -174,9 +249,37 @@ def _ensure_series(
         },
         ["series_instance_uid"],
     )
-    series_pk, study_pk = _series_row(conn, a.series_instance_uid)  # type: ignore[misc]
-    _refresh_study_series(conn, study_pk)
-    return series_pk, study_pk, created
+    found = _series_row(conn, a.series_instance_uid)
+    assert found is not None  # inserted or committed by a concurrent sender
+    _check_series(found, a)  # a concurrent sender may have put it in another study
+    _refresh_study_series(conn, found.study_pk)
+    return found.series_pk, found.study_pk, created
+
+
+def _ensure_patient(conn: Connection, a: InstanceAttributes, now: datetime) -> int:
+    """The pk of the patient row of (PatientID, IssuerOfPatientID), inserted if new; raises
+    ``IdentityConflictError`` when that row's demographics contradict the object's."""
+    _insert_ignore(
+        conn,
+        PATIENT,
+        {
+            "patient_id": a.patient_id,
+            "issuer_of_patient_id": a.issuer_of_patient_id,
+            "patient_name": a.patient_name,
+            "patient_birth_date": a.patient_birth_date,
+            "patient_sex": a.patient_sex,
+            "created_at": now,
+        },
+        ["patient_id", "issuer_of_patient_id"],
+    )
+    row = conn.execute(
+        select(PATIENT.c.pk, *_PATIENT_COLUMNS).where(
+            PATIENT.c.patient_id == a.patient_id,
+            PATIENT.c.issuer_of_patient_id == a.issuer_of_patient_id,
+        )
+    ).one()
+    _check_patient("PatientID", Demographics(*row[1:]), a)
+    return int(row[0])
 
 
 def _refresh_study_series(conn: Connection, study_pk: int) -> None:

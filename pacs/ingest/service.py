@@ -5,6 +5,12 @@ Order of work for one object: parse and validate -> digest -> object store ``put
 this call wrote, so nothing is ever half-stored: an index row always points to a complete
 object. An object written whose index transaction never committed (process killed between the
 two) is an orphan nobody sees; re-sending the instance rewrites the same key.
+
+Patient identity (``pacs.identity``): an object whose SOP Instance UID is indexed in another
+series or study, or whose SOP Instance, Series or Study UID or PatientID the index holds for
+another patient, is never filed there. The index transaction checks it (``indexer``), so
+concurrent senders cannot both win; the object is refused (``IDENTITY_CONFLICT``) or, with
+the quarantine policy, held out of the archive (``QUARANTINED``, ``pacs.ingest.quarantine``).
 """
 
 from __future__ import annotations
@@ -20,17 +26,25 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pacs import metrics
-from pacs.config import DuplicatePolicy
-from pacs.errors import InvalidDicomError, SOPClassMismatchError, StorageError
+from pacs.config import DuplicatePolicy, IdentityConflictPolicy
+from pacs.errors import (
+    IdentityConflictError,
+    InvalidDicomError,
+    SOPClassMismatchError,
+    StorageError,
+)
 from pacs.index.engine import WRITE, wal_group_commit, writer_turn
 from pacs.ingest.attributes import InstanceAttributes, extract, parse_part10
 from pacs.ingest.indexer import (
     INSTANCE,
     StoredInstance,
+    check_instance_identity,
     delete_instance,
     find_instance,
     insert_instance,
 )
+from pacs.ingest.quarantine import QuarantineError, hold
+from pacs.ingest.sameness import same_data_set
 from pacs.ingest.source import Source
 from pacs.ingest.structure import dataset_offset
 from pacs.metadata import records as metadata_records
@@ -51,6 +65,8 @@ class StoreStatus(StrEnum):
     REPLACED = "replaced"  # different object, same SOP Instance UID, replaced (overwrite policy)
     CONFLICT_KEPT = "conflict_kept"  # different object refused, first one kept (keep policy)
     CONFLICT_REJECTED = "conflict_rejected"  # different object refused (reject policy)
+    IDENTITY_CONFLICT = "identity_conflict"  # a UID held for another patient/study: refused
+    QUARANTINED = "quarantined"  # identity conflict, held durably out of the archive
     INVALID = "invalid"  # not a storable DICOM object
     SOP_CLASS_MISMATCH = "sop_class_mismatch"  # data set is not of the SOP Class it was sent as
     TOO_LARGE = "too_large"  # larger than max_object_size
@@ -80,6 +96,7 @@ class IngestService:
         store: ObjectStore,
         engine: Engine,
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT,
+        identity_conflict: IdentityConflictPolicy = IdentityConflictPolicy.REJECT,
         max_object_size: int = 2 * 1024**3,
         durable_commits: bool = True,
         lifecycle: StudyLifecycle | None = None,
@@ -91,16 +108,25 @@ class IngestService:
         # SQLite: commit without a sync under the write lock, flush the WAL before answering
         self._flush_commits = wal_group_commit(engine) if durable_commits else None
         self.duplicate_policy = duplicate_policy
+        self.identity_conflict = identity_conflict
         self.max_object_size = max_object_size
 
-    def store_part10(self, data: bytes, source: Source) -> IngestOutcome:
-        """Ingest one complete Part-10 object (preamble, file meta, dataset), byte-exact."""
+    def store_part10(
+        self, data: bytes, source: Source, quarantine: bool | None = None
+    ) -> IngestOutcome:
+        """Ingest one complete Part-10 object (preamble, file meta, dataset), byte-exact.
+
+        ``quarantine`` overrides the identity conflict policy (False: refuse, as a release
+        from the quarantine does).
+        """
         started = time.perf_counter()
-        outcome = self._store(data, source)
+        if quarantine is None:
+            quarantine = self.identity_conflict == IdentityConflictPolicy.QUARANTINE
+        outcome = self._store(data, source, quarantine)
         metrics.record_ingest(source.channel, outcome.status, len(data), started)
         if not outcome.status.ok:
             log.warning(
-                "%s from %s refused: %s (%s)",
+                "%s from %s not archived: %s (%s)",
                 outcome.sop_instance_uid or "object",
                 source.ae_title or source.channel,
                 outcome.status,
@@ -108,7 +134,7 @@ class IngestService:
             )
         return outcome
 
-    def _store(self, data: bytes, source: Source) -> IngestOutcome:
+    def _store(self, data: bytes, source: Source, quarantine: bool) -> IngestOutcome:
         if len(data) > self.max_object_size:
             return IngestOutcome(
                 StoreStatus.TOO_LARGE, reason=f"{len(data)} bytes > {self.max_object_size}"
@@ -123,7 +149,7 @@ class IngestService:
         try:
             # one pooled connection for the duplicate check and the write transaction
             with self.writer.connect() as conn:
-                return self._store_new(conn, attrs, data, sha256, source)
+                return self._store_new(conn, attrs, data, sha256, source, quarantine)
         except SQLAlchemyError as exc:
             return IngestOutcome(
                 StoreStatus.FAILED, *_uids(attrs), reason=f"index: {type(exc).__name__}"
@@ -136,10 +162,16 @@ class IngestService:
         data: bytes,
         sha256: str,
         source: Source,
+        quarantine: bool,
     ) -> IngestOutcome:
         known = find_instance(conn, attrs.sop_instance_uid)
         if known is not None and self._identical(known, sha256, data, attrs):
             return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
+        if known is not None:
+            try:
+                check_instance_identity(known, attrs)
+            except IdentityConflictError as exc:
+                return self._identity_conflict(attrs, data, sha256, source, quarantine, exc)
         if known is not None and self.duplicate_policy is not DuplicatePolicy.OVERWRITE:
             return self._refuse_conflict(attrs)
         key = instance_key(
@@ -149,7 +181,7 @@ class IngestService:
             self.store.put(key, data)
         except StorageError as exc:
             return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason=str(exc))
-        return self._index(conn, attrs, key, data, sha256, source, replacing=known)
+        return self._index(conn, attrs, key, data, sha256, source, known, quarantine)
 
     def _index(
         self,
@@ -160,6 +192,7 @@ class IngestService:
         sha256: str,
         source: Source,
         replacing: StoredInstance | None,
+        quarantine: bool,
     ) -> IngestOutcome:
         document = metadata_records.document_for_ingest(data, attrs)  # outside the lock
         try:
@@ -171,9 +204,12 @@ class IngestService:
                     self.lifecycle.on_instance(conn, attrs, source, new_series)
                 if document is not None:  # WADO-RS metadata, in the same transaction
                     metadata_records.record(conn, attrs.sop_instance_uid, document)
+        except IdentityConflictError as exc:
+            self._discard(key)
+            return self._identity_conflict(attrs, data, sha256, source, quarantine, exc)
         except IntegrityError:
             # A concurrent sender committed the same SOP Instance UID first: decide again.
-            return self._after_race(attrs, key, data, sha256)
+            return self._after_race(attrs, key, data, sha256, source, quarantine)
         except Exception as exc:  # database down, disk full, anything: nothing half-stored
             log.error("index transaction failed: %s", type(exc).__name__)
             self._discard(key)
@@ -195,7 +231,13 @@ class IngestService:
         return IngestOutcome(StoreStatus.REPLACED, *_uids(attrs), reason="overwrite policy")
 
     def _after_race(
-        self, attrs: InstanceAttributes, key: str, data: bytes, sha256: str
+        self,
+        attrs: InstanceAttributes,
+        key: str,
+        data: bytes,
+        sha256: str,
+        source: Source,
+        quarantine: bool,
     ) -> IngestOutcome:
         with self.engine.connect() as conn:
             known = find_instance(conn, attrs.sop_instance_uid)
@@ -205,18 +247,23 @@ class IngestService:
         if known is not None and self._identical(known, sha256, data, attrs):
             return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
         if known is not None:
+            try:
+                check_instance_identity(known, attrs)
+            except IdentityConflictError as exc:
+                return self._identity_conflict(attrs, data, sha256, source, quarantine, exc)
             return self._refuse_conflict(attrs)
         return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason="index conflict")
 
     def _identical(
         self, known: StoredInstance, sha256: str, data: bytes, attrs: InstanceAttributes
     ) -> bool:
-        """True when ``data`` is the stored object again, perhaps in another file meta.
+        """True when ``data`` is the stored object again, perhaps in another encoding.
 
         Over DIMSE the archive writes the file meta itself, while a file keeps the one its
-        writer made: one object imported from a file and then received by C-STORE (or the
-        other way round) has two digests, yet it is an identical re-send when the transfer
-        syntax and every byte of the data set agree. The stored object is read only then.
+        writer made, and a sender may re-encode the data set (``storescu`` does): one object
+        imported or sent by STOW-RS and then by C-STORE (or the other way round) has two
+        digests, yet it is an identical re-send when its data set has the same elements and
+        values (``sameness``). The stored object is read only then.
         """
         if known.sha256 == sha256:
             return True
@@ -225,11 +272,30 @@ class IngestService:
             stored_syntax = parse_part10(stored).file_meta.get("TransferSyntaxUID")
         except (KeyError, StorageError, InvalidDicomError):
             return False
-        if stored_syntax != attrs.transfer_syntax_uid:
-            return False
-        return (
+        if stored_syntax == attrs.transfer_syntax_uid and (
             memoryview(stored)[dataset_offset(stored) :] == memoryview(data)[dataset_offset(data) :]
-        )
+        ):
+            return True
+        return same_data_set(stored, data)
+
+    def _identity_conflict(
+        self,
+        attrs: InstanceAttributes,
+        data: bytes,
+        sha256: str,
+        source: Source,
+        quarantine: bool,
+        conflict: IdentityConflictError,
+    ) -> IngestOutcome:
+        """Refuse the object, or hold it in the quarantine; never file it."""
+        reason = str(conflict)
+        if not quarantine:
+            return IngestOutcome(StoreStatus.IDENTITY_CONFLICT, *_uids(attrs), reason=reason)
+        try:
+            hold(self.engine, self.store, attrs, data, sha256, source, reason)
+        except QuarantineError as exc:
+            return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason=str(exc))
+        return IngestOutcome(StoreStatus.QUARANTINED, *_uids(attrs), reason=reason)
 
     def _refuse_conflict(self, attrs: InstanceAttributes) -> IngestOutcome:
         status = (

@@ -36,6 +36,7 @@ from viewer_api.stow import (
     response_dataset,
     response_json,
     store_part,
+    warning_header,
 )
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,13 @@ async def _answer(request: Request, ingest: IngestService, study: str | None) ->
     public = request.app.state.settings.public_base_url
     base = (public or str(request.base_url)).rstrip("/") + "/dicomweb"
     body = response_json(response_dataset(results, base, study))
-    return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
+    warning = warning_header(results)
+    return JSONResponse(
+        body,
+        status_code=status,
+        media_type=DICOM_JSON,
+        headers={"Warning": warning} if warning else None,
+    )
 
 
 def _store_all(

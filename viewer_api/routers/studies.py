@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
+from pacs.emr.matching import reconciliation_of
 from pacs.index.models import Patient, Series, Study, as_utc
 from viewer_api.audit import record_access
 from viewer_api.deps import CurrentUser, SessionDep
@@ -58,10 +59,19 @@ class SeriesSummary(BaseModel):
     source_organisation: str
 
 
+class Reconciliation(BaseModel):
+    """Why the EMR link did not attach the study to the FHIR Patient its PatientID found."""
+
+    reason: str
+    candidate: str  # "Patient/<id>" it was not linked to
+    flagged_at: datetime
+
+
 class StudyDetail(StudySummary):
-    """A study with its series."""
+    """A study with its series; ``reconciliation`` when it awaits patient reconciliation."""
 
     series: list[SeriesSummary]
+    reconciliation: Reconciliation | None = None
 
 
 def _summary(study: Study, patient: Patient) -> dict[str, object]:
@@ -129,10 +139,12 @@ def get_study(
     series = session.scalars(
         select(Series).where(Series.study_pk == study.pk).order_by(Series.series_number, Series.pk)
     ).all()
+    reconciliation = reconciliation_of(session, study_instance_uid)
     record_access(session, request, user, "read")
     return StudyDetail.model_validate(
         {
             **_summary(study, patient),
+            "reconciliation": reconciliation,
             "series": [
                 SeriesSummary(
                     series_instance_uid=s.series_instance_uid,

@@ -1,7 +1,7 @@
 """fhir_string.exact: the string as written, for the :exact search modifier
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-03 08:30:00.000000
 
 Existing string rows are rebuilt from their resources so that ``:exact`` finds them too.
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0009"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
