@@ -19,7 +19,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from pacs.dimse.part10 import part10
-from pacs.importer import is_dicomdir
+from pacs.importer import DICM_PREFIX, is_dicom_dataset, is_dicomdir
 from pacs.ingest.sameness import same_data_set
 from tests.conftest import Backend, RunningArchive, require, require_tool
 from tests.dimse_tools import (
@@ -197,8 +197,12 @@ def test_import_stores_the_corpus_byte_exact(
     for path, info in corpus.items():
         if info.valid:
             continue
-        if not is_dicomdir(path, path.read_bytes()[:512]) and path not in rejected:
+        head = path.read_bytes()[:512]
+        not_dicom = head[128:132] != DICM_PREFIX and not is_dicom_dataset(path)
+        if not is_dicomdir(path, head) and not not_dicom and path not in rejected:
             problems.append(f"{path.name}: not storable, yet not reported rejected")
+        if not_dicom and path in rejected:
+            problems.append(f"{path.name}: not DICOM, yet reported rejected (not skipped)")
     assert not problems, "\n".join(problems)
 
 
