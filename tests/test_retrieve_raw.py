@@ -24,10 +24,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from pacs.ingest import Source, StoreStatus
 from pacs.runtime import build_ingest
+from tests import processes
 from tests.conftest import RunningArchive, free_port, require_tool
 from tests.dicom_factory import ct_slice
 from tests.dimse_tools import dataset_part, part10_bytes
-from tests.orthanc import stop, wait_for_port
+from tests.orthanc import wait_for_port
 from tests.test_retrieve_scp import register
 from tests.wado_data import j2k_ct, module_archive
 
@@ -65,7 +66,7 @@ def storescp_all_syntaxes(folder: Path, port: int) -> Iterator[Path]:
     binary = require_tool("storescp")
     folder.mkdir(parents=True)
     with (folder.parent / "storescp-all.log").open("wb") as log:
-        process = subprocess.Popen(
+        process = processes.spawn(
             [binary, "-aet", "ANYSCP", "+xa", "+B", "-od", str(folder), str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -75,7 +76,7 @@ def storescp_all_syntaxes(folder: Path, port: int) -> Iterator[Path]:
             wait_for_port(port, process)
             yield folder
         finally:
-            stop(process)
+            processes.stop(process)
 
 
 def test_move_sends_compressed_and_native_bytes_untouched(
