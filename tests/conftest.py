@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -300,7 +301,8 @@ def no_process_outlives_the_run() -> Iterator[None]:
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (a CI timeout) ends the run like Ctrl-C: fixtures are torn down, processes
     stopped."""
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
 
 

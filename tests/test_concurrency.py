@@ -28,6 +28,9 @@ from tests.dimse_tools import (
     storescu,
 )
 
+# load-heavy and timing-sensitive tests share one xdist worker: no two of them run at once
+pytestmark = pytest.mark.xdist_group("one-at-a-time")
+
 A_ASSOCIATE_RJ = 0x03
 SENDERS = 8
 SLICES = 20

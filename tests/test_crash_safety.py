@@ -28,6 +28,9 @@ from tests.dimse_tools import (
     wait_until,
 )
 
+# load-heavy and timing-sensitive tests share one xdist worker: no two of them run at once
+pytestmark = pytest.mark.xdist_group("one-at-a-time")
+
 SLICES = 200
 KILL_AFTER_ACKS = 10
 

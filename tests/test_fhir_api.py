@@ -14,6 +14,9 @@ from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, Res
 
 from tests.conftest import RunningArchive, make_backend, start_archive, stop_archive
 
+# one xdist worker for the whole module: its module-scoped archive starts once
+pytestmark = pytest.mark.xdist_group("test_fhir_api")
+
 SNILS = "urn:oid:1.2.643.100.3"
 OMS = "urn:oid:1.2.643.2.69.1.1.1.6.228"
 LOINC = "http://loinc.org"

@@ -25,6 +25,9 @@ from tests import processes
 from tests.conftest import Backend, make_backend, start_archive, stop_archive
 from tests.jobs_helpers import count_jobs, events, jobs_of, rules_file, store_study, wait_for
 
+# load-heavy and timing-sensitive tests share one xdist worker: no two of them run at once
+pytestmark = pytest.mark.xdist_group("one-at-a-time")
+
 NOOP_RULES = """\
 rules:
   - name: every-ct

@@ -19,6 +19,9 @@ from models.training import phantom
 from pacs.cli import app
 from tests.conftest import data_file
 
+# one xdist worker for the whole module: its module-scoped fixtures are built once
+pytestmark = pytest.mark.xdist_group("test_models")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

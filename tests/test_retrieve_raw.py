@@ -32,6 +32,9 @@ from tests.orthanc import wait_for_port
 from tests.test_retrieve_scp import register
 from tests.wado_data import j2k_ct, module_archive
 
+# one xdist worker for the whole module: its module-scoped archive starts once
+pytestmark = pytest.mark.xdist_group("test_retrieve_raw")
+
 
 @pytest.fixture(scope="module", params=["sqlite-file", "postgresql-s3"])
 def archive(

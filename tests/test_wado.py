@@ -40,6 +40,9 @@ from tests.wado_data import (
 )
 from viewer_api.multipart import MultipartParser, PartData, PartStart, parse_media_type
 
+# one xdist worker for the whole module: its module-scoped archive starts once
+pytestmark = pytest.mark.xdist_group("test_wado")
+
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
