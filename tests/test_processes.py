@@ -24,6 +24,7 @@ from tests.conftest import ROOT, require
 
 FAILED_START_UP = """
 import json, os, time
+import pytest
 from tests import conftest, processes
 
 def test_start_up_times_out(request, tmp_path, monkeypatch):
@@ -31,17 +32,17 @@ def test_start_up_times_out(request, tmp_path, monkeypatch):
     real_wait = conftest._wait_until_healthy
     seen = {"database_url": backend.env["PACS_DATABASE_URL"]}
 
-    def wait_for_workers_then_time_out(archive, timeout):
-        # once pacs serve has started its DICOM workers, a (real) time-out of 0.5 s
+    def wait_for_workers_then_fail(archive, timeout):
+        # once pacs serve has started its DICOM workers, the start-up fails
         seen["server"] = archive.process.pid
         for _ in range(600):
             if children := processes.children_of(archive.process.pid):
                 seen["workers"] = children
                 break
             time.sleep(0.1)
-        real_wait(archive, 0.5)
+        END_OF_START_UP
 
-    monkeypatch.setattr(conftest, "_wait_until_healthy", wait_for_workers_then_time_out)
+    monkeypatch.setattr(conftest, "_wait_until_healthy", wait_for_workers_then_fail)
     try:
         conftest.start_archive(backend, tmp_path / "serve.log", PACS_SCP_PROCESSES="2")
     finally:
@@ -145,12 +146,25 @@ def _database_exists(admin_url: str, name: str) -> bool:
         engine.dispose()
 
 
-def test_failed_start_up_leaves_no_process_and_no_database(tmp_path: Path, marker: str) -> None:
+@pytest.mark.parametrize(
+    ("end", "message"),
+    [
+        ("real_wait(archive, 0.5)", "pacs serve did not become healthy in 0.5 s"),
+        # what pytest-timeout raises when a start-up overruns the test's time
+        ('pytest.fail("Timeout (>300.0s) from pytest-timeout.")', "from pytest-timeout"),
+    ],
+    ids=["health-time-out", "test-time-out"],
+)
+def test_failed_start_up_leaves_no_process_and_no_database(
+    tmp_path: Path, marker: str, end: str, message: str
+) -> None:
     admin_url = os.environ.get("PACS_TEST_DATABASE_URL", "")
     require(bool(admin_url), "PACS_TEST_DATABASE_URL is not set")
-    code, output, seen = _run_pytest(tmp_path, FAILED_START_UP, marker)
+    source = FAILED_START_UP.replace("END_OF_START_UP", end)
+    code, output, seen = _run_pytest(tmp_path, source, marker)
     assert code == 1 and "1 failed" in output, output[-3000:]
-    assert "pacs serve did not become healthy in 0.5 s" in output, output[-3000:]
+    assert message in output, output[-3000:]
+    assert "process(es) running" not in output, output[-3000:]  # not left to the safety net
     assert seen.get("workers"), f"pacs serve never started its workers:\n{output[-3000:]}"
     assert _processes_with(marker) == []
     for pid in [seen["server"], *seen["workers"]]:
