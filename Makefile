@@ -19,8 +19,11 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/pacs serve
 
+# TEST_WORKERS=0 runs the suite in one process
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed-test
-	TCP_NODELAY=1 $(BIN)/pytest -q
+	TCP_NODELAY=1 $(BIN)/pytest -q -rfEs --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from testkit import processes
+
 
 def write_orthanc_config(
     folder: Path,
@@ -62,16 +64,6 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
     raise TimeoutError(f"nothing listens on port {port}")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate, then kill if it does not exit within 10 s."""
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @contextlib.contextmanager
 def running_orthanc(
     binary: str,
@@ -83,7 +75,7 @@ def running_orthanc(
     """Run Orthanc (AE title ORTHANC) from a fresh configuration; yield its HTTP base URL."""
     path = write_orthanc_config(folder, "test", "ORTHANC", dicom_port, http_port, modalities)
     with (folder / "orthanc.log").open("wb") as log:
-        process = subprocess.Popen(
+        process = processes.spawn(
             [binary, str(path)],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -94,4 +86,4 @@ def running_orthanc(
             wait_for_port(http_port, process, timeout=60)
             yield f"http://127.0.0.1:{http_port}"
         finally:
-            stop(process)
+            processes.stop(process)

@@ -1,17 +1,21 @@
 """Shared fixtures: both databases, both object stores, a running archive, DICOM tools.
 
 PostgreSQL comes from ``PACS_TEST_DATABASE_URL`` (each test gets its own database made from a
-migrated template); S3 is moto's real HTTP server on 127.0.0.1. Under ``CI=true`` a missing
-service or tool fails the test instead of skipping it.
+migrated template); S3 is moto's real HTTP server on 127.0.0.1; the real CT and reference
+objects come from ``PACS_TEST_DATA_DIR`` (default ``../shared/data``). Under ``CI=true`` a
+missing service, tool or data file fails the test instead of skipping it. Every process a
+test starts goes through :mod:`testkit.processes`; the run fails if one outlives it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,9 +31,11 @@ from sqlalchemy.engine import make_url
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
+from testkit import processes
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+# relative to the project root; README "Test data" says what it holds and where it comes from
+TEST_DATA_DIR = (ROOT / os.environ.get("PACS_TEST_DATA_DIR", "../shared/data")).resolve()
 IN_CI = os.environ.get("CI", "").lower() == "true"
 os.environ.setdefault("TCP_NODELAY", "1")  # DCMTK 3.6.7 leaves Nagle on without it
 
@@ -41,6 +47,17 @@ def require(condition: bool, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"required in CI: {reason}")
     pytest.skip(reason)
+
+
+def data_file(*parts: str) -> Path:
+    """A file or folder under ``PACS_TEST_DATA_DIR``; skips the test (fails it under CI=true)
+    when it is missing."""
+    path = TEST_DATA_DIR.joinpath(*parts)
+    require(
+        path.exists(),
+        f"test data missing: {path} (set PACS_TEST_DATA_DIR; see README.md, Test data)",
+    )
+    return path
 
 
 def require_tool(name: str) -> str:
@@ -75,14 +92,16 @@ def postgres_template() -> Iterator[str]:
     template = f"pacs_tmpl_{uuid.uuid4().hex[:8]}"
     with engine.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{template}"'))
-    tmpl_url = admin.set(database=template).render_as_string(hide_password=False)
-    tmpl_engine = create_index_engine(Settings(database_url=tmpl_url))
-    upgrade(tmpl_engine)
-    tmpl_engine.dispose()
-    yield tmpl_url
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)'))
-    engine.dispose()
+    try:
+        tmpl_url = admin.set(database=template).render_as_string(hide_password=False)
+        tmpl_engine = create_index_engine(Settings(database_url=tmpl_url))
+        upgrade(tmpl_engine)
+        tmpl_engine.dispose()
+        yield tmpl_url
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)'))
+        engine.dispose()
 
 
 def _new_postgres_database(template_url: str) -> tuple[str, Any]:
@@ -132,16 +151,17 @@ class Backend:
         return self.settings.model_copy(update=overrides)
 
 
-def _make_backend(
+def make_backend(
     request: pytest.FixtureRequest, tmp_path: Path, database: str, storage: str
-) -> Iterator[Backend]:
+) -> Backend:
+    """A fresh backend; its PostgreSQL database (if any) is dropped when ``request``'s fixture
+    or test ends, however it ends."""
     env = {"PACS_DATA_DIR": str(tmp_path / "var"), "PACS_LOG_LEVEL": "WARNING"}
-    cleanup = []
     if database == "postgresql":
         template = request.getfixturevalue("postgres_template")
         url, drop = _new_postgres_database(template)
+        request.addfinalizer(drop)
         env["PACS_DATABASE_URL"] = url
-        cleanup.append(drop)
     if storage == "s3":
         endpoint = request.getfixturevalue("s3_endpoint")
         env.update(
@@ -156,28 +176,26 @@ def _make_backend(
         engine = create_index_engine(settings)
         upgrade(engine)
         engine.dispose()
-    yield Backend(database, storage, settings, env)
-    for fn in cleanup:
-        fn()
+    return Backend(database, storage, settings, env)
 
 
 @pytest.fixture(params=["sqlite-file", "postgresql-s3"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """The two deployments: embedded (SQLite + filesystem) and production (PostgreSQL + S3)."""
     database, storage = request.param.split("-")
-    yield from _make_backend(request, tmp_path, database, storage)
+    return make_backend(request, tmp_path, database, storage)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+def db_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """Each database, with the filesystem store."""
-    yield from _make_backend(request, tmp_path, request.param, "file")
+    return make_backend(request, tmp_path, request.param, "file")
 
 
 @pytest.fixture(params=["file", "s3"])
-def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """Each object store, with SQLite."""
-    yield from _make_backend(request, tmp_path, "sqlite", request.param)
+    return make_backend(request, tmp_path, "sqlite", request.param)
 
 
 # ---------------------------------------------------------------- a running archive
@@ -204,8 +222,11 @@ class RunningArchive:
         return self.log_path.read_text(errors="replace")
 
 
-def start_archive(backend: Backend, log_path: Path, **env_overrides: str) -> RunningArchive:
-    """Start ``pacs serve`` on free ports and wait until ``/health`` is 200."""
+def start_archive(
+    backend: Backend, log_path: Path, timeout: float = 60, **env_overrides: str
+) -> RunningArchive:
+    """Start ``pacs serve`` on free ports and wait up to ``timeout`` s until ``/health`` is
+    200; if it does not get there, stop it (and its children) before raising."""
     dicom_port, http_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -215,43 +236,75 @@ def start_archive(backend: Backend, log_path: Path, **env_overrides: str) -> Run
         "PACS_SCP_PROCESSES": "1",  # tests of several SCP processes ask for them
         **env_overrides,
     }
-    log_file = log_path.open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pacs.cli", "serve"],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        cwd=log_path.parent,
-    )
+    with log_path.open("ab") as log_file:
+        process = processes.spawn(
+            [sys.executable, "-m", "pacs.cli", "serve"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=log_path.parent,
+        )
     archive = RunningArchive(process, backend, dicom_port, http_port, env, log_path)
-    deadline = time.monotonic() + 60
+    try:
+        _wait_until_healthy(archive, timeout)
+    except BaseException:
+        processes.stop(process)
+        raise
+    return archive
+
+
+def _wait_until_healthy(archive: RunningArchive, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"pacs serve exited {process.returncode}:\n{archive.log()}")
+        if archive.process.poll() is not None:
+            raise RuntimeError(f"pacs serve exited {archive.process.returncode}:\n{archive.log()}")
         try:
             if httpx.get(f"{archive.http}/health", timeout=2).status_code == 200:
-                return archive
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"pacs serve did not become healthy:\n{archive.log()}")
+    raise RuntimeError(f"pacs serve did not become healthy in {timeout} s:\n{archive.log()}")
 
 
 def stop_archive(archive: RunningArchive) -> None:
-    """Terminate the server (SIGTERM, then SIGKILL)."""
-    if archive.process.poll() is None:
-        archive.process.terminate()
-        try:
-            archive.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            archive.process.kill()
-            archive.process.wait()
+    """Stop the server and its DICOM workers (SIGTERM, then SIGKILL to its process group)."""
+    processes.stop(archive.process, timeout=15)
 
 
 @pytest.fixture
 def archive(backend: Backend, tmp_path: Path) -> Iterator[RunningArchive]:
     """A running archive on each backend (one DICOM process: the fastest start)."""
     running = start_archive(backend, tmp_path / "serve.log")
-    yield running
-    stop_archive(running)
+    try:
+        yield running
+    finally:
+        stop_archive(running)
+
+
+# ---------------------------------------------------------------- nothing outlives the run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_run() -> Iterator[None]:
+    """Fail the run if a process it started is still alive once every other fixture is torn
+    down (then end it, so that nothing keeps a port or a database)."""
+    yield
+    left = processes.leftover_children()
+    processes.stop_all()
+    if left:
+        processes.kill(list(left))
+        lines = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in left.items())
+        pytest.fail(f"the tests left {len(left)} process(es) running:\n{lines}", pytrace=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout) ends the run like Ctrl-C: fixtures are torn down, processes
+    stopped."""
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

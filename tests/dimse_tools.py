@@ -36,11 +36,20 @@ from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.models import Instance, Series, Study
 from pacs.storage import is_valid_uid, open_store
 from pacs.storage.base import ObjectStore
-from tests.conftest import SHARED_DATA
+from tests.conftest import data_file
 
 PYDICOM_TEST_FILES = Path(str(get_testdata_file("CT_small.dcm"))).parent
-BLANK_UID_CT = SHARED_DATA / "totalsegmentator" / "example_ct_dicom"
-HIGHDICOM = SHARED_DATA / "highdicom"
+
+
+def blank_uid_ct() -> Path:
+    """The real 20-slice JPEG 2000 CT whose UIDs are blank (test data)."""
+    return data_file("totalsegmentator", "example_ct_dicom")
+
+
+def highdicom_objects() -> Path:
+    """highdicom's reference SEG and SR objects (test data)."""
+    return data_file("highdicom")
+
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -109,8 +118,8 @@ def classify(path: Path) -> CorpusFile:
 def corpus_paths() -> list[Path]:
     """pydicom's test corpus (with subfolders), highdicom's objects and the blank-UID CT."""
     files = sorted(p for p in PYDICOM_TEST_FILES.rglob("*") if p.is_file())
-    files += sorted(HIGHDICOM.glob("*.dcm"))
-    files += sorted(BLANK_UID_CT.iterdir())
+    files += sorted(highdicom_objects().glob("*.dcm"))
+    files += sorted(blank_uid_ct().iterdir())
     return files
 
 
@@ -504,31 +513,6 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
-
-
-def children_of(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
 
 
 def port_is_closed(port: int) -> bool:

@@ -8,7 +8,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from testkit.orthanc import stop, wait_for_port
+from testkit import processes
+from testkit.orthanc import wait_for_port
 
 
 @contextlib.contextmanager
@@ -19,7 +20,7 @@ def running_storescp(binary: str, folder: Path, port: int) -> Iterator[Path]:
     out = folder / "received"
     out.mkdir(parents=True)
     with (folder / "storescp.log").open("wb") as log:
-        process = subprocess.Popen(
+        process = processes.spawn(
             [binary, "-aet", "STORESCP", "+B", "-od", str(out), str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -29,4 +30,4 @@ def running_storescp(binary: str, folder: Path, port: int) -> Iterator[Path]:
             wait_for_port(port, process)
             yield out
         finally:
-            stop(process)
+            processes.stop(process)

@@ -14,6 +14,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from testkit import processes
 from testkit.dicom_factory import write_ct_series
 from tests.conftest import Backend, RunningArchive, require_tool, start_archive, stop_archive
 from tests.dimse_tools import (
@@ -27,6 +28,9 @@ from tests.dimse_tools import (
     storescu,
 )
 
+# load-heavy and timing-sensitive tests share one xdist worker: no two of them run at once
+pytestmark = pytest.mark.xdist_group("one-at-a-time")
+
 A_ASSOCIATE_RJ = 0x03
 SENDERS = 8
 SLICES = 20
@@ -34,21 +38,25 @@ SLICES = 20
 
 def _storescu_process(port: int, files: list[Path], aet: str = "STORESCU") -> subprocess.Popen[str]:
     args = ["storescu", "-v", "-nh", "-aet", aet, "-aec", "PACS", "127.0.0.1", str(port)]
-    return subprocess.Popen(
+    return processes.spawn(
         [*args, *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
 def _run_all(port: int, batches: list[list[Path]]) -> None:
     """Run one storescu per batch, all at once; every file must be acknowledged with success."""
-    processes = [_storescu_process(port, b, aet=f"SENDER{i}") for i, b in enumerate(batches)]
-    for batch, process in zip(batches, processes, strict=True):
-        output, _ = process.communicate(timeout=180)
-        result = parse_storescu(process.returncode, output)
-        failed = {p.name: s for p, s in result.statuses.items() if s != "Success"}
-        assert not failed, f"not stored: {failed}"
-        assert result.succeeded == set(batch), output[-2000:]
-        assert result.returncode == 0, output[-2000:]
+    senders = [_storescu_process(port, b, aet=f"SENDER{i}") for i, b in enumerate(batches)]
+    try:
+        for batch, process in zip(batches, senders, strict=True):
+            output, _ = process.communicate(timeout=180)
+            result = parse_storescu(process.returncode, output)
+            failed = {p.name: s for p, s in result.statuses.items() if s != "Success"}
+            assert not failed, f"not stored: {failed}"
+            assert result.succeeded == set(batch), output[-2000:]
+            assert result.returncode == 0, output[-2000:]
+    finally:
+        for process in senders:
+            processes.stop(process)
 
 
 def _uid(path: Path) -> str:
@@ -59,8 +67,10 @@ def _uid(path: Path) -> str:
 def archive(backend: Backend, tmp_path: Path) -> Iterator[RunningArchive]:
     """A running archive with two DICOM processes: concurrency across processes is the point."""
     running = start_archive(backend, tmp_path / "serve.log", PACS_SCP_PROCESSES="2")
-    yield running
-    stop_archive(running)
+    try:
+        yield running
+    finally:
+        stop_archive(running)
 
 
 def test_eight_storescu_at_once(archive: RunningArchive, tmp_path: Path) -> None:

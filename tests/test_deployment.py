@@ -228,6 +228,22 @@ def test_ci_runs_make_test() -> None:
     assert "make test" in commands
 
 
+def test_ci_never_ends_processes_by_name() -> None:
+    """CI may share the machine: .ci/run keeps the packaged Orthanc service from starting
+    instead of ending every Orthanc there is."""
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    commands = "\n".join(line.split("#")[0] for line in script.splitlines())
+    assert not re.search(r"\b(pkill|killall|pgrep)\b", commands)
+    assert "policy-rc.d" in commands
+
+
+def test_make_test_runs_in_parallel_and_prints_the_slowest_tests() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = makefile.split("\ntest:", 1)[1].splitlines()[1]
+    assert "pytest" in recipe and "--durations=25" in recipe, recipe
+    assert "-n $(TEST_WORKERS) --dist loadgroup" in recipe, recipe
+
+
 def test_readme_opens_with_make_run_and_make_test() -> None:
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     body = [line for line in lines if line.strip()]

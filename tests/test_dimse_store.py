@@ -23,17 +23,17 @@ from pacs.importer import DICM_PREFIX, is_dicom_dataset, is_dicomdir
 from pacs.ingest.sameness import same_data_set
 from tests.conftest import Backend, RunningArchive, require, require_tool
 from tests.dimse_tools import (
-    BLANK_UID_CT,
-    HIGHDICOM,
     PYDICOM_TEST_FILES,
     SUCCESS,
     CorpusFile,
     DicomProxy,
     archive_view,
+    blank_uid_ct,
     classify,
     corpus_paths,
     dataset_part,
     echoscu,
+    highdicom_objects,
     pynetdicom_store,
     storescu,
     storescu_profile,
@@ -49,7 +49,6 @@ JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 def corpus() -> dict[Path, CorpusFile]:
     """The corpus files, classified once."""
     require(PYDICOM_TEST_FILES.is_dir(), "pydicom's test files are not installed")
-    require(HIGHDICOM.is_dir() and BLANK_UID_CT.is_dir(), f"shared data missing under {HIGHDICOM}")
     return {path: classify(path) for path in corpus_paths()}
 
 
@@ -59,8 +58,9 @@ def _is_failure(status: int) -> bool:
 
 
 def _blank_ct() -> list[Path]:
-    files = sorted(BLANK_UID_CT.iterdir())
-    require(len(files) == 20, f"expected the 20-slice CT under {BLANK_UID_CT}")
+    folder = blank_uid_ct()
+    files = sorted(folder.iterdir())
+    require(len(files) == 20, f"expected the 20-slice CT under {folder}")
     return files
 
 
@@ -76,7 +76,7 @@ def test_dcmtk_sends_the_corpus(
     with DicomProxy(archive.dicom_port) as proxy:
         result = storescu(
             proxy.port,
-            [PYDICOM_TEST_FILES, HIGHDICOM, BLANK_UID_CT],
+            [PYDICOM_TEST_FILES, highdicom_objects(), blank_uid_ct()],
             "+sd",
             "+r",
             "-xf",
@@ -158,7 +158,7 @@ def _pacs_import(backend: Backend, *paths: Path) -> tuple[int, dict[Path, str]]:
 def test_import_stores_the_corpus_byte_exact(
     backend: Backend, corpus: dict[Path, CorpusFile]
 ) -> None:
-    code, rejected = _pacs_import(backend, PYDICOM_TEST_FILES, HIGHDICOM, BLANK_UID_CT)
+    code, rejected = _pacs_import(backend, PYDICOM_TEST_FILES, highdicom_objects(), blank_uid_ct())
     assert code == 1  # some files are not storable
 
     blank = _blank_ct()
@@ -231,7 +231,7 @@ def test_blank_uid_ct_is_refused_then_stored_with_uids(
     for status, comment in statuses:
         assert status == FAILURE_CANNOT_UNDERSTAND
         assert comment == "StudyInstanceUID is missing or empty"
-    code, rejected = _pacs_import(archive.backend, BLANK_UID_CT)
+    code, rejected = _pacs_import(archive.backend, blank_uid_ct())
     assert code == 1 and set(rejected) == set(blank)
     with archive_view(archive.backend.settings) as view:
         assert view.instances() == {}

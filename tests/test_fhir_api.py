@@ -12,7 +12,10 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, ResourceNotFound
 
-from tests.conftest import RunningArchive, _make_backend, start_archive, stop_archive
+from tests.conftest import RunningArchive, make_backend, start_archive, stop_archive
+
+# one xdist worker for the whole module: its module-scoped archive starts once
+pytestmark = pytest.mark.xdist_group("test_fhir_api")
 
 SNILS = "urn:oid:1.2.643.100.3"
 OMS = "urn:oid:1.2.643.2.69.1.1.1.6.228"
@@ -27,8 +30,7 @@ def server(
     """One running archive per database for the whole module (starting one is the slow part);
     the tests keep to their own patients, so they do not see each other's data."""
     tmp_path = tmp_path_factory.mktemp(f"fhir-{request.param}")
-    backends = _make_backend(request, tmp_path, request.param, "file")
-    backend = next(backends)
+    backend = make_backend(request, tmp_path, request.param, "file")
     running = start_archive(
         backend,
         tmp_path / "serve.log",
@@ -37,9 +39,10 @@ def server(
         PACS_SERVE_WORKER="false",
         PACS_SCP_PROCESSES="1",
     )
-    yield running
-    stop_archive(running)
-    next(backends, None)
+    try:
+        yield running
+    finally:
+        stop_archive(running)
 
 
 def valid(body: Any) -> dict[str, Any]:

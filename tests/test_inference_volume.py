@@ -15,14 +15,19 @@ from inference.errors import RefusalReason, VolumeRefusedError
 from inference.volume import build_volume
 from pacs.config import Settings
 from testkit.chest_phantom import chest_phantom, phantom_series
+from tests.conftest import data_file
 
-REAL_CT = Path(__file__).resolve().parents[1] / "../shared/data/totalsegmentator/example_ct_dicom"
 SETTINGS = Settings.model_validate({"inference_min_slices": 10})
+
+
+def real_ct() -> Path:
+    """The folder of the real JPEG 2000 CT series (test data)."""
+    return data_file("totalsegmentator", "example_ct_dicom")
 
 
 def real_ct_series() -> list[Dataset]:
     """The real JPEG 2000 CT series with the blank UIDs filled in."""
-    files = sorted(REAL_CT.iterdir())
+    files = sorted(real_ct().iterdir())
     assert len(files) == 20
     study, series = generate_uid(), generate_uid()
     datasets: list[Dataset] = []
@@ -63,7 +68,7 @@ def test_real_jpeg2000_ct_geometry_matches_simpleitk() -> None:
     assert image.GetDirection() == pytest.approx((1, 0, 0, 0, 1, 0, 0, 0, 1))
     lowest = min(datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
     assert lowest.SOPInstanceUID == volume.datasets[volume.frames[0].dataset].SOPInstanceUID
-    reference = pydicom.dcmread(REAL_CT / Path(lowest.filename).name)
+    reference = pydicom.dcmread(real_ct() / Path(lowest.filename).name)
     expected = reference.pixel_array.astype(np.int32) * int(reference.RescaleSlope) + int(
         reference.RescaleIntercept
     )

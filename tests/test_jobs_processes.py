@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,12 @@ from pacs.index.engine import create_index_engine
 from pacs.index.models import Instance, Series, Study
 from pacs.jobs import queue
 from pacs.runtime import build_ingest
-from tests.conftest import Backend, start_archive, stop_archive
+from testkit import processes
+from tests.conftest import Backend, make_backend, start_archive, stop_archive
 from tests.jobs_helpers import count_jobs, events, jobs_of, rules_file, store_study, wait_for
+
+# load-heavy and timing-sensitive tests share one xdist worker: no two of them run at once
+pytestmark = pytest.mark.xdist_group("one-at-a-time")
 
 NOOP_RULES = """\
 rules:
@@ -51,16 +54,16 @@ class Workers:
 
     def start(self, n: int) -> None:
         for i in range(n):
-            log = (self.tmp_path / f"worker{len(self.processes)}-{i}.log").open("ab")
-            self.processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "pacs.cli", "worker"],
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.tmp_path,
+            with (self.tmp_path / f"worker{len(self.processes)}-{i}.log").open("ab") as log:
+                self.processes.append(
+                    processes.spawn(
+                        [sys.executable, "-m", "pacs.cli", "worker"],
+                        env=self.env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=self.tmp_path,
+                    )
                 )
-            )
         wait_for(lambda: all(self._ready(i) for i in range(len(self.processes))), 60, "workers")
 
     def _ready(self, i: int) -> bool:
@@ -72,21 +75,16 @@ class Workers:
         return "\n".join(p.read_text(errors="replace") for p in self.tmp_path.glob("worker*.log"))
 
     def stop(self) -> None:
-        for process in self.processes:
+        for process in self.processes:  # all at once, then wait for each
             if process.poll() is None:
                 process.terminate()
         for process in self.processes:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            processes.stop(process, timeout=15)
 
 
 @pytest.fixture
-def pg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    from tests.conftest import _make_backend
-
-    yield from _make_backend(request, tmp_path, "postgresql", "file")
+def pg(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return make_backend(request, tmp_path, "postgresql", "file")
 
 
 @pytest.mark.parametrize("n_workers", [2, 4])
@@ -190,9 +188,7 @@ def test_sigkilled_worker_job_finished_by_another_after_lease_expiry(
 
 
 def test_pacs_serve_on_sqlite_runs_the_whole_path(tmp_path: Path, request: Any) -> None:
-    from tests.conftest import _make_backend
-
-    backend = next(_make_backend(request, tmp_path, "sqlite", "file"))
+    backend = make_backend(request, tmp_path, "sqlite", "file")
     rules = rules_file(tmp_path)
     archive = start_archive(
         backend,

@@ -17,20 +17,19 @@ from inference.registry import MANIFEST_FILE, MODEL_FILE, ModelRegistry, ModelRe
 from inference.segmentation import LEFT_LUNG, RIGHT_LUNG, LungSegmenter
 from models.training import phantom
 from pacs.cli import app
+from tests.conftest import data_file
+
+# one xdist worker for the whole module: its module-scoped fixtures are built once
+pytestmark = pytest.mark.xdist_group("test_models")
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-REAL_CT = DATA / "totalsegmentator" / "example_ct_sm.nii.gz"
-REAL_SEG = DATA / "totalsegmentator" / "example_seg.nii.gz"
-REAL_DICOM = DATA / "totalsegmentator" / "example_ct_dicom"
-UNET_SMALL = DATA / "unet-small" / "UNet_wdk24_state_dict.npz"
 
 
-def require_data(*paths: Path) -> None:
-    from tests.conftest import require
-
-    for path in paths:
-        require(path.exists(), f"shared test data {path} is missing")
+def real_ct() -> tuple[sitk.Image, np.ndarray]:
+    """The real CT (lung bases) and its reference label array (test data)."""
+    ct = sitk.ReadImage(str(data_file("totalsegmentator", "example_ct_sm.nii.gz")))
+    seg = sitk.ReadImage(str(data_file("totalsegmentator", "example_seg.nii.gz")))
+    return ct, sitk.GetArrayFromImage(seg)
 
 
 def tiny_state(channels: int = 1, width: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -246,9 +245,7 @@ def test_pre_process_grid(lung_seg: LungSegmenter) -> None:
 
 
 def test_real_ct_dice_meets_reported_figure(lung_seg: LungSegmenter) -> None:
-    require_data(REAL_CT, REAL_SEG)
-    ct = sitk.ReadImage(str(REAL_CT))
-    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL_SEG)))
+    ct, ref = real_ct()
     got = sitk.GetArrayFromImage(lung_seg.segment(ct))
     reported = lung_seg.manifest.evaluation["real_ct"]
     lungs = _dice(got > 0, np.isin(ref, (10, 11, 13, 14)))
@@ -263,10 +260,10 @@ def test_real_ct_dice_meets_reported_figure(lung_seg: LungSegmenter) -> None:
 
 @pytest.fixture(scope="module")
 def byo_segmenter(tmp_path_factory: pytest.TempPathFactory) -> LungSegmenter:
-    require_data(UNET_SMALL)
+    weights = data_file("unet-small", "UNet_wdk24_state_dict.npz")
     work = tmp_path_factory.mktemp("byo")
     model = work / "unet-small.onnx"
-    onnx.save(build_unet_onnx(load_npz(UNET_SMALL)), model)
+    onnx.save(build_unet_onnx(load_npz(weights)), model)
     registry = ModelRegistry(work / "models", threads=2)
     registry.register(model, unet_small_manifest(""))
     shutil.rmtree(work / "models" / "lung-seg", ignore_errors=True)
@@ -276,9 +273,8 @@ def byo_segmenter(tmp_path_factory: pytest.TempPathFactory) -> LungSegmenter:
 def test_byo_unet_on_real_ct(byo_segmenter: LungSegmenter) -> None:
     """The third-party model, built at test time from its weights, finds the lung bases of the
     real CT (resampled to its 512 x 512 ~1 mm slices) and they are split into sides."""
-    require_data(REAL_CT, REAL_SEG)
-    ct = sitk.ReadImage(str(REAL_CT))[:, :, 20:]
-    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL_SEG)))[20:]
+    ct, ref = real_ct()
+    ct, ref = ct[:, :, 20:], ref[20:]
     got = sitk.GetArrayFromImage(byo_segmenter.segment(ct))
     assert _dice(got > 0, np.isin(ref, (10, 11, 13, 14))) > 0.85
     assert _dice(got == RIGHT_LUNG, np.isin(ref, (13, 14))) > 0.8
@@ -288,9 +284,9 @@ def test_byo_unet_on_real_ct(byo_segmenter: LungSegmenter) -> None:
 def test_byo_unet_on_real_dicom_series(byo_segmenter: LungSegmenter) -> None:
     """The real compressed DICOM series (upper abdomen below the lungs, read with SimpleITK):
     native 512 x 512 slices go in unchanged and almost nothing is called lung."""
-    require_data(REAL_DICOM)
+    series = data_file("totalsegmentator", "example_ct_dicom")
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(REAL_DICOM)))
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
     ct = reader.Execute()
     prepared = byo_segmenter.pre_process(ct)
     assert prepared.slices.shape == (20, 512, 512)

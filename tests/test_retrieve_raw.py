@@ -24,12 +24,16 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from pacs.ingest import Source, StoreStatus
 from pacs.runtime import build_ingest
+from testkit import processes
 from testkit.dicom_factory import ct_slice
-from testkit.orthanc import stop, wait_for_port
+from testkit.orthanc import wait_for_port
 from tests.conftest import RunningArchive, free_port, require_tool
 from tests.dimse_tools import dataset_part, part10_bytes
 from tests.test_retrieve_scp import register
 from tests.wado_data import j2k_ct, module_archive
+
+# one xdist worker for the whole module: its module-scoped archive starts once
+pytestmark = pytest.mark.xdist_group("test_retrieve_raw")
 
 
 @pytest.fixture(scope="module", params=["sqlite-file", "postgresql-s3"])
@@ -65,7 +69,7 @@ def storescp_all_syntaxes(folder: Path, port: int) -> Iterator[Path]:
     binary = require_tool("storescp")
     folder.mkdir(parents=True)
     with (folder.parent / "storescp-all.log").open("wb") as log:
-        process = subprocess.Popen(
+        process = processes.spawn(
             [binary, "-aet", "ANYSCP", "+xa", "+B", "-od", str(folder), str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -75,7 +79,7 @@ def storescp_all_syntaxes(folder: Path, port: int) -> Iterator[Path]:
             wait_for_port(port, process)
             yield folder
         finally:
-            stop(process)
+            processes.stop(process)
 
 
 def test_move_sends_compressed_and_native_bytes_untouched(

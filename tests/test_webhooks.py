@@ -124,6 +124,7 @@ def test_failing_twice_then_ok_gets_every_event_once_in_order(
     assert log[0]["first_seq"] == log[2]["first_seq"]  # the same batch again
 
 
+@pytest.mark.xdist_group("one-at-a-time")  # times an ingest: not beside another heavy test
 def test_receiver_down_gets_growing_backoff_and_ingest_is_not_blocked(
     settings: Settings, engine: Engine
 ) -> None:

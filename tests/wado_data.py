@@ -14,15 +14,14 @@ from pydicom.uid import generate_uid
 
 from testkit.dicom_factory import ct_slice
 from tests.conftest import (
-    SHARED_DATA,
     RunningArchive,
-    _make_backend,
+    data_file,
+    make_backend,
     require,
     start_archive,
     stop_archive,
 )
 
-J2K_CT = SHARED_DATA / "totalsegmentator" / "example_ct_dicom"
 MULTIFRAME_GRAYSCALE_WORD = "1.2.840.10008.5.1.4.1.1.7.3"
 
 
@@ -60,10 +59,10 @@ def _renamed(ds: Dataset, study_uid: str, series_uid: str) -> Dataset:
 
 
 def j2k_ct(study_uid: str, count: int = 2) -> list[Dataset]:
-    """``count`` slices of the real JPEG 2000 lossless CT (shared data), UIDs filled in."""
-    require(J2K_CT.is_dir(), f"shared test data missing: {J2K_CT}")
+    """``count`` slices of the real JPEG 2000 lossless CT (test data), UIDs filled in."""
+    folder = data_file("totalsegmentator", "example_ct_dicom")
     series_uid = generate_uid()
-    files = sorted(p for p in J2K_CT.iterdir() if p.is_file())[:count]
+    files = sorted(p for p in folder.iterdir() if p.is_file())[:count]
     return [_renamed(dcmread(path), study_uid, series_uid) for path in files]
 
 
@@ -81,9 +80,9 @@ def module_archive(
     (``sqlite-file`` or ``postgresql-s3``); one SCP process, so it starts fast."""
     database, storage = str(request.param).split("-")
     tmp = tmp_path_factory.mktemp(f"archive-{database}")
-    for backend in _make_backend(request, tmp, database, storage):
-        archive = start_archive(backend, tmp / "serve.log", PACS_SCP_PROCESSES="1")
-        try:
-            yield archive
-        finally:
-            stop_archive(archive)
+    backend = make_backend(request, tmp, database, storage)
+    archive = start_archive(backend, tmp / "serve.log", PACS_SCP_PROCESSES="1")
+    try:
+        yield archive
+    finally:
+        stop_archive(archive)
