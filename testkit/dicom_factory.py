@@ -9,6 +9,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 
+def as_phantom_patient(ds: Dataset) -> Dataset:
+    """Give ``ds`` the patient of ``ct_slice``'s defaults, so that objects from other sources
+    (pydicom's test files, the real CT) can join one of its studies without an identity
+    conflict (a study holds one patient)."""
+    ds.PatientID, ds.PatientName = "PHANTOM-1", "Phantom^Chest"
+    ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
+    ds.IssuerOfPatientID = ""
+    return ds
+
+
 def ct_slice(
     study_uid: str,
     series_uid: str,

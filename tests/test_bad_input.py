@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -112,8 +113,11 @@ def test_truncated_and_garbage_objects_are_refused(archive: RunningArchive, tmp_
     (folder / "only-preamble.dcm").write_bytes(whole[:132])
     imported = _pacs_import(archive.backend, folder)
     assert imported.returncode == 1, imported.stdout + imported.stderr
+    not_dicom = {"random.bin", "empty.dcm"}  # skipped and counted, not refused (issue 20)
     for path in folder.iterdir():
-        assert f"rejected {path}:" in imported.stderr, path.name
+        refused = f"rejected {path}:" in imported.stderr
+        assert refused == (path.name not in not_dicom), path.name
+    assert re.search(r"skipped \(not DICOM\)\s*\S\s*2\b", imported.stderr), imported.stderr
     _assert_empty(archive)
     _assert_still_serving(archive, tmp_path)
 

@@ -5,6 +5,8 @@ module edits ``sys.path`` (scripts run as ``python -m``)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +42,14 @@ def test_no_sys_path_edits() -> None:
     offenders = [p for p in _modules(*folders) if "sys.path." in p.read_text()]
     offenders = [p for p in offenders if p != Path(__file__).resolve()]
     assert not offenders, [str(p.relative_to(ROOT)) for p in offenders]
+
+
+def test_cli_imports_no_metrics_before_the_multiprocess_dir_is_set() -> None:
+    """prometheus_client picks its value class when first imported: ``pacs serve`` sets
+    PROMETHEUS_MULTIPROC_DIR after parsing its options, so importing ``pacs.cli`` must not
+    import the metrics yet (else ``/metrics`` answers empty)."""
+    code = "import sys, pacs.cli; print('prometheus_client.values' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "False", "pacs.cli imports prometheus_client at import time"

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from pacs.cli import app
 from pacs.ingest import Source, StoreStatus
 from pacs.runtime import build_ingest
-from testkit.dicom_factory import ct_slice
+from testkit.dicom_factory import as_phantom_patient, ct_slice
 from testkit.orthanc import running_orthanc
 from tests.conftest import Backend, free_port, require_tool
 from tests.dimse_tools import archive_view, dataset_part, part10_bytes
@@ -228,6 +228,7 @@ def test_compressed_objects_are_decoded_for_an_uncompressed_peer(
     for name in COMPRESSED:
         ds = dcmread(str(get_testdata_file(name)))
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+        as_phantom_patient(ds)
         outcome = ingest.store_part10(part10_bytes(ds), SOURCE)
         assert outcome.status is StoreStatus.STORED, outcome.reason
         originals[str(ds.SOPInstanceUID)] = ds

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from testkit.dicom_factory import ct_slice
+from testkit.dicom_factory import as_phantom_patient, ct_slice
 from tests.conftest import (
     RunningArchive,
     data_file,
@@ -53,9 +53,7 @@ def _renamed(ds: Dataset, study_uid: str, series_uid: str) -> Dataset:
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.PatientID = ds.get("PatientID") or "WADO-1"
-    ds.PatientName = ds.get("PatientName") or "Wado^Test"
-    return ds
+    return as_phantom_patient(ds)
 
 
 def j2k_ct(study_uid: str, count: int = 2) -> list[Dataset]:
