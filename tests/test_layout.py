@@ -1,10 +1,14 @@
 """Import rules of the repository that no linter here checks: benchmarks and the test kit
 never import ``tests``, production packages never import ``tests`` or ``testkit``, and no
-module edits ``sys.path`` (scripts run as ``python -m``)."""
+module edits ``sys.path`` (scripts run as ``python -m``); and the layering contracts that
+``lint-imports`` checks hold."""
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +44,16 @@ def test_no_sys_path_edits() -> None:
     offenders = [p for p in _modules(*folders) if "sys.path." in p.read_text()]
     offenders = [p for p in offenders if p != Path(__file__).resolve()]
     assert not offenders, [str(p.relative_to(ROOT)) for p in offenders]
+
+
+def test_import_contracts_hold() -> None:
+    """The layers of docs/architecture.md, as ``[tool.importlinter]`` in pyproject.toml."""
+    command = Path(sys.executable).with_name("lint-imports")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [str(command), "--no-cache"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
