@@ -69,7 +69,8 @@ def _background(settings: Settings, worker: bool) -> Background:
     from pacs.runtime import build_ingest
 
     try:
-        return Background(settings, worker=worker, ingest=build_ingest(settings) if worker else None)
+        ingest = build_ingest(settings) if worker else None
+        return Background(settings, worker=worker, ingest=ingest)
     except (ValueError, RulesError) as exc:
         raise SystemExit(f"error: {exc}") from None
 
