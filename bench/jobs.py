@@ -5,9 +5,9 @@
    (1 worker) and on PostgreSQL (2 workers). Target: quiet period + < 1 s.
 2. Throughput: no-op jobs claimed and completed by 4 ``pacs worker`` processes (one slot each)
    on PostgreSQL, from the first start to the last finish. Target: >= 200 jobs/s.
-3. Ingest with the lifecycle on (study state + change feed at ingest, a worker process running
-   the sweeper against the same database) against off (``PACS_STUDY_LIFECYCLE=false``, nothing
-   else running): instances/s through the ingest service (4 threads, default fsync policy),
+3. Ingest with the lifecycle on (study state at ingest, a worker process running the sweeper
+   against the same database) against off (``PACS_STUDY_LIFECYCLE=false``: the change feed's
+   ``instance.stored`` / ``series.added`` only, nothing else running): instances/s through the ingest service (4 threads, default fsync policy),
    off and on runs interleaved. Target: on within 10 % of off.
 
     .venv/bin/python -m bench.jobs                 # everything, writes docs/performance.md
