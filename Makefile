@@ -26,7 +26,7 @@ test: $(VENV)/.installed-test
 	TCP_NODELAY=1 $(BIN)/pytest -q -rfEs --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/lint-imports
 
 bench: $(VENV)/.installed-test
 	TCP_NODELAY=1 $(BIN)/python -m bench.ingest

@@ -11,6 +11,9 @@ row is inserted with ``seq`` NULL and ``publish`` numbers committed rows in inse
 an advisory lock, one publisher at a time. Every published ``seq`` is then final and all
 smaller ones are visible. ``read_since`` publishes before it reads, and every process that
 runs the study sweeper publishes on each tick.
+
+``on_ingest`` subscribes the feed to ingest's events (``pacs.ingest.events``): every stored
+instance and added series is announced, whether the study lifecycle runs or not.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from pacs.index.models import Base, as_utc, utcnow
 from pacs.index.prepared import Prepared, db_timestamp
+from pacs.ingest.events import IngestEvent, SeriesAdded
 
 KINDS = frozenset(
     {
@@ -160,6 +164,27 @@ def record(
     }
     statement = _INSERT_PG if conn.dialect.name == "postgresql" else _INSERT_SQLITE
     statement.execute(conn, params)
+
+
+def on_ingest(conn: Connection, event: IngestEvent) -> None:
+    """Record ``series.added`` / ``instance.stored`` for an ingest event, in its transaction."""
+    attrs = event.attrs
+    if isinstance(event, SeriesAdded):
+        record(
+            conn,
+            "series.added",
+            study_instance_uid=attrs.study_instance_uid,
+            series_instance_uid=attrs.series_instance_uid,
+            payload={"modality": attrs.modality},
+        )
+        return
+    record(
+        conn,
+        "instance.stored",
+        study_instance_uid=attrs.study_instance_uid,
+        series_instance_uid=attrs.series_instance_uid,
+        sop_instance_uid=attrs.sop_instance_uid,
+    )
 
 
 def publish(conn: Connection) -> int:

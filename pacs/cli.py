@@ -13,8 +13,8 @@ import typer
 from inference.models_cli import models_app
 from pacs.archive_location import Init, describe, open_archive
 from pacs.config import Settings
-from pacs.quarantine_cli import quarantine_app
 from pacs.jobs.cli import jobs_app, worker
+from pacs.quarantine_cli import quarantine_app
 
 app = typer.Typer(help="Regional imaging archive.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Index database.", no_args_is_help=True)

@@ -1,10 +1,16 @@
-"""Builds the long-lived objects of a process (engine, store, ingest) from the settings."""
+"""Builds the long-lived objects of a process (engine, store, ingest) from the settings.
+
+The composition root of ingest: it subscribes the features that follow a stored instance to
+ingest's events (``pacs.ingest.events``), so ingest imports none of them.
+"""
 
 from __future__ import annotations
 
+from pacs import changes
 from pacs.config import FsyncPolicy, Settings
 from pacs.index.engine import create_index_engine
 from pacs.ingest import IngestService
+from pacs.ingest.events import IngestEvents
 from pacs.jobs.lifecycle import StudyLifecycle
 from pacs.storage import open_store
 from pacs.storage.base import ObjectStore
@@ -21,5 +27,14 @@ def build_ingest(settings: Settings, store: ObjectStore | None = None) -> Ingest
         identity_conflict=settings.identity_conflict,
         max_object_size=settings.max_object_size,
         durable_commits=settings.storage_fsync is FsyncPolicy.ALWAYS,
-        lifecycle=StudyLifecycle.from_settings(settings) if settings.study_lifecycle else None,
+        events=ingest_events(settings),
     )
+
+
+def ingest_events(settings: Settings) -> IngestEvents:
+    """The subscribers of ingest's events: the change feed, and the study lifecycle when
+    ``study_lifecycle`` is on."""
+    events = IngestEvents(changes.on_ingest)
+    if settings.study_lifecycle:
+        events.subscribe(StudyLifecycle.from_settings(settings).on_instance)
+    return events

@@ -66,9 +66,11 @@ def _background(settings: Settings, worker: bool) -> Background:
     """The lifecycle/job threads of this node; a bad rules file or setting stops the start."""
     from pacs.jobs.background import Background
     from pacs.jobs.rules import RulesError
+    from pacs.runtime import build_ingest
 
     try:
-        return Background(settings, worker=worker)
+        ingest = build_ingest(settings) if worker else None
+        return Background(settings, worker=worker, ingest=ingest)
     except (ValueError, RulesError) as exc:
         raise SystemExit(f"error: {exc}") from None
 

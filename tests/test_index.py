@@ -24,9 +24,9 @@ from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.migrate import alembic_config, current_revision, upgrade
 from pacs.index.models import Patient, Study
-from pacs.index.tables import metadata
 from pacs.ingest import Source, StoreStatus
 from pacs.runtime import build_ingest
+from pacs.schema import metadata
 from testkit.dicom_factory import ct_slice
 from tests.conftest import Backend, require
 

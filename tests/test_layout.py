@@ -1,10 +1,12 @@
 """Import rules of the repository that no linter here checks: benchmarks and the test kit
 never import ``tests``, production packages never import ``tests`` or ``testkit``, and no
-module edits ``sys.path`` (scripts run as ``python -m``)."""
+module edits ``sys.path`` (scripts run as ``python -m``); and the layering contracts that
+``lint-imports`` checks hold."""
 
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +55,16 @@ def test_cli_imports_no_metrics_before_the_multiprocess_dir_is_set() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "False", "pacs.cli imports prometheus_client at import time"
+
+
+def test_import_contracts_hold() -> None:
+    """The layers of docs/architecture.md, as ``[tool.importlinter]`` in pyproject.toml."""
+    command = Path(sys.executable).with_name("lint-imports")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [str(command), "--no-cache"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

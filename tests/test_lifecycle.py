@@ -161,13 +161,20 @@ def test_duplicates_do_not_touch_the_study(setup: tuple[Settings, IngestService,
     assert len(events(engine, "instance.stored", study)) == 2
 
 
-def test_lifecycle_off_records_nothing(db_backend: Backend) -> None:
+def test_lifecycle_off_keeps_no_state_but_the_feed_announces_instances(
+    db_backend: Backend,
+) -> None:
     settings = db_backend.with_settings(study_lifecycle=False)
     ingest = build_ingest(settings)
-    study = store_study(ingest)
+    study = store_study(ingest, slices=2, series=2)
     engine = create_index_engine(settings)
-    assert events(engine) == [] and study_state(engine, study) is None
+    kinds = [e.kind for e in events(engine)]
+    assert sorted(kinds) == ["instance.stored"] * 4 + ["series.added"] * 2
+    assert kinds[0] == "series.added"  # a series is announced before its first instance
+    assert {e.study_instance_uid for e in events(engine)} == {study}
+    assert study_state(engine, study) is None
     engine.dispose()
+    ingest.engine.dispose()
 
 
 def test_orientation_and_ae_periods() -> None:

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from inference import records as ai_records
 from pacs.emr import EmrLinkError
 from pacs.emr.identifiers import (
     AI_DEVICE,
@@ -42,7 +43,7 @@ from pacs.emr.projection import project_study
 from pacs.emr.tables import AiReport
 from pacs.fhir.errors import ResourceConflict
 from pacs.fhir.store import FhirStore
-from pacs.index.models import Base, utcnow
+from pacs.index.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +93,9 @@ GRADES = {
 """The CT severity grades (code -> display)."""
 
 
-def ai_result_table() -> Table:
-    """The ``ai_result`` table (defined by ``inference.records``)."""
-    import inference.records  # noqa: F401  (registers the table on Base.metadata)
-
-    return Base.metadata.tables["ai_result"]
-
-
 def load_result(session: Session, result_pk: int) -> Mapping[str, Any] | None:
     """One ``ai_result`` row as a mapping, or None."""
-    table = ai_result_table()
+    table = ai_records.AI_RESULT
     row = session.execute(select(table).where(table.c.pk == result_pk)).mappings().first()
     return dict(row) if row is not None else None
 

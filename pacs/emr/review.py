@@ -32,6 +32,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from inference import records as ai_records
 from pacs import changes
 from pacs.emr import EmrLinkError
 from pacs.emr.identifiers import USER, reference_id
@@ -39,7 +40,6 @@ from pacs.emr.projection import dicomweb_endpoint, find_service_request
 from pacs.emr.report import (
     GRADES,
     MEASUREMENTS,
-    ai_result_table,
     load_result,
     publish_result,
     result_key,
@@ -433,7 +433,7 @@ def _sign(
             .where(AiReport.pk == report_pk)
             .values(status=status, updated_at=signed_at)
         )
-        table = ai_result_table()
+        table = ai_records.AI_RESULT
         conn.execute(update(table).where(table.c.pk == result_pk).values(status=status))
         conn.execute(
             insert(AuditEvent).values(

@@ -26,8 +26,8 @@ from pacs.fhir.errors import (
     UnprocessableResource,
 )
 from pacs.fhir.searchparams import SEARCH_PARAMS
-from pacs.fhir.store import PendingWrites
 from pacs.fhir.validation import validate
+from pacs.fhir.writes import PendingWrites
 
 if TYPE_CHECKING:
     from pacs.fhir.store import FhirStore

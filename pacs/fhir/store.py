@@ -17,13 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl
 
 from sqlalchemy import (
     Connection,
     Engine,
-    Table,
     delete,
     false,
     insert,
@@ -44,27 +43,16 @@ from pacs.fhir.errors import (
     UnprocessableResource,
     UnsupportedResourceType,
 )
-from pacs.fhir.indexer import IndexRows, extract, local_references
-from pacs.fhir.schema import (
-    FhirDate,
-    FhirReference,
-    FhirResource,
-    FhirResourceHistory,
-    FhirString,
-    FhirToken,
-)
+from pacs.fhir.indexer import extract, local_references
+from pacs.fhir.schema import FhirReference
 from pacs.fhir.searchparams import SEARCH_PARAMS
 from pacs.fhir.validation import load_stored, validate
 from pacs.fhir.values import escape_search_value, parse_reference
+from pacs.fhir.writes import INDEX_TABLES, H, PendingWrites, R, insert_index
 from pacs.index.engine import WRITE, writer_turn
 
 logger = logging.getLogger(__name__)
 
-R = cast(Table, FhirResource.__table__)
-H = cast(Table, FhirResourceHistory.__table__)
-_INDEX_TABLES = tuple(
-    cast(Table, m.__table__) for m in (FhirToken, FhirReference, FhirDate, FhirString)
-)
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
 
@@ -532,65 +520,8 @@ class FhirStore:
         return Written(body, 201 if row is None or row.deleted else 200)
 
     def _clear_index(self, conn: Connection, pk: int) -> None:
-        for table in _INDEX_TABLES:
+        for table in INDEX_TABLES:
             conn.execute(delete(table).where(table.c.resource_pk == pk))
-
-
-class PendingWrites:
-    """New resources of one transaction, inserted together by ``flush`` (a few statements
-    instead of several per resource)."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[dict[str, Any], str, IndexRows]] = []
-
-    def add(self, values: dict[str, Any], method: str, rows: IndexRows) -> None:
-        """Queue one new resource (``fhir_resource`` values, history method, index rows)."""
-        self.items.append((values, method, rows))
-
-    def flush(self, conn: Connection) -> None:
-        """Insert everything queued, on ``conn``."""
-        if not self.items:
-            return
-        result = conn.execute(
-            insert(R).returning(R.c.pk, sort_by_parameter_order=True),
-            [values for values, _, _ in self.items],
-        )
-        pks = list(result.scalars())
-        conn.execute(insert(H), [{**values, "method": method} for values, method, _ in self.items])
-        insert_index(
-            conn,
-            [
-                (pk, values["resource_type"], rows)
-                for pk, (values, _, rows) in zip(pks, self.items, strict=True)
-            ],
-        )
-        self.items = []
-
-
-def insert_index(conn: Connection, items: list[tuple[int, str, IndexRows]]) -> None:
-    """Insert the search index rows of resources ``(pk, type, rows)``."""
-    token, reference, date, string = _INDEX_TABLES
-    batches: dict[Table, list[dict[str, Any]]] = {token: [], reference: [], date: [], string: []}
-    for pk, rtype, rows in items:
-        common = {"resource_pk": pk, "resource_type": rtype}
-        batches[token] += [
-            {**common, "param": p, "system": s, "code": c} for p, s, c in set(rows.tokens)
-        ]
-        batches[reference] += [
-            {**common, "param": p, "target_type": t, "target_id": i}
-            for p, t, i in set(rows.references)
-        ]
-        batches[date] += [
-            {**common, "param": p, "low": lo, "high": hi} for p, lo, hi in set(rows.dates)
-        ]
-        batches[string] += [
-            {**common, "param": p, "value": v, "exact": x} for p, v, x in set(rows.strings)
-        ]
-    for table, values in batches.items():
-        if values:
-            # RETURNING makes SQLAlchemy send multi-row INSERTs ("insertmanyvalues") instead
-            # of one execution per row
-            conn.execute(insert(table).returning(table.c.pk), values)
 
 
 def _type_of(resource: Any) -> str:

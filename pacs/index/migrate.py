@@ -6,16 +6,21 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, MetaData, inspect
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def alembic_config(engine: Engine) -> Config:
-    """An Alembic config bound to ``engine`` (no alembic.ini needed)."""
+def alembic_config(engine: Engine, metadata: MetaData | None = None) -> Config:
+    """An Alembic config bound to ``engine`` (no alembic.ini needed).
+
+    ``metadata`` (every table: ``pacs.schema.metadata``) is needed only to autogenerate a
+    revision; upgrades and downgrades run the revision scripts alone.
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
+    config.attributes["metadata"] = metadata
     return config
 
 

@@ -11,6 +11,9 @@ series or study, or whose SOP Instance, Series or Study UID or PatientID the ind
 another patient, is never filed there. The index transaction checks it (``indexer``), so
 concurrent senders cannot both win; the object is refused (``IDENTITY_CONFLICT``) or, with
 the quarantine policy, held out of the archive (``QUARANTINED``, ``pacs.ingest.quarantine``).
+
+What follows a stored instance (change feed, study lifecycle, ...) subscribes to ingest's
+events (``pacs.ingest.events``), which run inside the index transaction.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import logging
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -35,6 +37,7 @@ from pacs.errors import (
 )
 from pacs.index.engine import WRITE, wal_group_commit, writer_turn
 from pacs.ingest.attributes import InstanceAttributes, extract, parse_part10
+from pacs.ingest.events import IngestEvents
 from pacs.ingest.indexer import (
     INSTANCE,
     StoredInstance,
@@ -50,9 +53,6 @@ from pacs.ingest.structure import dataset_offset
 from pacs.metadata import records as metadata_records
 from pacs.storage.base import ObjectStore
 from pacs.storage.keys import instance_key
-
-if TYPE_CHECKING:
-    from pacs.jobs.lifecycle import StudyLifecycle
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,10 @@ class IngestService:
         identity_conflict: IdentityConflictPolicy = IdentityConflictPolicy.REJECT,
         max_object_size: int = 2 * 1024**3,
         durable_commits: bool = True,
-        lifecycle: StudyLifecycle | None = None,
+        events: IngestEvents | None = None,
     ) -> None:
         self.store = store
-        self.lifecycle = lifecycle  # study state + change feed, in the index transaction
+        self.events = events or IngestEvents()  # subscribers run in the index transaction
         self.engine = engine
         self.writer = engine.execution_options(**WRITE)
         # SQLite: commit without a sync under the write lock, flush the WAL before answering
@@ -200,8 +200,7 @@ class IngestService:
                 if replacing is not None and not delete_instance(conn, replacing):
                     raise IntegrityError("replaced row changed meanwhile", None, Exception())
                 new_series = insert_instance(conn, attrs, key, len(data), sha256, source)
-                if self.lifecycle is not None:
-                    self.lifecycle.on_instance(conn, attrs, source, new_series)
+                self.events.instance_indexed(conn, attrs, source, new_series)
                 if document is not None:  # WADO-RS metadata, in the same transaction
                     metadata_records.record(conn, attrs.sop_instance_uid, document)
         except IdentityConflictError as exc:

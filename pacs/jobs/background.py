@@ -55,19 +55,21 @@ class Background:
         limits: dict[str, int] | None = None,
         rules: RuleBook | None = None,
     ) -> None:
+        """``worker``: run a job worker too, storing what it derives through ``ingest``
+        (required then; ``pacs.runtime.build_ingest``)."""
+        if worker and ingest is None:
+            raise ValueError("a job worker needs the ingest service")
         self.settings = settings
         self.rules = rules or check_settings(settings)
         self.engine: Engine = create_index_engine(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.webhooks = WebhookSender(settings, self.engine, self.owner)
         self.worker: Worker | None = None
-        if worker:
-            from pacs.runtime import build_ingest
-
+        if worker and ingest is not None:
             self.worker = Worker(
                 settings,
                 self.engine,
-                ingest or build_ingest(settings),
+                ingest,
                 concurrency=concurrency,
                 limits=limits,
             )

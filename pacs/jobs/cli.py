@@ -48,6 +48,7 @@ def worker(
     from pacs.jobs.background import Background
     from pacs.jobs.rules import RulesError
     from pacs.logging import configure_logging
+    from pacs.runtime import build_ingest
 
     overrides: dict[str, Any] = {"worker_concurrency": concurrency}
     if limit:
@@ -58,7 +59,7 @@ def worker(
     upgrade(engine)
     engine.dispose()
     try:
-        background = Background(settings, worker=True)
+        background = Background(settings, worker=True, ingest=build_ingest(settings))
     except (ValueError, RulesError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -1,13 +1,15 @@
 """Study lifecycle: ``receiving`` while instances arrive, ``stable`` after a quiet period.
 
-``StudyLifecycle.on_instance`` runs inside ingest's index transaction, after the instance row:
-it pushes the study's stable deadline, re-opens a stable study as its next version and records
-``instance.stored`` / ``series.added`` / ``study.reopened``. Its study_state row lock comes last
-in that transaction (after the study, series and instance rows that the indexer locks top
-down), and the sweeper locks only study_state rows, so the two never wait on each other in a
-cycle. Derived objects (``pacs.ingest.derived``: the AI's results, verified SRs, any SR, SEG,
-KOS or PR) are recorded in the feed but never touch the study: a study version means "new
-source images arrived", so nothing the archive derives can start an analysis again.
+``StudyLifecycle.on_instance`` subscribes to ingest's events (``pacs.ingest.events``) and so
+runs inside ingest's index transaction, after the instance row: it files a new series' routing
+attributes, pushes the study's stable deadline, re-opens a stable study as its next version and
+records ``study.reopened`` (the change feed announces ``instance.stored`` / ``series.added``
+itself, lifecycle or not). Its study_state row lock comes last in that transaction (after the
+study, series and instance rows that the indexer locks top down), and the sweeper locks only
+study_state rows, so the two never wait on each other in a cycle. Derived objects
+(``pacs.ingest.derived``: the AI's results, verified SRs, any SR, SEG, KOS or PR) never touch
+the study: a study version means "new source images arrived", so nothing the archive derives
+can start an analysis again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from sqlalchemy import (
     bindparam,
     case,
     literal_column,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,8 +35,7 @@ from pacs.geometry import slice_normal
 from pacs.index.models import utcnow
 from pacs.index.prepared import Prepared, db_timestamp
 from pacs.ingest.attributes import InstanceAttributes
-from pacs.ingest.derived import is_derived
-from pacs.ingest.source import Source
+from pacs.ingest.events import IngestEvent, SeriesAdded
 from pacs.jobs import JobError
 from pacs.jobs.models import SeriesRouting, StudyState
 
@@ -58,28 +58,6 @@ _TOUCH = Prepared(
         last_instance_at=bindparam("now"),
     )
     .returning(STATE.c.version, STATE.c.received_in_version)
-)
-
-
-_TOUCH_AND_RECORD_PG = Prepared(
-    text(
-        f"""
-        WITH touched AS (
-            UPDATE study_state SET
-                version = version + CASE WHEN state = '{STABLE}' THEN 1 ELSE 0 END,
-                received_in_version =
-                    CASE WHEN state = '{STABLE}' THEN 1 ELSE received_in_version + 1 END,
-                state = '{RECEIVING}', stable_deadline = :deadline, last_instance_at = :now
-            WHERE study_instance_uid = :uid
-            RETURNING version, received_in_version
-        ), stored AS (
-            INSERT INTO change_event
-                (kind, study_instance_uid, series_instance_uid, sop_instance_uid, created_at)
-            VALUES ('instance.stored', :uid, :series, :sop, :now)
-        )
-        SELECT version, received_in_version FROM touched
-        """
-    )
 )
 
 
@@ -139,36 +117,22 @@ class StudyLifecycle:
         """The quiet period after an instance from ``ae_title``."""
         return self.by_ae.get(ae_title.strip(), self.stable_after)
 
-    def on_instance(
-        self, conn: Connection, attrs: InstanceAttributes, source: Source, new_series: bool
-    ) -> None:
-        """Record a stored instance in the caller's transaction (see the module docstring)."""
-        study = attrs.study_instance_uid
-        if new_series:
-            self._series_added(conn, attrs)
-        touch = not is_derived(attrs, source)
+    def on_instance(self, conn: Connection, event: IngestEvent) -> None:
+        """Follow one ingest event in the caller's transaction (see the module docstring)."""
+        if isinstance(event, SeriesAdded):
+            self._series_added(conn, event.attrs)
+            return
+        if event.derived:
+            return
+        study = event.attrs.study_instance_uid
         now = utcnow()
-        deadline = now + self.quiet_period(source.ae_title)
+        deadline = now + self.quiet_period(event.source.ae_title)
         params: dict[str, Any] = {
             "uid": study,
             "deadline": db_timestamp(conn, deadline),
             "now": db_timestamp(conn, now),
         }
-        if touch and conn.dialect.name == "postgresql":
-            # one round trip: the event and the study_state update in one statement
-            params.update(series=attrs.series_instance_uid, sop=attrs.sop_instance_uid)
-            row = _TOUCH_AND_RECORD_PG.execute(conn, params).fetchone()
-        else:
-            record(
-                conn,
-                "instance.stored",
-                study_instance_uid=study,
-                series_instance_uid=attrs.series_instance_uid,
-                sop_instance_uid=attrs.sop_instance_uid,
-            )
-            if not touch:
-                return
-            row = _TOUCH.execute(conn, params).fetchone()
+        row = _TOUCH.execute(conn, params).fetchone()
         if row is None and self._insert(conn, study, now, deadline):
             return  # the study's first instance
         if row is None:  # a concurrent first instance inserted the row: touch it now
@@ -207,11 +171,4 @@ class StudyLifecycle:
                 orientation=orientation(attrs.image_orientation_patient, attrs.image_type),
             )
             .on_conflict_do_nothing(index_elements=["series_instance_uid"])
-        )
-        record(
-            conn,
-            "series.added",
-            study_instance_uid=attrs.study_instance_uid,
-            series_instance_uid=attrs.series_instance_uid,
-            payload={"modality": attrs.modality},
         )

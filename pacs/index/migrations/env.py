@@ -1,8 +1,7 @@
-"""Alembic environment: runs against the engine handed over in ``config.attributes``."""
+"""Alembic environment: runs against the engine (and, to autogenerate, the metadata of every
+table, ``pacs.schema.metadata``) handed over in ``config.attributes``."""
 
 from alembic import context
-
-from pacs.index.tables import metadata
 
 config = context.config
 engine = config.attributes["engine"]
@@ -10,7 +9,7 @@ engine = config.attributes["engine"]
 with engine.connect() as connection:
     context.configure(
         connection=connection,
-        target_metadata=metadata,
+        target_metadata=config.attributes.get("metadata"),
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():

@@ -1,7 +1,8 @@
 """Every index table in one metadata, for migrations and schema checks.
 
-Tables of other concerns (jobs, study lifecycle, FHIR resources, AI results) live in their own
-modules on the same ``Base``; each such module is imported here so nothing is missed.
+The index package provides the engine, the declarative ``Base`` and the migration runner, and
+knows no feature. Each feature owns its tables in its own module on that ``Base``; this module
+sits above the features and imports each of them, so nothing is missed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from inference import records as inference_records  # noqa: F401  (ai_result)
 from pacs import changes  # noqa: F401  (change_event)
 from pacs.emr import tables as emr_tables  # noqa: F401  (feed_position, ai_report, review)
 from pacs.fhir import schema as fhir_schema  # noqa: F401  (fhir_resource, search indexes)
-from pacs.index.models import Base
+from pacs.index.models import Base  # patient, study, series, instance, audit_event, remote_ae
 from pacs.ingest import quarantine  # noqa: F401  (quarantine)
 from pacs.jobs import models as jobs_models  # noqa: F401  (study_state, job, webhook, ...)
 from pacs.metadata import records  # noqa: F401  (instance_metadata)
