@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    FromClause,
+    SQLColumnExpression,
     and_,
     false,
     func,
@@ -96,7 +98,16 @@ def _date_bounds(value: str, name: str) -> tuple[str, datetime, datetime]:
     return prefix, low, high
 
 
-def _range_condition(prefix: str, lo: Any, hi: Any, plo: Any, phi: Any) -> ColumnElement[bool]:
+_Bound = TypeVar("_Bound", str, datetime)
+
+
+def _range_condition(
+    prefix: str,
+    lo: SQLColumnExpression[_Bound],
+    hi: SQLColumnExpression[_Bound],
+    plo: _Bound,
+    phi: _Bound,
+) -> ColumnElement[bool]:
     """Resource range ``lo..hi`` against the search range ``plo..phi`` (R4 3.1.1.5.6)."""
     eq = and_(lo >= plo, hi <= phi)
     if prefix == "eq":
@@ -128,7 +139,7 @@ def _escape_like(text: str) -> str:
 
 
 def _value_condition(
-    param: SearchParam, table: Any, modifier: str, value: str, name: str
+    param: SearchParam, table: FromClause, modifier: str, value: str, name: str
 ) -> ColumnElement[bool]:
     if param.type == TOKEN:
         parts = [unescape_search_value(p) for p in split_unescaped(value, "|", maxsplit=1)]
