@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import (
@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 
 from pacs.fhir.errors import InvalidSearch, operation_outcome
+from pacs.fhir.resources import Bundle, BundleEntry, BundleLink
 from pacs.fhir.schema import FhirDate, FhirReference, FhirResource, FhirString, FhirToken
 from pacs.fhir.searchparams import (
     DATE,
@@ -388,7 +389,9 @@ def _sort_key(rtype: str, name: str, desc: bool) -> Any:
     return col.desc().nulls_last() if desc else col.asc().nulls_last()
 
 
-def _entry(base: str, rtype: str, rid: str, content: str, mode: str) -> dict[str, Any]:
+def _entry(
+    base: str, rtype: str, rid: str, content: str, mode: Literal["match", "include"]
+) -> BundleEntry:
     return {
         "fullUrl": f"{base}/{rtype}/{rid}",
         "resource": load_stored(content),
@@ -402,11 +405,11 @@ def _link(base: str, rtype: str, kept: list[tuple[str, str]], **extra: int) -> s
     return f"{base}/{rtype}?{urlencode(query)}"
 
 
-def execute(conn: Connection, request: SearchRequest, base: str) -> dict[str, Any]:
+def execute(conn: Connection, request: SearchRequest, base: str) -> Bundle:
     """Run a parsed search: a ``searchset`` Bundle with total, links and entries."""
     rtype = request.resource_type
     where = [R.c.resource_type == rtype, R.c.deleted == false(), *request.where]
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    bundle: Bundle = {"resourceType": "Bundle", "type": "searchset"}
 
     def total() -> int:
         return int(conn.execute(select(func.count()).select_from(R).where(*where)).scalar_one())
@@ -431,7 +434,7 @@ def execute(conn: Connection, request: SearchRequest, base: str) -> dict[str, An
     has_next = len(rows) > request.count
     rows = rows[: request.count]
     count, offset = request.count, request.offset
-    links = [
+    links: list[BundleLink] = [
         {"relation": "self", "url": _link(base, rtype, request.kept, _count=count, _offset=offset)}
     ]
     if has_next:
@@ -480,10 +483,10 @@ def _included(
     pks: list[int],
     ids: list[str],
     seen: set[tuple[str, str]],
-) -> list[dict[str, Any]]:
+) -> list[BundleEntry]:
     rtype = request.resource_type
     ref = FhirReference.__table__
-    out: list[dict[str, Any]] = []
+    out: list[BundleEntry] = []
     if request.includes:
         target = R.alias("target")
         wanted = [
