@@ -104,6 +104,11 @@ def parse_limits(text: str) -> dict[str, int]:
     return limits
 
 
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+"""A duration in seconds (finite, not negative)."""
+Count = Annotated[int, Field(ge=1)]
+"""A positive count."""
+
 _PARSERS: dict[str, Callable[[str], object]] = {
     "allowed_aes": parse_ae_list,
     "cors_origins": lambda text: tuple(_entries(text)),
@@ -212,7 +217,7 @@ class Settings(BaseSettings):
     stable_after_seconds: float = Field(
         30.0, ge=0, description="Quiet period after a study's last instance before it is stable."
     )
-    stable_after_seconds_by_ae: Annotated[dict[str, float], NoDecode] = Field(
+    stable_after_seconds_by_ae: Annotated[dict[str, Seconds], NoDecode] = Field(
         default_factory=dict, description="Per sending AE quiet periods, 'AE=seconds,AE2=seconds'."
     )
     rules_file: Path | None = Field(
@@ -230,7 +235,7 @@ class Settings(BaseSettings):
     )
     job_retry_max_seconds: float = Field(3600.0, ge=0, description="Longest retry backoff.")
     worker_concurrency: int = Field(1, ge=1, description="Jobs one worker process runs at once.")
-    worker_analysis_limits: Annotated[dict[str, int], NoDecode] = Field(
+    worker_analysis_limits: Annotated[dict[str, Count], NoDecode] = Field(
         default_factory=dict, description="Per analysis limits in one worker, 'ct-chest=1,test=4'."
     )
     worker_poll_seconds: float = Field(

@@ -178,6 +178,13 @@ def test_comma_separated_settings_parse_once_into_typed_values(
     assert getattr(Settings(**settings.model_dump(mode="json")), name) == value
 
 
+def test_typed_values_are_checked_too(clean_env: Path) -> None:
+    with pytest.raises(ValidationError, match="stable_after_seconds_by_ae"):
+        Settings(stable_after_seconds_by_ae={"CT1": -1.0})
+    with pytest.raises(ValidationError, match="worker_analysis_limits"):
+        Settings(worker_analysis_limits={"ct-chest": 0})
+
+
 def test_invalid_setting_stops_the_cli_with_the_variable_named(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
