@@ -305,7 +305,7 @@ def body_mask(grid: sitk.Image) -> np.ndarray:
     radius = [max(1, round(BODY_OPENING_MM / s)) for s in grid.GetSpacing()[:2]] + [0]
     dense = sitk.BinaryMorphologicalOpening(dense, radius)
     cc = sitk.RelabelComponent(sitk.ConnectedComponent(dense), sortByObjectSize=True)
-    body = sitk.GetArrayFromImage(cc) == 1
+    body: np.ndarray = sitk.GetArrayFromImage(cc) == 1
     for z in range(body.shape[0]):
         if body[z].any():
             filled = sitk.BinaryFillhole(sitk.GetImageFromArray(body[z].astype(np.uint8)))

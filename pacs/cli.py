@@ -43,7 +43,11 @@ Processes = Annotated[
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings.load(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _archive(init: bool, **overrides: Any) -> Settings:

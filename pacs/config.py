@@ -1,17 +1,23 @@
 """All settings of the archive in one pydantic-settings class.
 
 Every field is read from an environment variable ``PACS_<NAME>`` (e.g. ``PACS_DICOM_PORT``);
-the CLI flags of ``pacs serve`` override them. ``docs/configuration.md`` lists them all.
+the CLI flags of ``pacs serve`` override them. ``docs/configuration.md`` lists them all. Lists and
+maps are written in the environment as comma-separated strings and parsed here, once, into typed
+values (an invalid entry stops the process with the entry named).
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class DuplicatePolicy(StrEnum):
@@ -41,6 +47,75 @@ class PnMatching(StrEnum):
 
     WHOLE = "whole"  # the key matches the whole name string (PS3.4 C.2.2.2.1, literal '^')
     COMPONENTS = "components"  # each key component matches the same component; missing = any
+
+
+@dataclass(frozen=True, slots=True)
+class KnownAE:
+    """An allowed peer: AE title, host ('*' = any address) and the organisation it belongs to."""
+
+    title: str
+    host: str = "*"
+    organisation: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> KnownAE:
+        """Parse ``TITLE[@host][=Organisation]``."""
+        spec, _, organisation = text.partition("=")
+        title, _, host = spec.partition("@")
+        title = title.strip()
+        if not 0 < len(title) <= 16 or "\\" in title:
+            raise ValueError(f"invalid AE title in allow-list entry {text!r}")
+        return cls(title=title, host=host.strip() or "*", organisation=organisation.strip())
+
+
+def _entries(text: str) -> list[str]:
+    """The non-blank entries of a comma-separated setting, stripped."""
+    return [entry for entry in (part.strip() for part in text.split(",")) if entry]
+
+
+def parse_ae_list(text: str) -> tuple[KnownAE, ...]:
+    """``"CT1@10.1.2.3=Clinic,MR2"`` -> the allow-list entries; ValueError on a bad title."""
+    return tuple(KnownAE.parse(entry) for entry in _entries(text))
+
+
+def parse_ae_periods(text: str) -> dict[str, float]:
+    """``"CT1=60,MR2=300"`` -> ``{"CT1": 60.0, "MR2": 300.0}``; ValueError on bad entries."""
+    periods: dict[str, float] = {}
+    for entry in _entries(text):
+        title, sep, seconds = entry.rpartition("=")
+        try:
+            value = float(seconds)
+        except ValueError:
+            value = math.nan
+        if not sep or not title.strip() or not math.isfinite(value) or value < 0:
+            raise ValueError(f"bad entry {entry!r}: expected AE_TITLE=seconds (seconds >= 0)")
+        periods[title.strip()] = value
+    return periods
+
+
+def parse_limits(text: str) -> dict[str, int]:
+    """``"ct-chest=1,test=4"`` -> ``{"ct-chest": 1, "test": 4}``; ValueError on bad entries."""
+    limits: dict[str, int] = {}
+    for entry in _entries(text):
+        name, sep, count = entry.partition("=")
+        if not sep or not name.strip() or not count.strip().isdigit() or int(count) < 1:
+            raise ValueError(f"bad limit {entry!r}: expected ANALYSIS=count (count >= 1)")
+        limits[name.strip()] = int(count)
+    return limits
+
+
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+"""A duration in seconds (finite, not negative)."""
+Count = Annotated[int, Field(ge=1)]
+"""A positive count."""
+
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "allowed_aes": parse_ae_list,
+    "cors_origins": lambda text: tuple(_entries(text)),
+    "webhook_urls": lambda text: tuple(_entries(text)),
+    "stable_after_seconds_by_ae": parse_ae_periods,
+    "worker_analysis_limits": parse_limits,
+}
 
 
 class Settings(BaseSettings):
@@ -90,8 +165,8 @@ class Settings(BaseSettings):
     accept_any_ae: bool = Field(
         True, description="Accept associations from any calling AE (embedded default)."
     )
-    allowed_aes: str = Field(
-        "",
+    allowed_aes: Annotated[tuple[KnownAE, ...], NoDecode] = Field(
+        (),
         description=(
             "Comma-separated allow-list TITLE@host[=Organisation]; host '*' matches any address."
         ),
@@ -116,8 +191,8 @@ class Settings(BaseSettings):
     qido_max_limit: int = Field(
         1000, ge=1, description="Most QIDO-RS results per response; a larger limit is clamped."
     )
-    cors_origins: str = Field(
-        "", description="Comma-separated origins allowed by CORS ('*' any); empty: CORS off."
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Comma-separated origins allowed by CORS ('*' any); empty: CORS off."
     )
     fhir_max_body_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest FHIR request body (413 above it)."
@@ -142,8 +217,8 @@ class Settings(BaseSettings):
     stable_after_seconds: float = Field(
         30.0, ge=0, description="Quiet period after a study's last instance before it is stable."
     )
-    stable_after_seconds_by_ae: str = Field(
-        "", description="Per sending AE quiet periods, 'AE=seconds,AE2=seconds'."
+    stable_after_seconds_by_ae: Annotated[dict[str, Seconds], NoDecode] = Field(
+        default_factory=dict, description="Per sending AE quiet periods, 'AE=seconds,AE2=seconds'."
     )
     rules_file: Path | None = Field(
         None, description="Routing rules (YAML/JSON); default: the built-in rule set."
@@ -160,15 +235,15 @@ class Settings(BaseSettings):
     )
     job_retry_max_seconds: float = Field(3600.0, ge=0, description="Longest retry backoff.")
     worker_concurrency: int = Field(1, ge=1, description="Jobs one worker process runs at once.")
-    worker_analysis_limits: str = Field(
-        "", description="Per analysis limits in one worker, 'ct-chest=1,test=4'."
+    worker_analysis_limits: Annotated[dict[str, Count], NoDecode] = Field(
+        default_factory=dict, description="Per analysis limits in one worker, 'ct-chest=1,test=4'."
     )
     worker_poll_seconds: float = Field(
         0.25, gt=0, description="Seconds an idle worker waits before looking for jobs again."
     )
     serve_worker: bool = Field(True, description="Run a job worker inside `pacs serve`.")
-    webhook_urls: str = Field(
-        "", description="Comma-separated URLs that receive the change feed (plus /api/webhooks)."
+    webhook_urls: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Comma-separated URLs that receive the change feed (plus /api/webhooks)."
     )
     webhook_secret: str = Field(
         "", description="HMAC-SHA256 key of the webhook_urls signature header."
@@ -268,6 +343,16 @@ class Settings(BaseSettings):
             raise ValueError("ae_title must be printable ASCII (no control characters)")
         return value
 
+    @field_validator(*_PARSERS, mode="before")
+    @classmethod
+    def _parse_comma_separated(cls, value: Any, info: ValidationInfo) -> Any:
+        """The environment's comma-separated form; typed values (e.g. from ``model_dump``) as
+        they are."""
+        if isinstance(value, str):
+            assert info.field_name is not None
+            return _PARSERS[info.field_name](value)
+        return value
+
     @model_validator(mode="after")
     def _increasing_grade_bounds(self) -> Settings:
         """CT-1..CT-4 start at strictly increasing involvement percentages."""
@@ -299,6 +384,21 @@ class Settings(BaseSettings):
         if self.storage_url:
             return self.storage_url
         return (self.data_dir / "objects").resolve().as_uri()
+
+    @classmethod
+    def load(cls, **values: Any) -> Settings:
+        """The environment's settings with ``values`` (CLI flags) over them; a ValueError whose
+        message names each invalid setting's variable and what is wrong with it."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = (
+                f"PACS_{str(error['loc'][0]).upper()}: {error['msg']}"
+                if error["loc"]
+                else error["msg"]
+                for error in exc.errors()
+            )
+            raise ValueError("; ".join(problems)) from None
 
     @property
     def scp_process_count(self) -> int:

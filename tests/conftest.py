@@ -147,8 +147,8 @@ class Backend:
     env: dict[str, str] = field(default_factory=dict)
 
     def with_settings(self, **overrides: Any) -> Settings:
-        """These settings with some fields changed."""
-        return self.settings.model_copy(update=overrides)
+        """These settings with some fields changed, parsed as the environment's values are."""
+        return Settings(**{**self.settings.model_dump(), **overrides})
 
 
 def make_backend(

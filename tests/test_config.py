@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from pacs.cli import app
-from pacs.config import DuplicatePolicy, FsyncPolicy, Settings
+from pacs.config import DuplicatePolicy, FsyncPolicy, KnownAE, Settings
 from pacs.index.engine import create_index_engine
 from pacs.storage import open_store
 from pacs.storage.filesystem import FilesystemStore
@@ -30,8 +30,29 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
+COMMA_SEPARATED: dict[str, tuple[str, Any]] = {
+    "allowed_aes": (
+        " CT1@10.1.2.3=City Hospital 1, MR2 ,,",
+        (KnownAE("CT1", "10.1.2.3", "City Hospital 1"), KnownAE("MR2", "*", "")),
+    ),
+    "cors_origins": (
+        "https://viewer.example.org, http://localhost:3000",
+        ("https://viewer.example.org", "http://localhost:3000"),
+    ),
+    "webhook_urls": (
+        "http://a.example/hook,,http://b.example/ ",
+        ("http://a.example/hook", "http://b.example/"),
+    ),
+    "stable_after_seconds_by_ae": (" SLOWCT=120, MR1=0.5 ", {"SLOWCT": 120.0, "MR1": 0.5}),
+    "worker_analysis_limits": ("ct-chest=1, test=4", {"ct-chest": 1, "test": 4}),
+}
+"""The settings written as comma-separated strings in the environment, parsed once."""
+
+
 def non_default(name: str, annotation: Any, default: Any) -> tuple[str, Any]:
     """An environment string for a field and the value it must parse to (never the default)."""
+    if name in COMMA_SEPARATED:
+        return COMMA_SEPARATED[name]
     if name == "ae_title":
         return "ARCHIVE_2", "ARCHIVE_2"
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
@@ -57,8 +78,9 @@ def test_every_field_can_be_set_from_the_environment(
 ) -> None:
     expected = {}
     for name, field in Settings.model_fields.items():
-        raw, value = non_default(name, field.annotation, field.default)
-        assert value != field.default
+        default = field.get_default(call_default_factory=True)
+        raw, value = non_default(name, field.annotation, default)
+        assert value != default
         monkeypatch.setenv(f"PACS_{name.upper()}", raw)
         expected[name] = value
     settings = Settings()
@@ -124,7 +146,14 @@ def test_valid_ae_title_accepted(clean_env: Path, title: str, expected: str) -> 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("dicom_port", "not-a-port"), ("storage_fsync", "sometimes"), ("duplicate_policy", "x")],
+    [
+        ("dicom_port", "not-a-port"),
+        ("storage_fsync", "sometimes"),
+        ("duplicate_policy", "x"),
+        ("allowed_aes", "CT1@h,SEVENTEEN_CHARS_X@h"),
+        ("stable_after_seconds_by_ae", "CT1=60,MR=-1"),
+        ("worker_analysis_limits", "ct-chest=0"),
+    ],
 )
 def test_invalid_values_from_the_environment_rejected(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
@@ -132,6 +161,43 @@ def test_invalid_values_from_the_environment_rejected(
     monkeypatch.setenv(f"PACS_{name.upper()}", value)
     with pytest.raises(ValidationError, match=name):
         Settings()
+
+
+@pytest.mark.parametrize("name", sorted(COMMA_SEPARATED))
+def test_comma_separated_settings_parse_once_into_typed_values(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    raw, value = COMMA_SEPARATED[name]
+    monkeypatch.setenv(f"PACS_{name.upper()}", " , ")
+    assert not getattr(Settings(), name)  # blank entries: an empty list or map
+    monkeypatch.setenv(f"PACS_{name.upper()}", raw)
+    settings = Settings()
+    assert getattr(settings, name) == value
+    assert getattr(Settings(**{name: raw}), name) == value  # a CLI flag's string, too
+    # what `pacs serve` hands its DICOM server processes reads back the same
+    assert getattr(Settings(**settings.model_dump(mode="json")), name) == value
+
+
+def test_typed_values_are_checked_too(clean_env: Path) -> None:
+    with pytest.raises(ValidationError, match="stable_after_seconds_by_ae"):
+        Settings(stable_after_seconds_by_ae={"CT1": -1.0})
+    with pytest.raises(ValidationError, match="worker_analysis_limits"):
+        Settings(worker_analysis_limits={"ct-chest": 0})
+
+
+def test_invalid_setting_stops_the_cli_with_the_variable_named(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PACS_STABLE_AFTER_SECONDS_BY_AE", "CT1=soon")
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2, result.output
+    assert "PACS_STABLE_AFTER_SECONDS_BY_AE" in result.output
+    assert "AE_TITLE=seconds" in result.output
+    monkeypatch.delenv("PACS_STABLE_AFTER_SECONDS_BY_AE")
+    result = CliRunner().invoke(app, ["worker", "--limit", "ct-chest=0"])
+    assert result.exit_code == 2, result.output
+    assert "PACS_WORKER_ANALYSIS_LIMITS" in result.output and "ANALYSIS=count" in result.output
+    assert not (clean_env / "var").exists()  # nothing was created
 
 
 def test_serve_help_lists_the_flags(clean_env: Path) -> None:

@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -226,6 +227,28 @@ def test_ci_runs_make_test() -> None:
     script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     commands = [line.split("#")[0].strip() for line in script.splitlines()]
     assert "make test" in commands
+
+
+def test_ci_runs_make_lint_before_make_test() -> None:
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    commands = [line.split("#")[0].strip() for line in script.splitlines()]
+    assert "make lint" in commands
+    assert commands.index("make lint") < commands.index("make test")
+
+
+def test_make_lint_checks_style_format_and_strict_types() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    head, recipe = makefile.split("\nlint:", 1)[1].splitlines()[:2]
+    assert ".installed-test" in head, "a fresh venv gets the test extras (ruff, mypy, stubs)"
+    for tool in ("ruff check", "ruff format --check", "mypy"):
+        assert tool in recipe, recipe
+    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mypy"]
+    assert mypy["strict"] is True
+    assert set(mypy["packages"]) == {"pacs", "inference", "viewer_api"}
+    for override in mypy.get("overrides", []):  # only for third-party modules without types
+        assert not any(module.split(".")[0] in mypy["packages"] for module in override["module"]), (
+            override
+        )
 
 
 def test_ci_never_ends_processes_by_name() -> None:

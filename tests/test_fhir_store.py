@@ -21,6 +21,7 @@ from pacs.fhir.errors import (
     StoredResourceInvalid,
     UnprocessableResource,
 )
+from pacs.fhir.resources import found
 from pacs.fhir.schema import FhirResource
 from pacs.fhir.store import FhirStore
 from pacs.fhir.values import escape_search_value
@@ -302,3 +303,26 @@ def test_stored_resources_are_validated_on_the_way_out(store: FhirStore) -> None
     assert err.value.outcome["issue"][0]["expression"] == ["Patient.birthDate"]
     with pytest.raises(StoredResourceInvalid):
         store.search("Patient", [("_id", pid)])
+
+
+def test_found_lists_the_resources_of_a_searchset_not_its_outcome(store: FhirStore) -> None:
+    pid = store.create(patient("777"))["id"]
+    obs = store.create(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "1-8"}]},
+            "subject": {"reference": f"Patient/{pid}"},
+        }
+    )["id"]
+    bundle = store.search(
+        "Observation", [("_id", obs), ("_include", "Observation:patient"), ("shoe-size", "42")]
+    )
+    assert [e["search"]["mode"] for e in bundle["entry"]] == ["match", "include", "outcome"]
+    assert [(r["resourceType"], r["id"]) for r in found(bundle)] == [
+        ("Observation", obs),
+        ("Patient", pid),
+    ]
+    assert [r["id"] for r in found(bundle, "Patient")] == [pid]
+    assert found(bundle, "OperationOutcome") == []
+    assert found(store.search("Observation", [("_id", "none")])) == []

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
 from pacs.cli import app as cli
-from pacs.config import Settings
+from pacs.config import Settings, parse_limits
 from pacs.index.engine import WRITE, create_index_engine
 from pacs.index.models import Instance, Series
 from pacs.ingest import IngestService
@@ -25,7 +25,7 @@ from pacs.jobs import queue
 from pacs.jobs.registry import ANALYSES
 from pacs.jobs.rules import parse_rules
 from pacs.jobs.sweeper import study_state, sweep
-from pacs.jobs.worker import Worker, parse_limits
+from pacs.jobs.worker import Worker
 from pacs.runtime import build_ingest
 from tests.conftest import Backend
 from tests.jobs_helpers import TEST_RULES, events, jobs_of, rules_file, store_study, wait_for

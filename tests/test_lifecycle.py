@@ -11,12 +11,12 @@ import pytest
 from pydicom.uid import UID, generate_uid
 from sqlalchemy import Engine
 
-from pacs.config import Settings
+from pacs.config import Settings, parse_ae_periods
 from pacs.index.engine import create_index_engine
 from pacs.ingest import IngestService, Source
 from pacs.ingest.derived import ARCHIVE_MANUFACTURER
 from pacs.jobs.analysis import ANALYSIS_CHANNEL
-from pacs.jobs.lifecycle import orientation, parse_ae_periods
+from pacs.jobs.lifecycle import orientation
 from pacs.jobs.rules import parse_rules
 from pacs.jobs.sweeper import study_state, sweep
 from pacs.runtime import build_ingest

@@ -84,7 +84,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(
         GZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE, exclude_content_types=GZIP_EXCLUDED
     )
-    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    origins = list(settings.cors_origins)
     if origins:
         app.add_middleware(
             CORSMiddleware,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
@@ -52,7 +52,7 @@ def fhir_store(request: Request) -> FhirStore:
 
 
 def fhir_response(
-    body: dict[str, Any] | None, status: int = 200, headers: dict[str, str] | None = None
+    body: Mapping[str, object] | None, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     """A FHIR JSON response (``application/fhir+json; charset=utf-8``)."""
     content = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()

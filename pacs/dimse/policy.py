@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-
-@dataclass(frozen=True, slots=True)
-class KnownAE:
-    """An allowed peer: AE title, host ('*' = any address) and the organisation it belongs to."""
-
-    title: str
-    host: str = "*"
-    organisation: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> KnownAE:
-        """Parse ``TITLE[@host][=Organisation]``."""
-        spec, _, organisation = text.partition("=")
-        title, _, host = spec.partition("@")
-        title = title.strip()
-        if not 0 < len(title) <= 16 or "\\" in title:
-            raise ValueError(f"invalid AE title in allow-list entry {text!r}")
-        return cls(title=title, host=host.strip() or "*", organisation=organisation.strip())
+from pacs.config import KnownAE
 
 
 class AEPolicy:
     """Decides whether a (calling AE title, peer address) pair may associate."""
 
-    def __init__(self, known: list[KnownAE], accept_any: bool) -> None:
-        self.known = known
+    def __init__(self, known: Sequence[KnownAE], accept_any: bool) -> None:
+        self.known = tuple(known)
         self.accept_any = accept_any
-
-    @classmethod
-    def from_setting(cls, allowed_aes: str, accept_any: bool) -> AEPolicy:
-        """Build from the comma-separated ``allowed_aes`` setting."""
-        known = [KnownAE.parse(item) for item in allowed_aes.split(",") if item.strip()]
-        return cls(known, accept_any)
 
     def match(self, title: str, host: str) -> KnownAE | None:
         """The allow-list entry for this peer, or None."""

@@ -53,7 +53,7 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     configure_logging(settings)
     if not settings.log_phi:  # pynetdicom's per-message log handlers print identifiers
         quiet_identifier_logging()
-    policy = AEPolicy.from_setting(settings.allowed_aes, settings.accept_any_ae)
+    policy = AEPolicy(settings.allowed_aes, settings.accept_any_ae)
     ingest = build_ingest(settings)
     store = StoreHandler(ingest, policy)
     retrieve = RetrieveService(session_factory(ingest.engine), ingest.store)

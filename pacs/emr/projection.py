@@ -38,6 +38,7 @@ from pacs.emr.identifiers import (
     token_search_value,
 )
 from pacs.fhir.errors import FhirError
+from pacs.fhir.resources import found
 from pacs.fhir.store import FhirStore
 from pacs.identity import Demographics
 from pacs.index.models import Instance, Patient, Series, Study
@@ -45,15 +46,6 @@ from pacs.index.models import Instance, Patient, Series, Study
 log = logging.getLogger(__name__)
 
 _GENDER = {"M": "male", "F": "female", "O": "other"}
-
-
-def bundle_resources(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
-    """The resources of ``resource_type`` in a search Bundle (matches, not includes)."""
-    return [
-        entry["resource"]
-        for entry in bundle.get("entry") or []
-        if (entry.get("resource") or {}).get("resourceType") == resource_type
-    ]
 
 
 def fhir_datetime(date: str, time: str = "") -> str | None:
@@ -110,7 +102,7 @@ def find_service_request(store: FhirStore, accession: str) -> dict[str, Any] | N
     if not token:
         return None
     bundle = store.search("ServiceRequest", [("identifier", token), ("_sort", "-_lastUpdated")])
-    for request in bundle_resources(bundle, "ServiceRequest"):
+    for request in found(bundle, "ServiceRequest"):
         if accession_of(request) == accession:
             return request
     return None
@@ -124,7 +116,7 @@ def find_patient(store: FhirStore, patient_id: str, issuer: str) -> dict[str, An
         return None
     bundle = store.search("Patient", [("identifier", token)])
     candidates = []
-    for patient in bundle_resources(bundle, "Patient"):
+    for patient in found(bundle, "Patient"):
         for identifier in patient.get("identifier") or []:
             if identifier.get("value") != patient_id:
                 continue

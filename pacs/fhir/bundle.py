@@ -25,6 +25,7 @@ from pacs.fhir.errors import (
     PreconditionFailed,
     UnprocessableResource,
 )
+from pacs.fhir.resources import Bundle, BundleEntry, EntryResponse
 from pacs.fhir.searchparams import SEARCH_PARAMS
 from pacs.fhir.validation import validate
 from pacs.fhir.writes import PendingWrites
@@ -192,7 +193,7 @@ class _Run:
 
     def execute(
         self, conn: Connection, entry: Entry, pending: PendingWrites | None = None
-    ) -> dict[str, Any]:
+    ) -> BundleEntry:
         """Run one entry on ``conn`` (new resources queued in ``pending`` when given); its
         ``response`` entry."""
         store, rtype = self.store, entry.resource_type
@@ -206,13 +207,14 @@ class _Run:
                 store.tx_delete(conn, rtype, rid)
             return {"response": {"status": _status(204)}}
         if entry.method == "GET":
+            ok: EntryResponse = {"status": _status(200)}
             if entry.resource_id is None:
-                resource = store.tx_search(conn, rtype, entry.query or [], base_url=self.base)
-            elif entry.history is not None:
-                resource = store.tx_vread(conn, rtype, entry.resource_id, entry.history)
-            else:
-                resource = store.tx_read(conn, rtype, entry.resource_id)
-            return {"resource": resource, "response": {"status": _status(200)}}
+                searchset = store.tx_search(conn, rtype, entry.query or [], base_url=self.base)
+                return {"resource": searchset, "response": ok}
+            if entry.history is not None:
+                older = store.tx_vread(conn, rtype, entry.resource_id, entry.history)
+                return {"resource": older, "response": ok}
+            return {"resource": store.tx_read(conn, rtype, entry.resource_id), "response": ok}
         assert entry.resource is not None and entry.resource_id is not None
         body = _rewrite(entry.resource, self.resolver(conn))
         if entry.method == "POST" and entry.existing:
@@ -226,7 +228,7 @@ class _Run:
             resource, status = written.resource, written.status
         entry.written = resource
         version = resource["meta"]["versionId"]
-        out: dict[str, Any] = {
+        out: BundleEntry = {
             "fullUrl": f"{self.base}/{rtype}/{resource['id']}",
             "resource": resource,
             "response": {
@@ -239,7 +241,7 @@ class _Run:
         return out
 
 
-def process(store: FhirStore, bundle: Any, base: str) -> dict[str, Any]:
+def process(store: FhirStore, bundle: Any, base: str) -> Bundle:
     """Process a ``transaction`` or ``batch`` Bundle; the ``*-response`` Bundle."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise InvalidResource("POST to the base URL takes a Bundle", expression=["resourceType"])
@@ -262,7 +264,7 @@ def _ordered(entries: list[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda e: (_ORDER[e.method], e.index))
 
 
-def _transaction(store: FhirStore, base: str, entries: list[Entry]) -> dict[str, Any]:
+def _transaction(store: FhirStore, base: str, entries: list[Entry]) -> Bundle:
     run = _Run(store, base, entries)
     targets = [
         (e.resource_type, e.resource_id)
@@ -271,7 +273,7 @@ def _transaction(store: FhirStore, base: str, entries: list[Entry]) -> dict[str,
     ]
     if len(targets) != len(set(targets)):
         raise InvalidResource("a transaction may change each resource only once")
-    responses: dict[int, dict[str, Any]] = {}
+    responses: dict[int, BundleEntry] = {}
     pending = PendingWrites()
     with store.write_transaction() as conn:
         for entry in entries:
@@ -304,8 +306,8 @@ def _transaction(store: FhirStore, base: str, entries: list[Entry]) -> dict[str,
     }
 
 
-def _batch(store: FhirStore, base: str, raw_entries: list[Any]) -> dict[str, Any]:
-    responses: dict[int, dict[str, Any]] = {}
+def _batch(store: FhirStore, base: str, raw_entries: list[Any]) -> Bundle:
+    responses: dict[int, BundleEntry] = {}
     entries: list[Entry] = []
     for i, raw in enumerate(raw_entries):
         try:
@@ -335,5 +337,5 @@ def _batch(store: FhirStore, base: str, raw_entries: list[Any]) -> dict[str, Any
     }
 
 
-def _failure(exc: FhirError) -> dict[str, Any]:
+def _failure(exc: FhirError) -> BundleEntry:
     return {"response": {"status": _status(exc.status), "outcome": exc.outcome}}

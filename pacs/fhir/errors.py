@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 from pacs.errors import PacsError
+from pacs.fhir.resources import Issue, OperationOutcome
 
 
 def operation_outcome(
     diagnostics: str,
     *,
     code: str = "processing",
-    severity: str = "error",
+    severity: Literal["error", "warning"] = "error",
     expression: list[str] | None = None,
-) -> dict[str, Any]:
+) -> OperationOutcome:
     """An OperationOutcome with one issue; ``expression`` is the FHIRPath of the problem."""
-    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    issue: Issue = {"severity": severity, "code": code, "diagnostics": diagnostics}
     if expression:
         issue["expression"] = expression
     return {"resourceType": "OperationOutcome", "issue": [issue]}
@@ -32,7 +33,7 @@ class FhirError(PacsError):
         diagnostics: str,
         *,
         expression: list[str] | None = None,
-        outcome: dict[str, Any] | None = None,
+        outcome: OperationOutcome | None = None,
     ) -> None:
         super().__init__(diagnostics)
         self.outcome = outcome or operation_outcome(

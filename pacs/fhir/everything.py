@@ -10,11 +10,12 @@ reference, not only the ones that are search parameters.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, select, tuple_
 
 from pacs.fhir.errors import InvalidSearch
+from pacs.fhir.resources import Bundle, BundleEntry, Resource
 from pacs.fhir.schema import FhirReference, FhirResource
 from pacs.fhir.searchparams import SEARCH_PARAMS
 from pacs.fhir.store import FhirStore
@@ -67,7 +68,7 @@ def _referenced(conn: Connection, pks: list[int], types: tuple[str, ...]) -> lis
 
 def everything(
     store: FhirStore, patient_id: str, types: set[str] | None = None, base_url: str | None = None
-) -> dict[str, Any]:
+) -> Bundle:
     """The ``searchset`` Bundle of ``Patient/<patient_id>/$everything`` (``types``: the
     ``_type`` filter; the Patient itself is always there). Raises the store's 404/410."""
     unknown = sorted((types or set()) - set(SEARCH_PARAMS))
@@ -83,7 +84,11 @@ def everything(
         referenced = _referenced(conn, [r.pk for r in matched], REFERENCED_TYPES)
     entries = [_entry(base, patient, "match")]
     seen = {("Patient", patient_id)}
-    for rows, mode in ((matched, "match"), (referenced, "include")):
+    sections: tuple[tuple[list[Any], Literal["match", "include"]], ...] = (
+        (matched, "match"),
+        (referenced, "include"),
+    )
+    for rows, mode in sections:
         for row in sorted(rows, key=lambda r: (r.resource_type, r.id)):
             if (row.resource_type, row.id) in seen:
                 continue
@@ -100,7 +105,7 @@ def everything(
     }
 
 
-def _entry(base: str, resource: dict[str, Any], mode: str) -> dict[str, Any]:
+def _entry(base: str, resource: Resource, mode: Literal["match", "include"]) -> BundleEntry:
     return {
         "fullUrl": f"{base}/{resource['resourceType']}/{resource['id']}",
         "resource": resource,

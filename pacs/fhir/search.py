@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    FromClause,
+    SQLColumnExpression,
     and_,
     false,
     func,
@@ -19,6 +21,7 @@ from sqlalchemy import (
 )
 
 from pacs.fhir.errors import InvalidSearch, operation_outcome
+from pacs.fhir.resources import Bundle, BundleEntry, BundleLink
 from pacs.fhir.schema import FhirDate, FhirReference, FhirResource, FhirString, FhirToken
 from pacs.fhir.searchparams import (
     DATE,
@@ -96,7 +99,16 @@ def _date_bounds(value: str, name: str) -> tuple[str, datetime, datetime]:
     return prefix, low, high
 
 
-def _range_condition(prefix: str, lo: Any, hi: Any, plo: Any, phi: Any) -> ColumnElement[bool]:
+_Bound = TypeVar("_Bound", str, datetime)
+
+
+def _range_condition(
+    prefix: str,
+    lo: SQLColumnExpression[_Bound],
+    hi: SQLColumnExpression[_Bound],
+    plo: _Bound,
+    phi: _Bound,
+) -> ColumnElement[bool]:
     """Resource range ``lo..hi`` against the search range ``plo..phi`` (R4 3.1.1.5.6)."""
     eq = and_(lo >= plo, hi <= phi)
     if prefix == "eq":
@@ -128,7 +140,7 @@ def _escape_like(text: str) -> str:
 
 
 def _value_condition(
-    param: SearchParam, table: Any, modifier: str, value: str, name: str
+    param: SearchParam, table: FromClause, modifier: str, value: str, name: str
 ) -> ColumnElement[bool]:
     if param.type == TOKEN:
         parts = [unescape_search_value(p) for p in split_unescaped(value, "|", maxsplit=1)]
@@ -377,7 +389,9 @@ def _sort_key(rtype: str, name: str, desc: bool) -> Any:
     return col.desc().nulls_last() if desc else col.asc().nulls_last()
 
 
-def _entry(base: str, rtype: str, rid: str, content: str, mode: str) -> dict[str, Any]:
+def _entry(
+    base: str, rtype: str, rid: str, content: str, mode: Literal["match", "include"]
+) -> BundleEntry:
     return {
         "fullUrl": f"{base}/{rtype}/{rid}",
         "resource": load_stored(content),
@@ -391,11 +405,11 @@ def _link(base: str, rtype: str, kept: list[tuple[str, str]], **extra: int) -> s
     return f"{base}/{rtype}?{urlencode(query)}"
 
 
-def execute(conn: Connection, request: SearchRequest, base: str) -> dict[str, Any]:
+def execute(conn: Connection, request: SearchRequest, base: str) -> Bundle:
     """Run a parsed search: a ``searchset`` Bundle with total, links and entries."""
     rtype = request.resource_type
     where = [R.c.resource_type == rtype, R.c.deleted == false(), *request.where]
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    bundle: Bundle = {"resourceType": "Bundle", "type": "searchset"}
 
     def total() -> int:
         return int(conn.execute(select(func.count()).select_from(R).where(*where)).scalar_one())
@@ -420,7 +434,7 @@ def execute(conn: Connection, request: SearchRequest, base: str) -> dict[str, An
     has_next = len(rows) > request.count
     rows = rows[: request.count]
     count, offset = request.count, request.offset
-    links = [
+    links: list[BundleLink] = [
         {"relation": "self", "url": _link(base, rtype, request.kept, _count=count, _offset=offset)}
     ]
     if has_next:
@@ -469,10 +483,10 @@ def _included(
     pks: list[int],
     ids: list[str],
     seen: set[tuple[str, str]],
-) -> list[dict[str, Any]]:
+) -> list[BundleEntry]:
     rtype = request.resource_type
     ref = FhirReference.__table__
-    out: list[dict[str, Any]] = []
+    out: list[BundleEntry] = []
     if request.includes:
         target = R.alias("target")
         wanted = [

@@ -44,7 +44,10 @@ from pacs.fhir.errors import (
     UnsupportedResourceType,
 )
 from pacs.fhir.indexer import extract, local_references
-from pacs.fhir.schema import FhirReference
+from pacs.fhir.resources import Bundle
+from pacs.fhir.schema import (
+    FhirReference,
+)
 from pacs.fhir.searchparams import SEARCH_PARAMS
 from pacs.fhir.validation import load_stored, validate
 from pacs.fhir.values import escape_search_value, parse_reference
@@ -230,7 +233,7 @@ class FhirStore:
         *,
         strict: bool = False,
         base_url: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Bundle:
         """A ``searchset`` Bundle; unknown parameters raise when ``strict``, else are reported."""
         with self.engine.connect() as conn:
             return self.tx_search(conn, resource_type, params, strict=strict, base_url=base_url)
@@ -243,14 +246,14 @@ class FhirStore:
         *,
         strict: bool = False,
         base_url: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Bundle:
         """``search`` on ``conn``."""
         check_type(resource_type)
         request = fhir_search.parse(resource_type, params, strict, self.default_count)
         base = self.base_url if base_url is None else base_url.rstrip("/")
         return fhir_search.execute(conn, request, base)
 
-    def process_bundle(self, bundle: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
+    def process_bundle(self, bundle: dict[str, Any], base_url: str | None = None) -> Bundle:
         """A ``transaction`` (atomic) or ``batch`` Bundle; its response Bundle."""
         from pacs.fhir.bundle import process
 

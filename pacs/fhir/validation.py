@@ -11,6 +11,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from pacs.fhir.errors import InvalidResource, StoredResourceInvalid, operation_outcome
+from pacs.fhir.resources import Issue, OperationOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,13 @@ def validate(resource: Any, expected_type: str | None = None) -> None:
     try:
         cls.model_validate(resource)
     except ValidationError as exc:
-        issues = []
+        issues: list[Issue] = []
         for error in exc.errors()[:20]:
             issue = operation_outcome(
                 f"{error['msg']}", code="invalid", expression=[_expression(rtype, error["loc"])]
             )["issue"][0]
             issues.append(issue)
-        outcome = {"resourceType": "OperationOutcome", "issue": issues}
+        outcome: OperationOutcome = {"resourceType": "OperationOutcome", "issue": issues}
         first = issues[0]
         raise InvalidResource(
             f"{first['expression'][0]}: {first['diagnostics']}", outcome=outcome

@@ -21,12 +21,11 @@ from pacs.config import Settings
 from pacs.index.engine import create_index_engine
 from pacs.ingest import IngestService
 from pacs.jobs import metrics as job_metrics
-from pacs.jobs.lifecycle import parse_ae_periods
 from pacs.jobs.queue import queue_stats, reap
 from pacs.jobs.rules import RuleBook
 from pacs.jobs.sweeper import sweep
 from pacs.jobs.webhooks import WebhookSender
-from pacs.jobs.worker import Worker, backoff_of, parse_limits
+from pacs.jobs.worker import Worker, backoff_of
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +34,8 @@ PUBLISH_INTERVAL = 5.0  # seconds between change-feed publications by the sweepe
 
 
 def check_settings(settings: Settings) -> RuleBook:
-    """Validate the lifecycle/job settings and load the rules; raises ValueError/RulesError
-    with a message naming the problem (the process should not start)."""
-    parse_ae_periods(settings.stable_after_seconds_by_ae)
-    parse_limits(settings.worker_analysis_limits)
+    """Load the rules; raises RulesError with a message naming the problem (the process
+    should not start). The lifecycle and job settings were parsed by :class:`Settings`."""
     return RuleBook(settings.rules_file)
 
 

@@ -23,7 +23,11 @@ DataDir = Annotated[
 
 def _settings(data_dir: Path | None, **overrides: Any) -> Settings:
     values = {"data_dir": data_dir, **overrides}
-    return Settings(**{k: v for k, v in values.items() if v is not None})
+    try:
+        return Settings.load(**{k: v for k, v in values.items() if v is not None})
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def worker(

@@ -14,7 +14,6 @@ can start an analysis again.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -61,21 +60,6 @@ _TOUCH = Prepared(
 )
 
 
-def parse_ae_periods(text: str) -> dict[str, float]:
-    """``"CT1=60,MR2=300"`` -> ``{"CT1": 60.0, "MR2": 300.0}``; ValueError on bad entries."""
-    periods: dict[str, float] = {}
-    for entry in filter(None, (part.strip() for part in text.split(","))):
-        title, sep, seconds = entry.rpartition("=")
-        try:
-            value = float(seconds)
-        except ValueError:
-            value = math.nan
-        if not sep or not title.strip() or not math.isfinite(value) or value < 0:
-            raise ValueError(f"bad entry {entry!r}: expected AE_TITLE=seconds (seconds >= 0)")
-        periods[title.strip()] = value
-    return periods
-
-
 def orientation(image_orientation_patient: str, image_type: str) -> str:
     """AXIAL, CORONAL or SAGITTAL from ImageOrientationPatient (the plane whose normal is
     within about 30 degrees of an axis), else from ImageType's third value; "" if neither."""
@@ -109,9 +93,7 @@ class StudyLifecycle:
     @classmethod
     def from_settings(cls, settings: Settings) -> StudyLifecycle:
         """The lifecycle configured by ``stable_after_seconds[_by_ae]``."""
-        return cls(
-            settings.stable_after_seconds, parse_ae_periods(settings.stable_after_seconds_by_ae)
-        )
+        return cls(settings.stable_after_seconds, dict(settings.stable_after_seconds_by_ae))
 
     def quiet_period(self, ae_title: str) -> timedelta:
         """The quiet period after an instance from ``ae_title``."""

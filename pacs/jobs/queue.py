@@ -480,9 +480,12 @@ def reap(engine: Engine, backoff: Backoff, limit: int = 100) -> int:
     return len(rows)
 
 
+def _stamp(value: datetime | None) -> str | None:
+    return None if value is None else as_utc(value).isoformat()
+
+
 def job_json(row: Any) -> dict[str, Any]:
     """A job row as JSON."""
-    stamp = lambda v: None if v is None else as_utc(v).isoformat()  # noqa: E731
     return {
         "id": row.pk,
         "analysis": row.analysis,
@@ -494,17 +497,17 @@ def job_json(row: Any) -> dict[str, Any]:
         "status": row.status,
         "attempts": row.attempts,
         "max_attempts": row.max_attempts,
-        "run_after": stamp(row.run_after),
+        "run_after": _stamp(row.run_after),
         "lease_owner": row.lease_owner,
-        "lease_expires_at": stamp(row.lease_expires_at),
-        "heartbeat_at": stamp(row.heartbeat_at),
+        "lease_expires_at": _stamp(row.lease_expires_at),
+        "heartbeat_at": _stamp(row.heartbeat_at),
         "cancel_requested": row.cancel_requested,
         "error": row.error,
         "result": row.result,
         "options": row.options,
-        "created_at": stamp(row.created_at),
-        "started_at": stamp(row.started_at),
-        "finished_at": stamp(row.finished_at),
+        "created_at": _stamp(row.created_at),
+        "started_at": _stamp(row.started_at),
+        "finished_at": _stamp(row.finished_at),
     }
 
 

@@ -178,7 +178,7 @@ class WebhookSender:
 
     def sync_configured(self) -> None:
         """Register ``PACS_WEBHOOK_URLS`` (with ``PACS_WEBHOOK_SECRET``) if not yet known."""
-        for url in filter(None, (u.strip() for u in self.settings.webhook_urls.split(","))):
+        for url in self.settings.webhook_urls:
             with self.engine.connect() as conn:
                 known = conn.scalar(select(WEBHOOK.c.pk).where(WEBHOOK.c.url == url))
             if known is None:

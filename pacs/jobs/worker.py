@@ -33,17 +33,6 @@ from pacs.jobs.registry import UnknownAnalysisError, resolve
 log = logging.getLogger(__name__)
 
 
-def parse_limits(text: str) -> dict[str, int]:
-    """``"ct-chest=1,test=4"`` -> ``{"ct-chest": 1, "test": 4}``; ValueError on bad entries."""
-    limits: dict[str, int] = {}
-    for entry in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, count = entry.partition("=")
-        if not sep or not name.strip() or not count.strip().isdigit() or int(count) < 1:
-            raise ValueError(f"bad limit {entry!r}: expected ANALYSIS=count (count >= 1)")
-        limits[name.strip()] = int(count)
-    return limits
-
-
 def _close(conn: Connection | None) -> None:
     """Close a slot's connection, whatever state it is in."""
     if conn is not None:
@@ -73,7 +62,7 @@ class Worker:
         self.engine = engine
         self.ingest = ingest
         self.concurrency = concurrency or settings.worker_concurrency
-        self.limits = parse_limits(settings.worker_analysis_limits) if limits is None else limits
+        self.limits = dict(settings.worker_analysis_limits) if limits is None else limits
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = settings.job_lease_seconds
         self.backoff = backoff_of(settings)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from sqlalchemy.orm import InstrumentedAttribute
+
 from pacs.index.models import Instance, Patient, Series, Study
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -25,11 +27,11 @@ class Key:
     ``time``, ``uid``, ``int``; ``list`` for a backslash-joined multi-valued column)."""
 
     level: str
-    column: Any
+    column: InstrumentedAttribute[Any]
     kind: str
 
 
-def _key(level: str, column: Any, kind: str = "str") -> Key:
+def _key(level: str, column: InstrumentedAttribute[Any], kind: str = "str") -> Key:
     return Key(level, column, kind)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.multival import MultiValue
-from sqlalchemy import ColumnElement, String, and_, func, literal, or_, true
+from sqlalchemy import ColumnElement, SQLColumnExpression, String, and_, func, literal, or_, true
 
 from pacs.config import PnMatching
 from pacs.query.errors import QueryError
@@ -74,10 +74,10 @@ def condition(
 
 
 def _single(key: Key, value: str, options: MatchOptions) -> ColumnElement[bool]:
-    column = key.column
+    column: SQLColumnExpression[Any] = key.column
     if key.kind == "int":
         try:
-            return column == int(value)  # type: ignore[no-any-return]
+            return column == int(value)
         except ValueError as exc:
             raise QueryError(f"not an integer: {value!r}") from exc
     if key.kind in ("date", "time") and "-" in value:
@@ -85,17 +85,17 @@ def _single(key: Key, value: str, options: MatchOptions) -> ColumnElement[bool]:
     if key.kind == "list":
         column = literal("\\", String) + column + literal("\\", String)
         pattern = "%\\" + like_pattern(value) + "\\%"
-        return column.like(pattern, escape=ESCAPE)  # type: ignore[no-any-return]
+        return column.like(pattern, escape=ESCAPE)
     if key.kind == "pn":
         return person_name(column, value, options)
     if key.kind == "time" and not has_wildcard(value):
-        return column.like(like_pattern(value) + "%", escape=ESCAPE)  # type: ignore[no-any-return]
+        return column.like(like_pattern(value) + "%", escape=ESCAPE)
     if has_wildcard(value):
-        return column.like(like_pattern(value), escape=ESCAPE)  # type: ignore[no-any-return]
-    return column == value  # type: ignore[no-any-return]
+        return column.like(like_pattern(value), escape=ESCAPE)
+    return column == value
 
 
-def _range(column: Any, value: str, kind: str) -> ColumnElement[bool]:
+def _range(column: SQLColumnExpression[str], value: str, kind: str) -> ColumnElement[bool]:
     low, high = range_bounds(value, kind)
     parts = [column != ""]
     if low:
@@ -125,7 +125,9 @@ def compact(text: str, kind: str) -> str:
     return text
 
 
-def person_name(column: Any, value: str, options: MatchOptions) -> ColumnElement[bool]:
+def person_name(
+    column: SQLColumnExpression[str], value: str, options: MatchOptions
+) -> ColumnElement[bool]:
     """Case-insensitive Person Name matching, whole-value, by component or fuzzy."""
     name = func.lower(column)
     value = value.lower()
@@ -137,14 +139,12 @@ def person_name(column: Any, value: str, options: MatchOptions) -> ColumnElement
     if options.pn_matching == PnMatching.COMPONENTS and value.strip("^"):
         components = value.rstrip("^").split("^")
         pattern = "^".join(like_pattern(part) if part else "%" for part in components)
-        return or_(  # type: ignore[no-any-return]
-            name.like(pattern, escape=ESCAPE), name.like(pattern + "^%", escape=ESCAPE)
-        )
+        return or_(name.like(pattern, escape=ESCAPE), name.like(pattern + "^%", escape=ESCAPE))
     if has_wildcard(value):
-        return name.like(like_pattern(value), escape=ESCAPE)  # type: ignore[no-any-return]
-    return name == value  # type: ignore[no-any-return]
+        return name.like(like_pattern(value), escape=ESCAPE)
+    return name == value
 
 
-def _word_prefix(name: Any, pattern: str) -> ColumnElement[bool]:
+def _word_prefix(name: SQLColumnExpression[str], pattern: str) -> ColumnElement[bool]:
     """``pattern`` starts the name or one of its components, name groups or words."""
     return or_(*(name.like(lead + pattern + "%", escape=ESCAPE) for lead in ("", "%^", "%=", "% ")))

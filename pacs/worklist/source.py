@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select, tuple_
 
 from pacs.emr.identifiers import token_search_value
 from pacs.fhir.errors import ResourceGone, ResourceNotFound
+from pacs.fhir.resources import found
 from pacs.fhir.schema import FhirResource
 from pacs.fhir.store import FhirStore
 from pacs.index.models import RemoteAE, Study
@@ -104,7 +105,7 @@ class WorklistSource:
         offset = 0
         while True:
             bundle = self.store.search("ServiceRequest", [*params, ("_offset", str(offset))])
-            entries = [e["resource"] for e in bundle.get("entry") or [] if "resource" in e]
+            entries = found(bundle)
             self._prefetch(entries, cache)
             items = [item_from_service_request(r, resolve, ae_titles_of) for r in entries]
             arrived = self._arrived([i.accession_number for i in items if i is not None])

@@ -108,7 +108,7 @@ class Call:
     @property
     def base(self) -> str:
         """The DICOMweb base URL for BulkDataURIs (absolute, as clients need them)."""
-        public = self.request.app.state.settings.public_base_url
+        public: str | None = self.request.app.state.settings.public_base_url
         if public:
             return public.rstrip("/") + "/dicomweb"
         url = self.request.base_url

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from pacs.fhir.capability import capability_statement
 from pacs.fhir.errors import InvalidResource, InvalidSearch
 from pacs.fhir.everything import everything
+from pacs.fhir.resources import Resource
 from pacs.fhir.store import check_type
 from viewer_api.deps import CurrentUser, SessionDep
 from viewer_api.fhir_http import (
@@ -162,7 +163,8 @@ async def conditional_update(
         store = fhir_store(request)
         result = await run_in_threadpool(store.process_bundle, bundle, base_url(request))
         entry = result["entry"][0]
-        return _written(request, entry["resource"], int(entry["response"]["status"][:3]))
+        written = cast(Resource, entry["resource"])  # a PUT's entry: the stored resource
+        return _written(request, written, int(entry["response"]["status"][:3]))
 
     return await handle(request, session, user, "update", work)
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from viewer_api.negotiation import DICOM as DICOM
+from viewer_api.negotiation import DICOM_JSON as DICOM_JSON
+from viewer_api.negotiation import OCTET_STREAM as OCTET_STREAM
 from viewer_api.negotiation import (
-    DICOM,
-    DICOM_JSON,
-    OCTET_STREAM,
     accepts,
     matches,
     media_ranges,

@@ -8,8 +8,8 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.pixels import pixel_array
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from pacs.metadata.document import FrameIndex

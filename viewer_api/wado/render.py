@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import pixel_array
+from pydicom.pixels.utils import pixel_array
 
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 THUMBNAIL_SIZE = 128
@@ -160,7 +160,8 @@ def to_8bit(ds: Dataset, pixels: np.ndarray, window: Window | None) -> np.ndarra
     out = _voi(values, window)
     if photometric == "MONOCHROME1":
         out = 255.0 - out
-    return np.rint(out).astype(np.uint8)
+    rounded: np.ndarray = np.rint(out)
+    return rounded.astype(np.uint8)
 
 
 def _apply_viewport(image: Image.Image, viewport: Viewport | None) -> Image.Image:
