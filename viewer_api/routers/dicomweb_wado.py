@@ -147,7 +147,7 @@ def _register(
 def _retrieve(call: Call, target: Target) -> StreamingResponse:
     """All instances the path names, ``multipart/related; type="application/dicom"``."""
     try:
-        target, explicit = media.instance_syntax(call.accept())
+        wanted, explicit = media.instance_syntax(call.accept())
     except media.NotAcceptable as exc:
         call.fail(406, str(exc))
     rows = call.select(target, documents=False).rows
@@ -155,8 +155,8 @@ def _retrieve(call: Call, target: Target) -> StreamingResponse:
     for row in rows:
         stored = row.transfer_syntax_uid
         try:
-            media.check_syntax(target, stored, decodable(stored))
-            plan.append((row, stored if target in (media.AS_STORED, stored) else target))
+            media.check_syntax(wanted, stored, decodable(stored))
+            plan.append((row, stored if wanted in (media.AS_STORED, stored) else wanted))
         except media.NotAcceptable as exc:
             if explicit:
                 call.fail(406, str(exc))
