@@ -11,7 +11,10 @@ from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 
 from pacs import __version__
 from pacs.config import Settings
+from pacs.emr.feed import base_url
+from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine, session_factory
+from pacs.jobs.rules import RuleBook
 from pacs.runtime import build_ingest
 from pacs.storage import open_store
 from viewer_api.routers import (
@@ -42,6 +45,34 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
         docs_url=None,  # served by viewer_api.routers.docs with local assets
         redoc_url=None,
     )
+    _build_services(app, settings, dicom_server)
+    for router in PUBLIC_ROUTERS + PROTECTED_ROUTERS:
+        app.include_router(router)
+    _add_middleware(app, settings)
+    return app
+
+
+PUBLIC_ROUTERS = (health.router, docs.router)
+"""The only routes without ``CurrentUser``: probes, metrics and the API docs (no patient data)."""
+PROTECTED_ROUTERS = (
+    studies.router,
+    aes.router,
+    ui.router,
+    dicomweb_stow.router,
+    dicomweb_wado.router,
+    dicomweb_qido.router,
+    fhir.router,
+    review.router,
+    jobs.router,
+    quarantine.router,
+    changes.router,
+    webhooks.router,
+)
+"""Every other route: each depends on ``viewer_api.deps.CurrentUser`` (tests/test_http.py)."""
+
+
+def _build_services(app: FastAPI, settings: Settings, dicom_server: Any) -> None:
+    """The services routers get through ``viewer_api.deps``, built once per app."""
     engine = create_index_engine(settings)
     app.state.settings = settings
     app.state.engine = engine
@@ -49,23 +80,11 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     app.state.store = open_store(settings)
     # STOW-RS ingest has its own engine: its connections commit in group-commit mode
     app.state.ingest = build_ingest(settings, store=app.state.store)
+    app.state.fhir_store = FhirStore(
+        engine, base_url=f"{base_url(settings)}/fhir", default_count=settings.fhir_default_count
+    )
+    app.state.rules = RuleBook(settings.rules_file)
     app.state.dicom_server = dicom_server
-    app.include_router(health.router)
-    app.include_router(docs.router)
-    app.include_router(studies.router)
-    app.include_router(aes.router)
-    app.include_router(ui.router)
-    app.include_router(dicomweb_stow.router)
-    app.include_router(dicomweb_wado.router)
-    app.include_router(dicomweb_qido.router)
-    app.include_router(fhir.router)
-    app.include_router(review.router)
-    app.include_router(jobs.router)
-    app.include_router(quarantine.router)
-    app.include_router(changes.router)
-    app.include_router(webhooks.router)
-    _add_middleware(app, settings)
-    return app
 
 
 GZIP_MINIMUM_SIZE = 1024

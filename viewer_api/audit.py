@@ -1,30 +1,31 @@
-"""Audit trail of HTTP access to patient data."""
+"""The audit trail of one HTTP request (``pacs.audit`` rows: who, what, when, from where)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from fastapi import Request
 from sqlalchemy.orm import Session
 
-from pacs.index.models import AuditEvent
-from viewer_api.deps import User
+from pacs.audit import Access, record
 
 
-def record_access(
-    session: Session, request: Request, user: User, action: str, outcome: int = 200
-) -> None:
-    """Record that ``user`` performed ``action`` on the requested resource, and commit."""
-    # End the request's read transaction first: on SQLite a deferred transaction that has
-    # read cannot take the write lock once another process (ingest, the EMR feed, a job
-    # worker) committed after its snapshot ("database is locked" at once, no busy wait).
-    session.commit()
-    session.add(
-        AuditEvent(
-            user_name=user.name,
-            action=action,
-            resource=request.url.path[:255],
-            query=str(request.url.query)[:1024],
-            client_address=(request.client.host if request.client else "")[:64],
-            outcome=outcome,
-        )
-    )
-    session.commit()
+@dataclass(frozen=True, slots=True)
+class AuditTrail:
+    """Records accesses of ``user`` to the requested resource (see ``deps.AuditDep``)."""
+
+    session: Session
+    request: Request
+    user: str
+
+    def __call__(self, action: str, outcome: int = 200) -> None:
+        """Record that the user performed ``action`` with ``outcome`` (HTTP status); commits
+        (after ending the request's read transaction)."""
+        url = self.request.url
+        access = Access(self.user, action, url.path, str(url.query), self.client_address, outcome)
+        record(self.session, access)
+
+    @property
+    def client_address(self) -> str:
+        """The caller's address."""
+        return self.request.client.host if self.request.client else ""

@@ -1,4 +1,7 @@
-"""FastAPI dependencies: settings, database session, current user (the auth seam)."""
+"""FastAPI dependencies: the app's services (built once by ``viewer_api.app.create_app``), a
+database session per request, the current user (the one auth seam) and the audit trail.
+
+Routers take these ``Annotated`` aliases and nothing from ``app.state`` themselves."""
 
 from __future__ import annotations
 
@@ -7,10 +10,15 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from pacs.config import Settings
+from pacs.fhir.store import FhirStore
 from pacs.ingest import IngestService
+from pacs.jobs.rules import RuleBook
+from pacs.storage.base import ObjectStore
+from viewer_api.audit import AuditTrail
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +32,22 @@ class User:
 LOCAL_ADMIN = User(name="local-admin", roles=("admin",))
 
 
+def get_current_user(request: Request) -> User:
+    """The caller. The embedded default trusts the local machine and returns a local admin;
+    real authentication (OIDC / tokens) replaces this function, not its callers."""
+    return LOCAL_ADMIN
+
+
 def get_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
+
+
+def get_engine(request: Request) -> Engine:
+    """The index engine (for services that open their own connections)."""
+    engine: Engine = request.app.state.engine
+    return engine
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -36,19 +56,52 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_store(request: Request) -> ObjectStore:
+    """The object store holding the DICOM objects."""
+    store: ObjectStore = request.app.state.store
+    return store
+
+
 def get_ingest(request: Request) -> IngestService:
     """The app's one ingest service (the same path as C-STORE); its calls block."""
     ingest: IngestService = request.app.state.ingest
     return ingest
 
 
-def get_current_user(request: Request) -> User:
-    """The caller. The embedded default trusts the local machine and returns a local admin;
-    real authentication (OIDC / tokens) replaces this function, not its callers."""
-    return LOCAL_ADMIN
+def get_fhir_store(request: Request) -> FhirStore:
+    """The FHIR resource store on the index."""
+    store: FhirStore = request.app.state.fhir_store
+    return store
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+def get_rule_book(request: Request) -> RuleBook:
+    """The routing rules in force (``PACS_RULES_FILE``)."""
+    book: RuleBook = request.app.state.rules
+    return book
+
+
+def get_dicom_ready(request: Request) -> bool | None:
+    """Whether this process's DICOM server takes associations; None when it runs none."""
+    server = request.app.state.dicom_server
+    return None if server is None else bool(server.ready)
+
+
 CurrentUser = Annotated[User, Depends(get_current_user)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
 IngestDep = Annotated[IngestService, Depends(get_ingest)]
+FhirStoreDep = Annotated[FhirStore, Depends(get_fhir_store)]
+RuleBookDep = Annotated[RuleBook, Depends(get_rule_book)]
+DicomReadyDep = Annotated[bool | None, Depends(get_dicom_ready)]
+
+
+def get_audit(request: Request, session: SessionDep, user: CurrentUser) -> AuditTrail:
+    """The audit trail of this request, as ``user``."""
+    return AuditTrail(session, request, user.name)
+
+
+AuditDep = Annotated[AuditTrail, Depends(get_audit)]
+"""Every route that touches the index takes this: it authenticates the caller
+(``CurrentUser``) and records the access (``audit(action, status)``)."""

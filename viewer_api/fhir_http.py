@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import Request, Response
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from pacs.config import Settings
 from pacs.fhir.errors import (
     FhirError,
     InvalidResource,
@@ -21,8 +22,7 @@ from pacs.fhir.errors import (
     UnsupportedMediaType,
 )
 from pacs.fhir.store import FhirStore
-from viewer_api.audit import record_access
-from viewer_api.deps import User
+from viewer_api.audit import AuditTrail
 from viewer_api.negotiation import media_ranges, parse_media_type
 
 FHIR_JSON = "application/fhir+json"
@@ -30,25 +30,32 @@ _JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fh
 _FORM = "application/x-www-form-urlencoded"
 
 
-def base_url(request: Request) -> str:
-    """The FHIR base URL as clients see it (``PACS_PUBLIC_BASE_URL`` or the request's)."""
-    public = request.app.state.settings.public_base_url
-    root = public.rstrip("/") if public else str(request.base_url).rstrip("/")
-    return f"{root}/fhir"
+@dataclass(frozen=True, slots=True)
+class FhirCall:
+    """One FHIR request: the store, the base URL clients see, the body limit, the audit."""
 
+    request: Request
+    store: FhirStore
+    settings: Settings
+    audit: AuditTrail
 
-def fhir_store(request: Request) -> FhirStore:
-    """The app's FhirStore on the index engine (made on first use)."""
-    store: FhirStore | None = getattr(request.app.state, "fhir_store", None)
-    if store is None:
-        settings = request.app.state.settings
-        store = FhirStore(
-            request.app.state.engine,
-            base_url=base_url(request),
-            default_count=settings.fhir_default_count,
-        )
-        request.app.state.fhir_store = store
-    return store
+    @property
+    def base(self) -> str:
+        """The FHIR base URL as clients see it (``PACS_PUBLIC_BASE_URL`` or the request's)."""
+        public = self.settings.public_base_url
+        root = public.rstrip("/") if public else str(self.request.base_url).rstrip("/")
+        return f"{root}/fhir"
+
+    async def answer(self, action: str, work: Callable[[], Awaitable[Response]]) -> Response:
+        """Run ``work``; a ``FhirError`` becomes its status and OperationOutcome. Audited as
+        ``action`` with the status answered."""
+        try:
+            check_format(self.request)
+            response = await work()
+        except FhirError as exc:
+            response = fhir_response(exc.outcome, exc.status)
+        await run_in_threadpool(self.audit, action, response.status_code)
+        return response
 
 
 def fhir_response(
@@ -75,11 +82,10 @@ def resource_headers(resource: dict[str, Any], base: str, location: bool) -> dic
     return headers
 
 
-async def read_body(request: Request, form: bool = False) -> bytes:
+async def read_body(request: Request, limit: int, form: bool = False) -> bytes:
     """The request body, refused with 413 above ``fhir_max_body_bytes`` (before it is read
     when Content-Length says so) and with 415 unless it is FHIR JSON (or a form for
     ``_search``)."""
-    limit: int = request.app.state.settings.fhir_max_body_bytes
     media, _params = parse_media_type(request.headers.get("content-type", ""))
     allowed = {_FORM} if form else _JSON_TYPES
     if media and media not in allowed:
@@ -96,9 +102,9 @@ async def read_body(request: Request, form: bool = False) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request) -> Any:
+async def read_json(call: FhirCall) -> Any:
     """The request body parsed as JSON; 400 with the position of a syntax error."""
-    body = await read_body(request)
+    body = await read_body(call.request, call.settings.fhir_max_body_bytes)
     if not body.strip():
         raise InvalidResource("the request body is empty")
     try:
@@ -113,9 +119,10 @@ async def read_json(request: Request) -> Any:
         raise InvalidResource("the JSON is nested too deeply") from None
 
 
-async def read_form(request: Request) -> list[tuple[str, str]]:
+async def read_form(call: FhirCall) -> list[tuple[str, str]]:
     """The parameters of a ``POST _search``: form body, then the URL's query."""
-    body = await read_body(request, form=True)
+    request = call.request
+    body = await read_body(request, call.settings.fhir_max_body_bytes, form=True)
     try:
         params = parse_qsl(body.decode(), keep_blank_values=True)
     except UnicodeDecodeError:
@@ -144,20 +151,3 @@ def check_format(request: Request) -> None:
     types = [r.media_type for r in media_ranges(accept)]
     if accept.strip() and not any("json" in t or t in ("*/*", "application/*") for t in types):
         raise NotAcceptable(f"Accept: {accept}: this server answers application/fhir+json only")
-
-
-async def handle(
-    request: Request,
-    session: Session,
-    user: User,
-    action: str,
-    work: Callable[[], Awaitable[Response]],
-) -> Response:
-    """Run ``work``; a ``FhirError`` becomes its status and OperationOutcome. Audited."""
-    try:
-        check_format(request)
-        response = await work()
-    except FhirError as exc:
-        response = fhir_response(exc.outcome, exc.status)
-    await run_in_threadpool(record_access, session, request, user, action, response.status_code)
-    return response

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from inference import records as ai_records
 from pacs import changes
+from pacs.audit import Access, access_event
 from pacs.emr import EmrLinkError
 from pacs.emr.identifiers import USER, reference_id
 from pacs.emr.projection import dicomweb_endpoint, find_service_request
@@ -47,7 +48,7 @@ from pacs.emr.report import (
 from pacs.emr.tables import AiReport, ReviewDecision
 from pacs.fhir.errors import FhirError
 from pacs.fhir.store import FhirStore
-from pacs.index.models import AuditEvent, Instance, Series, Study, as_utc
+from pacs.index.models import Instance, Series, Study, as_utc
 from pacs.ingest import IngestService
 from pacs.ingest.source import Source
 from pacs.storage.base import ObjectStore
@@ -435,17 +436,8 @@ def _sign(
         )
         table = ai_records.AI_RESULT
         conn.execute(update(table).where(table.c.pk == result_pk).values(status=status))
-        conn.execute(
-            insert(AuditEvent).values(
-                recorded_at=signed_at,
-                user_name=signer[:128],
-                action="sign",
-                resource=f"api/review/{result_pk}",
-                query=status,
-                client_address=client_address[:64],
-                outcome=200,
-            )
-        )
+        access = Access(signer, "sign", f"api/review/{result_pk}", status, client_address)
+        conn.execute(access_event(access, at=signed_at))
         changes.record(
             conn,
             "result.signed",

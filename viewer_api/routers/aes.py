@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
 from pacs.aes import AESpec, InvalidAEError, UnknownAEError, get_ae, list_aes, put_ae, remove_ae
 from pacs.index.models import RemoteAE, as_utc
-from viewer_api.audit import record_access
-from viewer_api.deps import CurrentUser, SessionDep
+from viewer_api.deps import AuditDep, CurrentUser, SessionDep
 
 router = APIRouter(prefix="/api/aes", tags=["aes"])
 
@@ -76,12 +75,7 @@ def get_remote_ae(title: str, session: SessionDep, user: CurrentUser) -> AEOut:
 
 @router.put("/{title}", responses={201: {"model": AEOut}})
 def put_remote_ae(
-    title: str,
-    body: AEBody,
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    user: CurrentUser,
+    title: str, body: AEBody, response: Response, session: SessionDep, audit: AuditDep
 ) -> AEOut:
     """Create (201) or update (200) the entry for ``title``."""
     try:
@@ -90,21 +84,19 @@ def put_remote_ae(
         raise _invalid(exc) from None
     entry, created = put_ae(session, spec)
     response.status_code = 201 if created else 200
-    record_access(session, request, user, "create" if created else "update", response.status_code)
+    audit("create" if created else "update", response.status_code)
     return _out(entry)
 
 
 @router.delete("/{title}", status_code=204)
-def delete_remote_ae(
-    title: str, request: Request, session: SessionDep, user: CurrentUser
-) -> Response:
+def delete_remote_ae(title: str, session: SessionDep, audit: AuditDep) -> Response:
     """Remove the entry; 404 if the title is not registered."""
     try:
         remove_ae(session, title)
     except InvalidAEError as exc:
         raise _invalid(exc) from None
     except UnknownAEError as exc:
-        record_access(session, request, user, "delete", 404)
+        audit("delete", 404)
         raise HTTPException(404, str(exc)) from None
-    record_access(session, request, user, "delete", 204)
+    audit("delete", 204)
     return Response(status_code=204)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 
 from pacs.changes import KINDS, last_seq, read_since
-from viewer_api.audit import record_access
-from viewer_api.deps import CurrentUser, SessionDep
+from viewer_api.deps import AuditDep, EngineDep
 
 router = APIRouter(tags=["changes"])
 
@@ -19,17 +19,38 @@ Kind = Annotated[
 ]
 
 
+class Change(BaseModel):
+    """One event of the feed."""
+
+    seq: int
+    kind: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    payload: dict[str, Any] | None
+    created_at: str
+
+
+class ChangePage(BaseModel):
+    """Events after ``since``: ``last`` is the seq to pass as ``since`` next time, ``done``
+    true when nothing newer exists yet, ``newest`` the newest seq of the feed."""
+
+    changes: list[Change]
+    last: int
+    done: bool
+    newest: int
+
+
 @router.get("/api/changes")
 def changes(
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
+    engine: EngineDep,
+    audit: AuditDep,
     since: Annotated[
         int, Query(ge=0, description="Last seq already seen (0: from the start).")
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     kind: Kind = None,
-) -> dict[str, Any]:
+) -> ChangePage:
     """Events with ``seq > since``, oldest first. ``last`` is the seq to pass as ``since``
     next time; ``done`` is true when nothing newer exists yet."""
     unknown = sorted(set(kind or []) - KINDS)
@@ -44,14 +65,13 @@ def changes(
                 }
             ]
         )
-    with request.app.state.engine.connect() as conn:
+    with engine.connect() as conn:
         events = read_since(conn, since, limit, set(kind) if kind else None)
         newest = last_seq(conn)
-    record_access(session, request, user, "search")
-    last = events[-1].seq if events else since
-    return {
-        "changes": [e.as_json() for e in events],
-        "last": last,
-        "done": len(events) < limit,
-        "newest": newest,
-    }
+    audit("search")
+    return ChangePage(
+        changes=[Change.model_validate(e.as_json()) for e in events],
+        last=events[-1].seq if events else since,
+        done=len(events) < limit,
+        newest=newest,
+    )

@@ -10,22 +10,21 @@ ignored matching keys. Every request is audited as ``search``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from pacs.config import Settings
-from pacs.index.models import Series, Study
 from pacs.query import QueryError, QueryModel
+from pacs.query.catalog import missing_level
 from pacs.query.find import Match, find_values
 from pacs.query.matching import MatchOptions
-from viewer_api.audit import record_access
-from viewer_api.deps import CurrentUser, SessionDep, SettingsDep
+from viewer_api.deps import AuditDep, SessionDep, SettingsDep
+from viewer_api.dicomweb_paths import Target, everything, one_series, one_study
 from viewer_api.negotiation import DICOM_JSON, accepts
 from viewer_api.qido import QidoError, QidoQuery, parse, to_json
 
@@ -34,9 +33,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 _WARN_AGENT = "299 pacs"
-
-StudyUID = Annotated[str, Path(description="Study Instance UID")]
-SeriesUID = Annotated[str, Path(description="Series Instance UID")]
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Matches (possibly none)", "content": {DICOM_JSON: {}}},
@@ -62,86 +58,75 @@ _PARAMETERS = {
 }
 
 
-@router.get("/studies", responses=_RESPONSES, openapi_extra=_PARAMETERS)
-def search_studies(
-    request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
-) -> Response:
-    """Search for studies."""
-    return _search(request, session, user, settings, "STUDY", {})
+SearchScope = Callable[..., Target]
 
-
-@router.get("/series", responses=_RESPONSES, openapi_extra=_PARAMETERS)
-def search_series(
-    request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
-) -> Response:
-    """Search for series of any study."""
-    return _search(request, session, user, settings, "SERIES", {})
-
-
-@router.get("/studies/{study}/series", responses=_RESPONSES, openapi_extra=_PARAMETERS)
-def search_study_series(
-    study: StudyUID, request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
-) -> Response:
-    """Search for series of one study."""
-    return _search(request, session, user, settings, "SERIES", {"StudyInstanceUID": study})
-
-
-@router.get("/instances", responses=_RESPONSES, openapi_extra=_PARAMETERS)
-def search_instances(
-    request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
-) -> Response:
-    """Search for instances of any study."""
-    return _search(request, session, user, settings, "IMAGE", {})
-
-
-@router.get("/studies/{study}/instances", responses=_RESPONSES, openapi_extra=_PARAMETERS)
-def search_study_instances(
-    study: StudyUID, request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
-) -> Response:
-    """Search for instances of one study."""
-    return _search(request, session, user, settings, "IMAGE", {"StudyInstanceUID": study})
-
-
-@router.get(
-    "/studies/{study}/series/{series}/instances",
-    responses=_RESPONSES,
-    openapi_extra=_PARAMETERS,
+_SEARCHES: tuple[tuple[str, str, SearchScope, str, str], ...] = (
+    ("/studies", "STUDY", everything, "search_studies", "Search for studies."),
+    ("/series", "SERIES", everything, "search_series", "Search for series of any study."),
+    (
+        "/studies/{study}/series",
+        "SERIES",
+        one_study,
+        "search_study_series",
+        "Search for series of one study.",
+    ),
+    ("/instances", "IMAGE", everything, "search_instances", "Search for instances of any study."),
+    (
+        "/studies/{study}/instances",
+        "IMAGE",
+        one_study,
+        "search_study_instances",
+        "Search for instances of one study.",
+    ),
+    (
+        "/studies/{study}/series/{series}/instances",
+        "IMAGE",
+        one_series,
+        "search_series_instances",
+        "Search for instances of one series.",
+    ),
 )
-def search_series_instances(
-    study: StudyUID,
-    series: SeriesUID,
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
-    settings: SettingsDep,
-) -> Response:
-    """Search for instances of one series."""
-    scope = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
-    return _search(request, session, user, settings, "IMAGE", scope)
+"""The six QIDO-RS resources: path, query level, path dependency, name, description."""
 
 
-def _search(
-    request: Request,
-    session: Session,
-    user: Any,
-    settings: Settings,
-    level: str,
-    scope: dict[str, str],
-) -> Response:
-    try:
-        response = _answer(request, session, settings, level, scope)
-    except QidoError as exc:
-        response = JSONResponse({"detail": exc.detail}, status_code=exc.status)
-    except QueryError as exc:
-        response = JSONResponse({"detail": str(exc)}, status_code=400)
-    except SQLAlchemyError:
-        log.exception("QIDO-RS failed in the index")
-        response = JSONResponse({"detail": "index unavailable"}, status_code=503)
-    # end the read transaction first: on SQLite, upgrading a read snapshot to a write fails
-    # at once ("database is locked") when another process committed in between
-    session.rollback()
-    record_access(session, request, user, "search", response.status_code)
-    return response
+def _endpoint(level: str, scope: SearchScope) -> Callable[..., Response]:
+    """The endpoint searching at ``level`` within the path's study / series."""
+
+    def search(
+        request: Request,
+        session: SessionDep,
+        audit: AuditDep,
+        settings: SettingsDep,
+        target: Target = Depends(scope),
+    ) -> Response:
+        try:
+            response = _answer(request, session, settings, level, target.keys())
+        except QidoError as exc:
+            response = JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        except QueryError as exc:
+            response = JSONResponse({"detail": str(exc)}, status_code=400)
+        except SQLAlchemyError:
+            log.exception("QIDO-RS failed in the index")
+            response = JSONResponse({"detail": "index unavailable"}, status_code=503)
+        # end the read transaction first: on SQLite, upgrading a read snapshot to a write
+        # fails at once ("database is locked") when another process committed in between
+        session.rollback()
+        audit("search", response.status_code)
+        return response
+
+    return search
+
+
+for _path, _level, _scope, _name, _description in _SEARCHES:
+    router.add_api_route(
+        _path,
+        _endpoint(_level, _scope),
+        methods=["GET"],
+        name=_name,
+        description=_description,
+        responses=_RESPONSES,
+        openapi_extra=_PARAMETERS,
+    )
 
 
 def _answer(
@@ -183,19 +168,8 @@ def _run(session: Session, query: QidoQuery, options: MatchOptions) -> Iterator[
 
 def _check_scope(session: Session, scope: dict[str, str]) -> None:
     """404 when the study (or the series within it) of the path is not stored."""
-    study_uid = scope.get("StudyInstanceUID")
-    if study_uid is None:
-        return
-    study_pk = session.scalar(select(Study.pk).where(Study.study_instance_uid == study_uid))
-    if study_pk is None:
+    missing = missing_level(session, scope.get("StudyInstanceUID"), scope.get("SeriesInstanceUID"))
+    if missing == "study":
         raise QidoError(404, "no such study")
-    series_uid = scope.get("SeriesInstanceUID")
-    if series_uid is None:
-        return
-    found = session.scalar(
-        select(Series.pk).where(
-            Series.series_instance_uid == series_uid, Series.study_pk == study_pk
-        )
-    )
-    if found is None:
+    if missing == "series":
         raise QidoError(404, "no such series in this study")

@@ -15,14 +15,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from pacs.config import Settings
 from pacs.ingest import IngestService, Source
 from pacs.storage import is_valid_uid
-from viewer_api.audit import record_access
-from viewer_api.deps import CurrentUser, IngestDep, SessionDep, User
+from viewer_api.audit import AuditTrail
+from viewer_api.deps import AuditDep, IngestDep, SettingsDep
 from viewer_api.multipart import (
     MultipartError,
     SpooledPart,
@@ -67,37 +67,39 @@ _BODY = {
 
 @router.post("/studies", responses=_RESPONSES, openapi_extra=_BODY)
 async def store_instances(
-    request: Request, session: SessionDep, user: CurrentUser, ingest: IngestDep
+    request: Request, audit: AuditDep, ingest: IngestDep, settings: SettingsDep
 ) -> JSONResponse:
     """Store the instances of the multipart body, of any studies."""
-    return await _stow(request, session, user, ingest, None)
+    return await _stow(request, audit, ingest, settings, None)
 
 
 @router.post("/studies/{study}", responses=_RESPONSES, openapi_extra=_BODY)
 async def store_study_instances(
     study: Annotated[str, Path(description="Study Instance UID every instance must have")],
     request: Request,
-    session: SessionDep,
-    user: CurrentUser,
+    audit: AuditDep,
     ingest: IngestDep,
+    settings: SettingsDep,
 ) -> JSONResponse:
     """Store the instances of the multipart body; instances of another study are refused."""
-    return await _stow(request, session, user, ingest, study)
+    return await _stow(request, audit, ingest, settings, study)
 
 
 async def _stow(
     request: Request,
-    session: Session,
-    user: User,
+    audit: AuditTrail,
     ingest: IngestService,
+    settings: Settings,
     study: str | None,
 ) -> JSONResponse:
-    response = await _answer(request, ingest, study)
-    await run_in_threadpool(record_access, session, request, user, "create", response.status_code)
+    response = await _answer(request, ingest, settings, study)
+    await run_in_threadpool(audit, "create", response.status_code)
     return response
 
 
-async def _answer(request: Request, ingest: IngestService, study: str | None) -> JSONResponse:
+async def _answer(
+    request: Request, ingest: IngestService, settings: Settings, study: str | None
+) -> JSONResponse:
     if study is not None and not is_valid_uid(study):
         return _error(400, "the Study Instance UID in the path is not a valid UID")
     if not accepts(request.headers.get("accept", ""), DICOM_JSON, "application/json"):
@@ -121,7 +123,7 @@ async def _answer(request: Request, ingest: IngestService, study: str | None) ->
     status = http_status(results)
     stored = sum(1 for r in results if r.stored)
     log.info("STOW-RS from %s: %d of %d stored", source.host, stored, len(results))
-    public = request.app.state.settings.public_base_url
+    public = settings.public_base_url
     base = (public or str(request.base_url)).rstrip("/") + "/dicomweb"
     body = response_json(response_dataset(results, base, study))
     warning = warning_header(results)

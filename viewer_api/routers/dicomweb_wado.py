@@ -11,23 +11,33 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Annotated, NoReturn
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydicom import dcmread
 from pydicom.uid import UID
+from sqlalchemy import Engine
 
+from pacs.config import Settings
 from pacs.errors import StorageError
 from pacs.metadata.dicom_json import dumps, element
 from pacs.metadata.document import BASE_PLACEHOLDER, PIXEL_DATA, tag_path, value_at
 from pacs.metadata.records import MetadataRow, content_tag
+from pacs.metadata.selection import (
+    BadPath,
+    NotFound,
+    Selection,
+    select_instances,
+    with_documents,
+)
 from pacs.storage.base import ObjectStore
-from viewer_api.audit import record_access
-from viewer_api.deps import CurrentUser, SessionDep, User
+from viewer_api.audit import AuditTrail
+from viewer_api.deps import AuditDep, EngineDep, SettingsDep, StoreDep
+from viewer_api.dicomweb_paths import Target, one_instance, one_series, one_study
 from viewer_api.negotiation import accepts
 from viewer_api.wado import media, parts
 from viewer_api.wado.pixels import (
@@ -48,7 +58,6 @@ from viewer_api.wado.render import (
     parse_window,
     render,
 )
-from viewer_api.wado.resolve import BadPath, NotFound, Selection, select_instances, with_documents
 
 log = logging.getLogger(__name__)
 
@@ -56,44 +65,34 @@ router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 CACHE_CONTROL = "private, no-cache"  # patient data: revalidate with the ETag every time
 
-StudyUID = Annotated[str, Path(description="StudyInstanceUID")]
-SeriesUID = Annotated[str, Path(description="SeriesInstanceUID")]
-InstanceUID = Annotated[str, Path(description="SOPInstanceUID")]
-
 
 @dataclass
 class Call:
-    """One WADO-RS request: who asked, where the data is, and its audit record."""
+    """One WADO-RS request: where the data is, and its audit record."""
 
     request: Request
-    session: SessionDep
-    user: User
-
-    @property
-    def store(self) -> ObjectStore:
-        store: ObjectStore = self.request.app.state.store
-        return store
-
-    def audit(self, status: int = 200) -> None:
-        record_access(self.session, self.request, self.user, "read", status)
+    engine: Engine
+    store: ObjectStore
+    settings: Settings
+    audit: AuditTrail
 
     def fail(self, status: int, detail: str) -> NoReturn:
-        self.audit(status)
+        self.audit("read", status)
         raise HTTPException(status, detail)
 
-    def select(
-        self, study: str, series: str | None = None, instance: str | None = None, **kw: bool
-    ) -> Selection:
+    def select(self, target: Target, *, documents: bool = True) -> Selection:
+        assert target.study is not None  # every WADO-RS path names a study
         try:
-            with self.request.app.state.engine.connect() as conn:
-                return select_instances(conn, study, series, instance, **kw)
+            return select_instances(
+                self.engine, target.study, target.series, target.instance, documents=documents
+            )
         except BadPath as exc:
             self.fail(400, str(exc))
         except NotFound as exc:
             self.fail(404, f"{exc} not found")
 
     def documents(self, selection: Selection) -> Selection:
-        return with_documents(self.request.app.state.engine, self.store, selection)
+        return with_documents(self.engine, self.store, selection)
 
     def accept(self) -> str:
         return self.request.headers.get("accept", "")
@@ -108,7 +107,7 @@ class Call:
     @property
     def base(self) -> str:
         """The DICOMweb base URL for BulkDataURIs (absolute, as clients need them)."""
-        public: str | None = self.request.app.state.settings.public_base_url
+        public = self.settings.public_base_url
         if public:
             return public.rstrip("/") + "/dicomweb"
         url = self.request.base_url
@@ -120,63 +119,49 @@ class Call:
         return str(url).rstrip("/") + "/dicomweb"
 
 
-def _call(request: Request, session: SessionDep, user: CurrentUser) -> Call:
-    return Call(request, session, user)
+def _call(
+    request: Request, engine: EngineDep, store: StoreDep, settings: SettingsDep, audit: AuditDep
+) -> Call:
+    return Call(request, engine, store, settings, audit)
+
+
+CallDep = Annotated[Call, Depends(_call)]
+
+
+def _register(
+    shapes: tuple[tuple[str, Callable[..., Target], str, str], ...],
+    handler: Callable[[Call, Target], Response],
+) -> None:
+    """One route per (path, path dependency, name, description), all served by ``handler``."""
+    for path, scope, name, description in shapes:
+
+        def endpoint(call: CallDep, target: Target = Depends(scope)) -> Response:
+            return handler(call, target)
+
+        router.add_api_route(path, endpoint, methods=["GET"], name=name, description=description)
 
 
 # ---------------------------------------------------------------- instances
 
 
-@router.get("/studies/{study}")
-def retrieve_study(
-    study: StudyUID, request: Request, session: SessionDep, user: CurrentUser
-) -> StreamingResponse:
-    """All instances of a study, ``multipart/related; type="application/dicom"``."""
-    return _retrieve(_call(request, session, user), study)
-
-
-@router.get("/studies/{study}/series/{series}")
-def retrieve_series(
-    study: StudyUID, series: SeriesUID, request: Request, session: SessionDep, user: CurrentUser
-) -> StreamingResponse:
-    """All instances of a series."""
-    return _retrieve(_call(request, session, user), study, series)
-
-
-@router.get(
-    "/studies/{study}/series/{series}/instances/{instance}", response_class=StreamingResponse
-)
-def retrieve_instance(
-    study: StudyUID,
-    series: SeriesUID,
-    instance: InstanceUID,
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
-) -> StreamingResponse:
-    """One instance."""
-    return _retrieve(_call(request, session, user), study, series, instance)
-
-
-def _retrieve(
-    call: Call, study: str, series: str | None = None, instance: str | None = None
-) -> StreamingResponse:
+def _retrieve(call: Call, target: Target) -> StreamingResponse:
+    """All instances the path names, ``multipart/related; type="application/dicom"``."""
     try:
-        target, explicit = media.instance_syntax(call.accept())
+        wanted, explicit = media.instance_syntax(call.accept())
     except media.NotAcceptable as exc:
         call.fail(406, str(exc))
-    rows = call.select(study, series, instance, documents=False).rows
+    rows = call.select(target, documents=False).rows
     plan: list[tuple[MetadataRow, str]] = []
     for row in rows:
         stored = row.transfer_syntax_uid
         try:
-            media.check_syntax(target, stored, decodable(stored))
-            plan.append((row, stored if target in (media.AS_STORED, stored) else target))
+            media.check_syntax(wanted, stored, decodable(stored))
+            plan.append((row, stored if wanted in (media.AS_STORED, stored) else wanted))
         except media.NotAcceptable as exc:
             if explicit:
                 call.fail(406, str(exc))
             plan.append((row, stored))  # default syntax impossible: as stored (PS3.18 8.7.3.5.2)
-    call.audit()
+    call.audit("read")
     boundary = parts.new_boundary()
     store = call.store
     return StreamingResponse(
@@ -195,57 +180,71 @@ def _instances(
         yield media.DICOM, syntax, data
 
 
+_register(
+    (
+        ("/studies/{study}", one_study, "retrieve_study", "All instances of a study."),
+        (
+            "/studies/{study}/series/{series}",
+            one_series,
+            "retrieve_series",
+            "All instances of a series.",
+        ),
+        (
+            "/studies/{study}/series/{series}/instances/{instance}",
+            one_instance,
+            "retrieve_instance",
+            "One instance.",
+        ),
+    ),
+    _retrieve,
+)
+
 # ---------------------------------------------------------------- metadata
 
 
-@router.get("/studies/{study}/metadata")
-def study_metadata(
-    study: StudyUID, request: Request, session: SessionDep, user: CurrentUser
-) -> Response:
-    """DICOM JSON of every instance of a study (bulk data as BulkDataURI)."""
-    return _metadata(_call(request, session, user), study)
-
-
-@router.get("/studies/{study}/series/{series}/metadata")
-def series_metadata(
-    study: StudyUID, series: SeriesUID, request: Request, session: SessionDep, user: CurrentUser
-) -> Response:
-    """DICOM JSON of every instance of a series."""
-    return _metadata(_call(request, session, user), study, series)
-
-
-@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
-def instance_metadata(
-    study: StudyUID,
-    series: SeriesUID,
-    instance: InstanceUID,
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
-) -> Response:
-    """DICOM JSON of one instance."""
-    return _metadata(_call(request, session, user), study, series, instance)
-
-
-def _metadata(
-    call: Call, study: str, series: str | None = None, instance: str | None = None
-) -> Response:
+def _metadata(call: Call, target: Target) -> Response:
+    """DICOM JSON of every instance the path names (bulk data as BulkDataURI)."""
     try:
         media.metadata_type(call.accept())
     except media.NotAcceptable as exc:
         call.fail(406, str(exc))
-    selection = call.select(study, series, instance)
+    selection = call.select(target)
     etag = f'"{content_tag(selection.rows)}"'
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
     if _matches(call.request.headers.get("if-none-match", ""), etag):
-        call.audit(304)
+        call.audit("read", 304)
         return Response(status_code=304, headers=headers)
     selection = call.documents(selection)
     documents = [row.json() if row.document else _minimal(row, selection) for row in selection.rows]
     body = b"[" + b",".join(documents) + b"]"
     body = body.replace(BASE_PLACEHOLDER.encode(), call.base.encode())
-    call.audit()
+    call.audit("read")
     return Response(body, media_type=media.DICOM_JSON, headers=headers)
+
+
+_register(
+    (
+        (
+            "/studies/{study}/metadata",
+            one_study,
+            "study_metadata",
+            "DICOM JSON of every instance of a study (bulk data as BulkDataURI).",
+        ),
+        (
+            "/studies/{study}/series/{series}/metadata",
+            one_series,
+            "series_metadata",
+            "DICOM JSON of every instance of a series.",
+        ),
+        (
+            "/studies/{study}/series/{series}/instances/{instance}/metadata",
+            one_instance,
+            "instance_metadata",
+            "DICOM JSON of one instance.",
+        ),
+    ),
+    _metadata,
+)
 
 
 def _matches(if_none_match: str, etag: str) -> bool:
@@ -268,9 +267,8 @@ def _minimal(row: MetadataRow, selection: Selection) -> bytes:
 # ---------------------------------------------------------------- frames and bulk data
 
 
-def _instance_row(call: Call, study: str, series: str, instance: str) -> MetadataRow:
-    selection = call.documents(call.select(study, series, instance))
-    return selection.rows[0]
+def _instance_row(call: Call, target: Target) -> MetadataRow:
+    return call.documents(call.select(target)).rows[0]
 
 
 def _frame_count(call: Call, row: MetadataRow) -> int:
@@ -296,18 +294,13 @@ def _frame_numbers(call: Call, text: str) -> list[int]:
     "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
 )
 def retrieve_frames(
-    study: StudyUID,
-    series: SeriesUID,
-    instance: InstanceUID,
     frames: Annotated[str, Path(description="1-based frame numbers, comma separated")],
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
+    call: CallDep,
+    target: Target = Depends(one_instance),
 ) -> StreamingResponse:
     """Pixel data of frames: as stored (ranged reads through the frame index) or decoded."""
-    call = _call(request, session, user)
     numbers = _frame_numbers(call, frames)
-    row = _instance_row(call, study, series, instance)
+    row = _instance_row(call, target)
     count = _frame_count(call, row)
     if max(numbers) > count:
         call.fail(400, f"the instance has {count} frame(s)")
@@ -316,7 +309,7 @@ def retrieve_frames(
         choice = media.frame_choice(call.accept(), stored, decodable(stored))
     except media.NotAcceptable as exc:
         call.fail(406, str(exc))
-    call.audit()
+    call.audit("read")
     boundary = parts.new_boundary()
     return StreamingResponse(
         parts.body(boundary, _frames(call.store, row, numbers, choice)),
@@ -347,21 +340,14 @@ def _frames(
     "/studies/{study}/series/{series}/instances/{instance}/bulk/{path:path}",
 )
 def retrieve_bulkdata(
-    study: StudyUID,
-    series: SeriesUID,
-    instance: InstanceUID,
-    path: str,
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
+    path: str, call: CallDep, target: Target = Depends(one_instance)
 ) -> StreamingResponse:
     """A bulk data value named by a BulkDataURI of the metadata (tag path)."""
-    call = _call(request, session, user)
     try:
         tags = tag_path(path)
     except ValueError as exc:
         call.fail(400, str(exc))
-    row = _instance_row(call, study, series, instance)
+    row = _instance_row(call, target)
     stored = row.transfer_syntax_uid
     if tags == [PIXEL_DATA] and UID(stored).is_compressed:
         count = _frame_count(call, row)
@@ -369,7 +355,7 @@ def retrieve_bulkdata(
             choice = media.frame_choice(call.accept(), stored, decodable(stored))
         except media.NotAcceptable as exc:
             call.fail(406, str(exc))
-        call.audit()
+        call.audit("read")
         boundary = parts.new_boundary()
         return StreamingResponse(
             parts.body(boundary, _frames(call.store, row, list(range(1, count + 1)), choice)),
@@ -384,7 +370,7 @@ def retrieve_bulkdata(
         call.fail(404, "no such bulk data element")
     if not isinstance(value, bytes | bytearray):
         call.fail(404, "the element is not bulk data")
-    call.audit()
+    call.audit("read")
     boundary = parts.new_boundary()
     content = iter([(media.OCTET_STREAM, "", bytes(value))])
     return StreamingResponse(
@@ -422,7 +408,7 @@ def _rendered(call: Call, row: MetadataRow, number: int, params: RenderParams) -
     except Exception as exc:
         log.warning("cannot render an instance: %s", type(exc).__name__)
         call.fail(406, f"the pixel data cannot be rendered ({type(exc).__name__})")
-    call.audit()
+    call.audit("read")
     return Response(image, media_type=params.media_type, headers={"Cache-Control": CACHE_CONTROL})
 
 
@@ -433,40 +419,30 @@ Quality = Annotated[str | None, Query(description="JPEG quality 1..100")]
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
 def instance_rendered(
-    study: StudyUID,
-    series: SeriesUID,
-    instance: InstanceUID,
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
+    call: CallDep,
+    target: Target = Depends(one_instance),
     window: Window = None,
     viewport: ViewportQ = None,
     quality: Quality = None,
 ) -> Response:
     """The (first) frame of an instance as PNG or JPEG."""
-    call = _call(request, session, user)
     params = _render_params(call, window, viewport, quality, thumbnail=False)
-    return _rendered(call, _instance_row(call, study, series, instance), 1, params)
+    return _rendered(call, _instance_row(call, target), 1, params)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered")
 def frame_rendered(
-    study: StudyUID,
-    series: SeriesUID,
-    instance: InstanceUID,
     frame: str,
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
+    call: CallDep,
+    target: Target = Depends(one_instance),
     window: Window = None,
     viewport: ViewportQ = None,
     quality: Quality = None,
 ) -> Response:
     """One frame as PNG or JPEG."""
-    call = _call(request, session, user)
     (number,) = _single_frame(call, frame)
     params = _render_params(call, window, viewport, quality, thumbnail=False)
-    return _rendered(call, _instance_row(call, study, series, instance), number, params)
+    return _rendered(call, _instance_row(call, target), number, params)
 
 
 def _single_frame(call: Call, text: str) -> list[int]:
@@ -476,53 +452,47 @@ def _single_frame(call: Call, text: str) -> list[int]:
     return numbers
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
-def instance_thumbnail(
-    study: StudyUID,
-    series: SeriesUID,
-    instance: InstanceUID,
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
-    viewport: ViewportQ = None,
-) -> Response:
-    """A small rendering of an instance (128 x 128 unless ``viewport`` says otherwise)."""
-    call = _call(request, session, user)
-    params = _render_params(call, None, viewport, None, thumbnail=True)
-    return _rendered(call, _instance_row(call, study, series, instance), 1, params)
+def _thumbnail_endpoint(scope: Callable[..., Target]) -> Callable[..., Response]:
+    """A small rendering (128 x 128 unless ``viewport`` says otherwise) of the instance the
+    path names, or of the middle instance of the (first) series."""
+
+    def thumbnail(
+        call: CallDep, target: Target = Depends(scope), viewport: ViewportQ = None
+    ) -> Response:
+        params = _render_params(call, None, viewport, None, thumbnail=True)
+        return _rendered(call, _middle(call, target), 1, params)
+
+    return thumbnail
 
 
-@router.get("/studies/{study}/series/{series}/thumbnail")
-def series_thumbnail(
-    study: StudyUID,
-    series: SeriesUID,
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
-    viewport: ViewportQ = None,
-) -> Response:
-    """A small rendering of the middle instance of a series."""
-    call = _call(request, session, user)
-    params = _render_params(call, None, viewport, None, thumbnail=True)
-    return _rendered(call, _middle(call, study, series), 1, params)
+for _path, _scope, _name, _description in (
+    (
+        "/studies/{study}/series/{series}/instances/{instance}/thumbnail",
+        one_instance,
+        "instance_thumbnail",
+        "A small rendering of an instance (128 x 128 unless ``viewport`` says otherwise).",
+    ),
+    (
+        "/studies/{study}/series/{series}/thumbnail",
+        one_series,
+        "series_thumbnail",
+        "A small rendering of the middle instance of a series.",
+    ),
+    (
+        "/studies/{study}/thumbnail",
+        one_study,
+        "study_thumbnail",
+        "A small rendering of the middle instance of the study's first series.",
+    ),
+):
+    router.add_api_route(
+        _path, _thumbnail_endpoint(_scope), methods=["GET"], name=_name, description=_description
+    )
 
 
-@router.get("/studies/{study}/thumbnail")
-def study_thumbnail(
-    study: StudyUID,
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
-    viewport: ViewportQ = None,
-) -> Response:
-    """A small rendering of the middle instance of the study's first series."""
-    call = _call(request, session, user)
-    params = _render_params(call, None, viewport, None, thumbnail=True)
-    return _rendered(call, _middle(call, study), 1, params)
-
-
-def _middle(call: Call, study: str, series: str | None = None) -> MetadataRow:
-    selection = call.documents(call.select(study, series))
+def _middle(call: Call, target: Target) -> MetadataRow:
+    """The middle instance of the first series the path names (the instance, if it names one)."""
+    selection = call.documents(call.select(target))
     first = selection.rows[0].series_pk
     rows = [row for row in selection.rows if row.series_pk == first]
     return rows[len(rows) // 2]

@@ -2,7 +2,8 @@
 
 FastAPI's default pages load Swagger UI and ReDoc from a CDN, a blank page on a hospital network
 without Internet access. This is FastAPI's self-hosted docs recipe: the JavaScript, CSS and
-favicon come from the ``fastapi-offline`` package, under ``/docs/assets/``.
+favicon come from the ``fastapi-offline`` package, under ``/docs/assets/``. Public: no
+``CurrentUser`` (see ``viewer_api.app.PUBLIC_ROUTERS``).
 """
 
 from __future__ import annotations

@@ -1,22 +1,19 @@
 """Liveness (``/health/live``), readiness (``/health/ready``, ``/health``) and Prometheus
-metrics (``/metrics``)."""
+metrics (``/metrics``). Public: no ``CurrentUser`` (see ``viewer_api.app.PUBLIC_ROUTERS``)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import text
+
+from pacs.readiness import OK, readiness
+from viewer_api.deps import DicomReadyDep, EngineDep, StoreDep
 
 router = APIRouter(tags=["operations"])
-
-
-STARTING = "starting"
-"""A check that is not ready yet but on its way (the DICOM workers loading): retry."""
 
 
 @router.get("/health/live")
@@ -27,36 +24,19 @@ def live() -> dict[str, str]:
 
 
 @router.get("/health/ready")
-def ready(request: Request) -> JSONResponse:
+def ready(engine: EngineDep, store: StoreDep, dicom: DicomReadyDep) -> JSONResponse:
     """200 when the database, the object store and (if in this process) the DICOM port take
     traffic (the Kubernetes readiness probe). 503 otherwise, with each check's state and an
     overall status: ``starting`` while the only missing parts are still starting,
-    ``unavailable`` when a check failed."""
-    checks: dict[str, Any] = {}
-    state = request.app.state
-    try:
-        with state.sessions() as session:
-            session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"error: {type(exc).__name__}"
-    try:
-        state.store.check()
-        checks["storage"] = "ok"
-    except Exception as exc:
-        checks["storage"] = f"error: {exc}"
-    dicom = state.dicom_server
-    if dicom is not None:
-        checks["dicom"] = "ok" if dicom.ready else STARTING
-    failing = {value for value in checks.values() if value != "ok"}
-    status = "ok" if not failing else STARTING if failing == {STARTING} else "unavailable"
-    return JSONResponse({"status": status, **checks}, status_code=200 if status == "ok" else 503)
+    ``unavailable`` when a check failed (``pacs.readiness``)."""
+    body = readiness(engine, store, dicom)
+    return JSONResponse(body, status_code=200 if body["status"] == OK else 503)
 
 
 @router.get("/health")
-def health(request: Request) -> JSONResponse:
+def health(engine: EngineDep, store: StoreDep, dicom: DicomReadyDep) -> JSONResponse:
     """The same answer as ``/health/ready`` (kept for existing probes and the Dockerfile)."""
-    return ready(request)
+    return ready(engine, store, dicom)
 
 
 @router.get("/metrics")

@@ -8,18 +8,67 @@ answers 200 when it is archived, 409 with the reason while the conflict remains;
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from pacs.ingest.quarantine import QuarantineError, list_held
 from pacs.ingest.release import discard, release
-from viewer_api.audit import record_access
-from viewer_api.deps import CurrentUser, IngestDep, SessionDep, User
+from viewer_api.deps import AuditDep, CurrentUser, IngestDep, User
 
 router = APIRouter(prefix="/api/quarantine", tags=["quarantine"])
+
+
+class HeldEntry(BaseModel):
+    """One held object: the patient it names, why it is held, where it came from."""
+
+    pk: int
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    sop_class_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    patient_sex: str
+    reason: str
+    object_key: str
+    size_bytes: int
+    sha256: str
+    source_channel: str
+    source_ae_title: str
+    source_host: str
+    source_organisation: str
+    received_at: str
+
+
+class HeldEntries(BaseModel):
+    """Every held object, oldest first."""
+
+    entries: list[HeldEntry]
+
+
+class Released(BaseModel):
+    """The outcome of a release: ``released`` false (409) while the conflict remains."""
+
+    entry: int
+    released: bool
+    status: str
+    reason: str
+    study_instance_uid: str
+    sop_instance_uid: str
+
+
+class Discarded(BaseModel):
+    """A discarded entry."""
+
+    entry: int
+    discarded: bool
+    sop_instance_uid: str
 
 
 def _require_admin(user: User) -> None:
@@ -29,25 +78,23 @@ def _require_admin(user: User) -> None:
 
 @router.get("")
 def list_quarantine(
-    request: Request,
-    session: SessionDep,
     user: CurrentUser,
+    audit: AuditDep,
     ingest: IngestDep,
     study: Annotated[str | None, Query(max_length=64, description="StudyInstanceUID")] = None,
-) -> dict[str, Any]:
+) -> HeldEntries:
     """Every held object, oldest first, with the patient it names and why it is held."""
     _require_admin(user)
-    entries = [held.as_json() for held in list_held(ingest.engine, study)]
-    record_access(session, request, user, "search")
-    return {"entries": entries}
+    entries = [HeldEntry.model_validate(held.as_json()) for held in list_held(ingest.engine, study)]
+    audit("search")
+    return HeldEntries(entries=entries)
 
 
-@router.post("/{entry}/release")
+@router.post("/{entry}/release", response_model=Released, responses={409: {"model": Released}})
 async def release_entry(
     entry: int,
-    request: Request,
-    session: SessionDep,
     user: CurrentUser,
+    audit: AuditDep,
     ingest: IngestDep,
     as_new_study: Annotated[bool, Query(description="Give it new Study/Series/SOP UIDs")] = False,
 ) -> JSONResponse:
@@ -58,28 +105,28 @@ async def release_entry(
     except QuarantineError as exc:
         raise HTTPException(404, str(exc)) from None
     status = 200 if done.released else 409
-    await run_in_threadpool(record_access, session, request, user, "update", status)
+    await run_in_threadpool(audit, "update", status)
     outcome = done.outcome
-    body = {
-        "entry": entry,
-        "released": done.released,
-        "status": str(outcome.status),
-        "reason": outcome.reason,
-        "study_instance_uid": outcome.study_instance_uid,
-        "sop_instance_uid": outcome.sop_instance_uid,
-    }
-    return JSONResponse(body, status_code=status)
+    body = Released(
+        entry=entry,
+        released=done.released,
+        status=str(outcome.status),
+        reason=outcome.reason,
+        study_instance_uid=outcome.study_instance_uid,
+        sop_instance_uid=outcome.sop_instance_uid,
+    )
+    return JSONResponse(body.model_dump(), status_code=status)
 
 
 @router.post("/{entry}/discard")
 async def discard_entry(
-    entry: int, request: Request, session: SessionDep, user: CurrentUser, ingest: IngestDep
-) -> dict[str, Any]:
+    entry: int, user: CurrentUser, audit: AuditDep, ingest: IngestDep
+) -> Discarded:
     """Delete the held object and its entry."""
     _require_admin(user)
     try:
         held = await run_in_threadpool(discard, ingest, entry)
     except QuarantineError as exc:
         raise HTTPException(404, str(exc)) from None
-    await run_in_threadpool(record_access, session, request, user, "delete")
-    return {"entry": entry, "discarded": True, "sop_instance_uid": held.sop_instance_uid}
+    await run_in_threadpool(audit, "delete")
+    return Discarded(entry=entry, discarded=True, sop_instance_uid=held.sop_instance_uid)

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from pacs.emr.feed import base_url
 from pacs.emr.review import Decision, FindingDecision, ReviewError, review_view, sign_off
 from pacs.fhir.errors import FhirError
-from pacs.fhir.store import FhirStore
-from viewer_api.audit import record_access
-from viewer_api.deps import CurrentUser, IngestDep, SessionDep, SettingsDep
+from viewer_api.deps import AuditDep, FhirStoreDep, IngestDep, SessionDep, SettingsDep
 
 router = APIRouter(prefix="/api/review", tags=["review"])
 
@@ -48,43 +46,77 @@ class ReviewBody(BaseModel):
     )
 
 
-def _store(request: Request) -> FhirStore:
-    store = getattr(request.app.state, "fhir_store", None)
-    return store if isinstance(store, FhirStore) else FhirStore(request.app.state.engine)
+class Finding(BaseModel):
+    """One finding: the reviewed value, the AI's value, its Observation and status."""
+
+    code: str
+    display: str
+    value: Any
+    unit: str | None
+    ai_value: Any
+    status: str
+    observation: str
+
+
+class SignedDecision(BaseModel):
+    """The decision once signed: who, when, on which findings, and the verified SR."""
+
+    decision: str
+    signer: str
+    practitioner: str
+    organisation: str
+    signed_at: str
+    findings: list[dict[str, Any]]
+    conclusion: str
+    sr_sop_instance_uid: str
+
+
+class Review(BaseModel):
+    """An AI result for review: its DiagnosticReport, findings and (once signed) decision."""
+
+    result: int
+    study_instance_uid: str
+    analysis: str
+    status: str
+    diagnostic_report: str
+    conclusion: str
+    findings: list[Finding]
+    grades: dict[str, str]
+    decision: SignedDecision | None
 
 
 def _fail(exc: ReviewError | FhirError) -> HTTPException:
-    status = exc.status
-    return HTTPException(status, str(exc))
+    return HTTPException(exc.status, str(exc))
 
 
 @router.get("/{result}")
 def get_review(
-    result: int, request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
-) -> dict[str, Any]:
+    result: int, session: SessionDep, audit: AuditDep, store: FhirStoreDep, settings: SettingsDep
+) -> Review:
     """The findings of AI result ``result`` and, once signed, the decision."""
     try:
-        view = review_view(session, _store(request), result, base_url(settings))
+        view = review_view(session, store, result, base_url(settings))
     except (ReviewError, FhirError) as exc:
         session.rollback()
-        record_access(session, request, user, "read", exc.status)
+        audit("read", exc.status)
         raise _fail(exc) from None
-    record_access(session, request, user, "read")
-    return view
+    audit("read")
+    return Review.model_validate(view)
 
 
 @router.post("/{result}")
 async def post_review(
     result: int,
     body: ReviewBody,
-    request: Request,
     session: SessionDep,
-    user: CurrentUser,
+    audit: AuditDep,
+    store: FhirStoreDep,
     settings: SettingsDep,
     ingest: IngestDep,
-) -> dict[str, Any]:
+) -> Review:
     """Sign off AI result ``result`` (409 if already signed, 422 for a decision that does
-    not fit the result, 404 for an unknown result; nothing changes on any error)."""
+    not fit the result, 404 for an unknown result; nothing changes on any error). The
+    sign-off's audit record is written in its own transaction (``pacs.emr.review``)."""
     decision = Decision(
         decision=body.decision,
         conclusion=body.conclusion,
@@ -92,20 +124,20 @@ async def post_review(
         organisation=body.organisation,
         practitioner=body.practitioner,
     )
-    client = request.client.host if request.client else ""
     try:
-        return await run_in_threadpool(
+        view = await run_in_threadpool(
             sign_off,
             session,
-            _store(request),
+            store,
             ingest,
             result,
             decision,
-            user.name,
-            client,
+            audit.user,
+            audit.client_address,
             base_url(settings),
         )
     except (ReviewError, FhirError) as exc:
         session.rollback()
-        record_access(session, request, user, "sign", exc.status)
+        audit("sign", exc.status)
         raise _fail(exc) from None
+    return Review.model_validate(view)

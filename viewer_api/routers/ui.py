@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from html import escape
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from viewer_api.audit import record_access
-from viewer_api.deps import CurrentUser, SessionDep, SettingsDep
-from viewer_api.routers.studies import recent_studies
+from pacs.query.catalog import recent_studies
+from viewer_api.deps import AuditDep, SessionDep, SettingsDep
 
 router = APIRouter(tags=["ui"])
 
@@ -27,32 +26,30 @@ API: <a href="/docs">/docs</a>, <a href="/api/studies">/api/studies</a>,
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-def index(
-    request: Request, session: SessionDep, user: CurrentUser, settings: SettingsDep
-) -> HTMLResponse:
+def index(session: SessionDep, audit: AuditDep, settings: SettingsDep) -> HTMLResponse:
     """The 100 most recently updated studies."""
-    total, rows = recent_studies(session, limit=100)
-    record_access(session, request, user, "search")
+    page = recent_studies(session, limit=100)
+    audit("search")
     cells = "".join(
         "<tr>"
         + "".join(
             f"<td>{escape(str(value))}</td>"
             for value in (
-                patient.patient_name,
-                patient.patient_id,
+                study.patient_name,
+                study.patient_id,
                 study.study_date,
                 study.accession_number,
                 study.study_description,
-                study.modalities_in_study.replace("\\", ", "),
-                study.number_of_study_related_series,
-                study.number_of_study_related_instances,
+                ", ".join(study.modalities_in_study),
+                study.number_of_series,
+                study.number_of_instances,
             )
         )
         + "</tr>"
-        for study, patient in rows
+        for study in page.rows
     )
     return HTMLResponse(
         _PAGE.format(
-            ae=escape(settings.ae_title), port=settings.dicom_port, total=total, rows=cells
+            ae=escape(settings.ae_title), port=settings.dicom_port, total=page.total, rows=cells
         )
     )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
 from pacs.jobs.webhooks import (
@@ -15,6 +15,7 @@ from pacs.jobs.webhooks import (
     list_webhooks,
     remove_webhook,
 )
+from viewer_api.deps import AuditDep, CurrentUser, EngineDep
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
 
@@ -28,44 +29,80 @@ class WebhookBody(BaseModel):
     since: int | None = Field(None, ge=0, description="Deliver events after this seq.")
 
 
+class Webhook(BaseModel):
+    """A registered receiver (``signed``: it has a secret; the secret is never shown)."""
+
+    id: int
+    url: str
+    kinds: list[str]
+    signed: bool
+    enabled: bool
+    cursor_seq: int
+    failures: int
+    next_attempt_at: str
+    last_error: str
+
+
+class Delivery(BaseModel):
+    """One delivery attempt of events ``first_seq``..``last_seq``."""
+
+    first_seq: int
+    last_seq: int
+    events: int
+    attempt: int
+    ok: bool
+    status_code: int | None
+    error: str
+    duration_ms: float
+    attempted_at: str
+
+
 @router.get("")
-def list_receivers(request: Request) -> list[dict[str, Any]]:
+def list_receivers(engine: EngineDep, user: CurrentUser) -> list[Webhook]:
     """Every receiver with its cursor, failure count and next attempt."""
-    return list_webhooks(request.app.state.engine)
+    return [Webhook.model_validate(hook) for hook in list_webhooks(engine)]
 
 
 @router.post("", status_code=201)
-def add_receiver(body: WebhookBody, request: Request) -> dict[str, Any]:
+def add_receiver(body: WebhookBody, engine: EngineDep, audit: AuditDep) -> Webhook:
     """Register a receiver; 422 for a bad URL or an unknown event kind."""
     try:
-        return add_webhook(request.app.state.engine, body.url, body.secret, body.kinds, body.since)
+        hook = add_webhook(engine, body.url, body.secret, body.kinds, body.since)
     except WebhookError as exc:
+        audit("create", 422)
         raise HTTPException(422, str(exc)) from None
+    audit("create", 201)
+    return Webhook.model_validate(hook)
 
 
 @router.get("/{webhook_id}")
-def get_receiver(webhook_id: int, request: Request) -> dict[str, Any]:
+def get_receiver(webhook_id: int, engine: EngineDep, user: CurrentUser) -> Webhook:
     """One receiver; 404 if unknown."""
     try:
-        return get_webhook(request.app.state.engine, webhook_id)
+        return Webhook.model_validate(get_webhook(engine, webhook_id))
     except WebhookError as exc:
         raise HTTPException(404, str(exc)) from None
 
 
 @router.get("/{webhook_id}/deliveries")
 def delivery_log(
-    webhook_id: int, request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> list[dict[str, Any]]:
+    webhook_id: int,
+    engine: EngineDep,
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[Delivery]:
     """The newest delivery attempts of a receiver; 404 if unknown."""
-    get_receiver(webhook_id, request)
-    return deliveries(request.app.state.engine, webhook_id, limit)
+    get_receiver(webhook_id, engine, user)
+    return [Delivery.model_validate(d) for d in deliveries(engine, webhook_id, limit)]
 
 
 @router.delete("/{webhook_id}", status_code=204)
-def delete_receiver(webhook_id: int, request: Request) -> Response:
+def delete_receiver(webhook_id: int, engine: EngineDep, audit: AuditDep) -> Response:
     """Remove a receiver and its log; 404 if unknown."""
     try:
-        remove_webhook(request.app.state.engine, webhook_id)
+        remove_webhook(engine, webhook_id)
     except WebhookError as exc:
+        audit("delete", 404)
         raise HTTPException(404, str(exc)) from None
+    audit("delete", 204)
     return Response(status_code=204)

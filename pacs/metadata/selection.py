@@ -1,10 +1,11 @@
-"""Find the instances a WADO-RS path names, with their metadata documents."""
+"""Find the instances a WADO-RS path (study / series / instance) names, with their metadata
+documents."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, select
+from sqlalchemy import ColumnElement, Engine, and_, select
 
 from pacs.index.models import Series, Study
 from pacs.metadata.records import INSTANCE, MetadataRow, backfill, load
@@ -29,7 +30,7 @@ class Selection:
 
 
 def select_instances(
-    conn: Connection,
+    engine: Engine,
     study: str,
     series: str | None = None,
     instance: str | None = None,
@@ -48,13 +49,14 @@ def select_instances(
     )
     if series is not None:
         query = query.where(Series.series_instance_uid == series)
-    found = {pk: (study, uid) for pk, uid in conn.execute(query)}
-    if not found:
-        raise NotFound("series" if series else "study")
-    where: ColumnElement[bool] = INSTANCE.c.series_pk.in_(list(found))
-    if instance is not None:
-        where = and_(where, INSTANCE.c.sop_instance_uid == instance)
-    rows = load(conn, where, documents=documents)
+    with engine.connect() as conn:
+        found = {pk: (study, uid) for pk, uid in conn.execute(query)}
+        if not found:
+            raise NotFound("series" if series else "study")
+        where: ColumnElement[bool] = INSTANCE.c.series_pk.in_(list(found))
+        if instance is not None:
+            where = and_(where, INSTANCE.c.sop_instance_uid == instance)
+        rows = load(conn, where, documents=documents)
     if not rows:
         raise NotFound("instance" if instance else "series" if series else "study")
     return Selection(rows, found)
