@@ -7,17 +7,18 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Engine, and_, select
 
+from pacs.errors import PacsError
 from pacs.index.models import Series, Study
 from pacs.metadata.records import INSTANCE, MetadataRow, backfill, load
 from pacs.storage import is_valid_uid
 from pacs.storage.base import ObjectStore
 
 
-class NotFound(LookupError):
+class NotFound(PacsError, LookupError):
     """The path names no stored instance (HTTP 404)."""
 
 
-class BadPath(ValueError):
+class BadPath(PacsError, ValueError):
     """A path segment is not a valid UID (HTTP 400)."""
 
 
