@@ -30,6 +30,7 @@ import httpx
 from pydicom import dcmread
 
 from bench.dataset import StudySet, study_set
+from bench.host import cpu_model
 from bench.report import write_section
 from pacs.config import FsyncPolicy, Settings
 from pacs.index.engine import create_index_engine
@@ -242,12 +243,7 @@ def run_all(meta: StudySet, big: StudySet, runs: int, work: Path) -> dict[str, o
 
 
 def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
-        platform.processor() or "unknown",
-    )
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def ms(result: object) -> str:
