@@ -109,7 +109,7 @@ class ChangeEvent(BaseModel):
         return self.model_dump(mode="json")
 
 
-_COLUMNS = [
+EVENT_COLUMNS = [
     "kind",
     "study_instance_uid",
     "series_instance_uid",
@@ -117,13 +117,14 @@ _COLUMNS = [
     "payload",
     "created_at",
 ]
-_INSERT_PG = Prepared(CHANGE.insert(), column_keys=_COLUMNS)
+"""The columns an event is written with (``seq`` and ``pk`` are the feed's)."""
+_INSERT_PG = Prepared(CHANGE.insert(), column_keys=EVENT_COLUMNS)
 _INSERT_SQLITE = Prepared(
     CHANGE.insert().values(
         seq=select(
             func.coalesce(func.max(CHANGE.c.seq), literal_column("0")) + literal_column("1")
         ).scalar_subquery(),
-        **{name: bindparam(name) for name in _COLUMNS},
+        **{name: bindparam(name) for name in EVENT_COLUMNS},
     )
 )
 _PUBLISH = text(
