@@ -425,6 +425,15 @@ def measure(
 # ---------------------------------------------------------------- targets
 
 
+def measure_c_find(target: str, port: int, ae_title: str, workload: list[Query]) -> list[Figure]:
+    """``measure`` C-FIND on one association with ``ae_title`` on ``port``."""
+    finder = FindClient(port, ae_title)
+    try:
+        return measure(target, "C-FIND", finder, workload)
+    finally:
+        finder.close()
+
+
 def pacs_database(backend: str, workdir: Path) -> tuple[str, Callable[[], None]]:
     """A fresh empty database URL for ``backend`` and how to drop it."""
     if backend == "sqlite":
@@ -459,12 +468,7 @@ def bench_pacs(backend: str, corpus: Corpus, workload: list[Query], workdir: Pat
             target = f"pacs {backend} {len(corpus.studies) // 1000}k"
             with httpx.Client(timeout=120) as client:
                 figures = measure(target, "QIDO-RS", qido(client, base), workload)
-            finder = FindClient(dicom_port, "PACS")
-            try:
-                figures += measure(target, "C-FIND", finder, workload)
-            finally:
-                finder.close()
-            return figures
+            return figures + measure_c_find(target, dicom_port, "PACS", workload)
         finally:
             server.terminate()
             server.wait(30)
@@ -514,12 +518,7 @@ def bench_orthanc(corpus: Corpus, count: int, workload: list[Query], workdir: Pa
         )
         target = f"orthanc {count // 1000}k"
         figures = measure(target, "/tools/find", orthanc_find(client, base), workload)
-        finder = FindClient(dicom_port, "ORTHANC")
-        try:
-            figures += measure(target, "C-FIND", finder, workload)
-        finally:
-            finder.close()
-        return figures
+        return figures + measure_c_find(target, dicom_port, "ORTHANC", workload)
 
 
 # ---------------------------------------------------------------- report
