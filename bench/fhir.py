@@ -24,7 +24,6 @@ import platform
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -37,13 +36,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from bench.report import write_section
-from bench.targets import DEFAULT_POSTGRES_URL
+from bench.targets import DEFAULT_POSTGRES_URL, serve_archive
 from pacs.config import Settings
 from pacs.fhir.indexer import extract
 from pacs.fhir.values import parse_reference
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
-from testkit.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -318,39 +316,9 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def _serve(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "PACS_DATABASE_URL": url,
-        "PACS_DATA_DIR": str(data_dir),
-        "PACS_HTTP_PORT": str(port),
-        "PACS_DICOM_PORT": str(free_port()),
-        "PACS_SCP_PROCESSES": "1",
-        "PACS_SERVE_WORKER": "false",
-        "PACS_EMR_FEED": "false",
-        "PACS_LOG_LEVEL": "WARNING",
-    }
-    log = (data_dir / "serve.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pacs.cli", "serve"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return process, f"{base}/fhir"
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"pacs serve did not start; see {data_dir / 'serve.log'}")
+    settings = {"PACS_DATABASE_URL": url, "PACS_SERVE_WORKER": "false", "PACS_EMR_FEED": "false"}
+    process, base, _ = serve_archive(data_dir, settings)
+    return process, f"{base}/fhir"
 
 
 def cpu_ms(pids: list[int]) -> float:

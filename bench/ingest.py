@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.dataset import StudySet, study_set
+from bench.host import cpu_model, git_version, loadavg, ram_gib
 from bench.procmon import TreeMemory
 from bench.report import write_section
 from bench.targets import (
@@ -222,13 +223,6 @@ def _dcmtk_version(line: str) -> str:
 
 def machine() -> dict[str, str]:
     """CPU, cores, RAM and load from /proc; software versions."""
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
-        platform.processor() or "unknown",
-    )
-    meminfo = Path("/proc/meminfo").read_text().split()
-    ram_gib = int(meminfo[meminfo.index("MemTotal:") + 1]) / 1024**2
     from importlib.metadata import version
 
     postgres = "unknown"
@@ -245,9 +239,9 @@ def machine() -> dict[str, str]:
     except Exception as exc:  # the PostgreSQL target may not be selected at all
         postgres = f"unreachable ({type(exc).__name__})"
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": str(os.cpu_count()),
-        "ram": f"{ram_gib:.1f} GiB",
+        "ram": f"{ram_gib():.1f} GiB",
         "kernel": platform.release(),
         "orthanc": _first_line(["Orthanc", "--version"]),
         "dcmtk": _dcmtk_version(_first_line(["storescu", "--version"])),
@@ -258,21 +252,6 @@ def machine() -> dict[str, str]:
         "moto": version("moto"),
         "archive": git_version(),
     }
-
-
-def git_version() -> str:
-    """``git describe --always --dirty`` of the archive's working tree."""
-    return subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-
-
-def loadavg() -> str:
-    """The 1/5/15-minute load averages."""
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 # ---------------------------------------------------------------- report

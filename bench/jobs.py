@@ -41,6 +41,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from bench.host import cpu_model, git_version, loadavg, ram_gib
 from bench.report import write_section
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine
@@ -295,34 +296,15 @@ def hook_cost(kind: str, instances: int, workdir: Path) -> tuple[float, float, f
 
 
 def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
-        platform.processor() or "unknown",
-    )
-    mem = Path("/proc/meminfo").read_text().split()
-    ram = int(mem[mem.index("MemTotal:") + 1]) / 1024**2
     engine = create_engine(POSTGRES)
     with engine.connect() as conn:
         pg = conn.execute(text("SHOW server_version")).scalar()
     engine.dispose()
     return (
-        f"{model}, {os.cpu_count()} cores, {ram:.1f} GiB RAM, Linux {platform.release()}; "
+        f"{cpu_model()}, {os.cpu_count()} cores, {ram_gib():.1f} GiB RAM, "
+        f"Linux {platform.release()}; "
         f"Python {platform.python_version()}, PostgreSQL {pg}"
     )
-
-
-def git_version() -> str:
-    return subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def main(argv: list[str] | None = None) -> int:

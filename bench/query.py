@@ -49,6 +49,7 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import Engine, make_url
 
 from bench.report import write_section
+from bench.targets import serve_archive
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
@@ -424,6 +425,15 @@ def measure(
 # ---------------------------------------------------------------- targets
 
 
+def measure_c_find(target: str, port: int, ae_title: str, workload: list[Query]) -> list[Figure]:
+    """``measure`` C-FIND on one association with ``ae_title`` on ``port``."""
+    finder = FindClient(port, ae_title)
+    try:
+        return measure(target, "C-FIND", finder, workload)
+    finally:
+        finder.close()
+
+
 def pacs_database(backend: str, workdir: Path) -> tuple[str, Callable[[], None]]:
     """A fresh empty database URL for ``backend`` and how to drop it."""
     if backend == "sqlite":
@@ -453,55 +463,17 @@ def bench_pacs(backend: str, corpus: Corpus, workload: list[Query], workdir: Pat
         seconds = load_index(engine, corpus)
         engine.dispose()
         print(f"{backend}: indexed {len(corpus.studies)} studies in {seconds:.0f} s", flush=True)
-        dicom_port, http_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "PACS_DATA_DIR": str(workdir),
-            "PACS_DATABASE_URL": url,
-            "PACS_DICOM_PORT": str(dicom_port),
-            "PACS_HTTP_PORT": str(http_port),
-            "PACS_SCP_PROCESSES": "1",
-            "PACS_LOG_LEVEL": "WARNING",
-        }
-        with (workdir / "serve.log").open("wb") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "pacs.cli", "serve"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-            )
-        base = f"http://127.0.0.1:{http_port}"
+        server, base, dicom_port = serve_archive(workdir, {"PACS_DATABASE_URL": url})
         try:
-            _wait_healthy(base, server)
             target = f"pacs {backend} {len(corpus.studies) // 1000}k"
             with httpx.Client(timeout=120) as client:
                 figures = measure(target, "QIDO-RS", qido(client, base), workload)
-            finder = FindClient(dicom_port, "PACS")
-            try:
-                figures += measure(target, "C-FIND", finder, workload)
-            finally:
-                finder.close()
-            return figures
+            return figures + measure_c_find(target, dicom_port, "PACS", workload)
         finally:
             server.terminate()
             server.wait(30)
     finally:
         drop()
-
-
-def _wait_healthy(base: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"pacs serve exited with {server.returncode}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("pacs serve did not become healthy")
 
 
 def orthanc_instance(corpus: Corpus, study: StudyRow) -> bytes:
@@ -546,12 +518,7 @@ def bench_orthanc(corpus: Corpus, count: int, workload: list[Query], workdir: Pa
         )
         target = f"orthanc {count // 1000}k"
         figures = measure(target, "/tools/find", orthanc_find(client, base), workload)
-        finder = FindClient(dicom_port, "ORTHANC")
-        try:
-            figures += measure(target, "C-FIND", finder, workload)
-        finally:
-            finder.close()
-        return figures
+        return figures + measure_c_find(target, dicom_port, "ORTHANC", workload)
 
 
 # ---------------------------------------------------------------- report

@@ -62,6 +62,38 @@ def wait_until(check: Any, what: str, process: subprocess.Popen[bytes], timeout:
     raise BenchError(f"{what} not ready after {timeout:.0f} s")
 
 
+def serve_archive(
+    data_dir: Path, env: dict[str, str] | None = None, timeout: float = 120.0
+) -> tuple[subprocess.Popen[bytes], str, int]:
+    """Start ``pacs serve`` on ``data_dir`` (``env``: more settings), on free HTTP and DICOM
+    ports, logging to ``serve.log`` there; wait for ``/health``. Returns the process, the HTTP
+    base URL and the DICOM port."""
+    http, dicom = free_port(), free_port()
+    settings = {
+        "PACS_DATA_DIR": str(data_dir),
+        "PACS_HTTP_PORT": str(http),
+        "PACS_DICOM_PORT": str(dicom),
+        "PACS_SCP_PROCESSES": "1",
+        "PACS_LOG_LEVEL": "WARNING",
+        **(env or {}),
+    }
+    with (data_dir / "serve.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pacs.cli", "serve"],
+            env={**os.environ, **settings},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=data_dir,
+        )
+    base = f"http://127.0.0.1:{http}"
+    try:
+        wait_until(lambda: http_get(f"{base}/health", 2)[0] == 200, "pacs serve", process, timeout)
+    except BenchError:
+        process.kill()
+        raise BenchError(f"pacs serve did not start; see {data_dir / 'serve.log'}") from None
+    return process, base, dicom
+
+
 def stop_tree(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """SIGTERM a server we started, wait for it and its descendants, SIGKILL what is left."""
     if process.poll() is not None:

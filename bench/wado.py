@@ -30,7 +30,9 @@ import httpx
 from pydicom import dcmread
 
 from bench.dataset import StudySet, study_set
+from bench.host import cpu_model
 from bench.report import write_section
+from bench.targets import serve_archive
 from pacs.config import FsyncPolicy, Settings
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
@@ -94,33 +96,6 @@ def load_archive(data_dir: Path, sets: list[StudySet]) -> None:
         for path in files.files:
             outcome = ingest.store_part10(path.read_bytes(), Source(channel="import"))
             assert outcome.status.ok, outcome.reason
-
-
-def start_archive(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
-    http, dicom = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PACS_DATA_DIR": str(data_dir),
-        "PACS_HTTP_PORT": str(http),
-        "PACS_DICOM_PORT": str(dicom),
-        "PACS_LOG_LEVEL": "WARNING",
-        "PACS_SCP_PROCESSES": "1",
-    }
-    log = (data_dir / "serve.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pacs.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{http}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return process, base, dicom
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("pacs serve did not start")
 
 
 def getscu(port: int, called: str, study: str, series: str, out: Path) -> int:
@@ -225,7 +200,7 @@ def orthanc_measures(
 def run_all(meta: StudySet, big: StudySet, runs: int, work: Path) -> dict[str, object]:
     """Load both servers, then measure them interleaved."""
     load_archive(work / "pacs", [meta, big])
-    process, base, pacs_dicom = start_archive(work / "pacs")
+    process, base, pacs_dicom = serve_archive(work / "pacs", timeout=60)
     orthanc_dicom, orthanc_http = free_port(), free_port()
     peers = {"getscu": ("GETSCU", "127.0.0.1", 1)}
     try:
@@ -242,12 +217,7 @@ def run_all(meta: StudySet, big: StudySet, runs: int, work: Path) -> dict[str, o
 
 
 def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
-        platform.processor() or "unknown",
-    )
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def ms(result: object) -> str:

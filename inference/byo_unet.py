@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from inference.registry import binary_lung_mask
+
 OPSET = 17
 BN_EPS = 1e-5
 
@@ -157,17 +159,7 @@ def unet_small_manifest(sha256: str, version: str = "1.0.0") -> dict[str, object
             "pad_value_hu": -1024.0,
             "batch_size": 4,  # 512 x 512 slices: bounded activation memory
         },
-        "output": {
-            "activation": "sigmoid",
-            "labels": [
-                {
-                    "channel": 0,
-                    "name": "lung",
-                    "code": {"value": "39607008", "scheme": "SCT", "meaning": "Lung"},
-                }
-            ],
-        },
-        "thresholds": {"probability": 0.5, "min_component_fraction": 0.05},
+        **binary_lung_mask(),
         "intended_use": (
             "Demonstration of a third-party model: binary lung mask on axial chest CT slices. "
             "Not for clinical use."

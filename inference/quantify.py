@@ -260,23 +260,22 @@ def _shifted(mask: np.ndarray, axis: int, step: int, fill: bool) -> np.ndarray:
 
 def _erode(mask: np.ndarray, radius: list[int]) -> np.ndarray:
     """Erosion by a (2 ry + 1) x (2 rx + 1) in-plane square (separable: rows, then columns)."""
-    out = mask
-    for axis, r in ((mask.ndim - 1, radius[0]), (mask.ndim - 2, radius[1])):
-        result = out.copy()
-        for step in range(1, r + 1):
-            result &= _shifted(out, axis, step, False)
-            result &= _shifted(out, axis, -step, False)
-        out = result
-    return out
+    return _square_filter(mask, radius, np.bitwise_and)
 
 
 def _dilate(mask: np.ndarray, radius: list[int]) -> np.ndarray:
     """Dilation by a (2 ry + 1) x (2 rx + 1) in-plane square (separable)."""
+    return _square_filter(mask, radius, np.bitwise_or)
+
+
+def _square_filter(mask: np.ndarray, radius: list[int], combine: np.ufunc) -> np.ndarray:
+    """``combine`` each voxel with its in-plane neighbours up to ``radius`` (x, y) away, rows
+    then columns; outside the volume counts as False."""
     out = mask
     for axis, r in ((mask.ndim - 1, radius[0]), (mask.ndim - 2, radius[1])):
         result = out.copy()
         for step in range(1, r + 1):
-            result |= _shifted(out, axis, step, False)
-            result |= _shifted(out, axis, -step, False)
+            combine(result, _shifted(out, axis, step, False), out=result)
+            combine(result, _shifted(out, axis, -step, False), out=result)
         out = result
     return out

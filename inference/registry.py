@@ -115,6 +115,19 @@ class Thresholds(_Strict):
     )
 
 
+def binary_lung_mask() -> dict[str, object]:
+    """The ``output`` and ``thresholds`` of a manifest for a one-channel sigmoid lung mask
+    (SNOMED CT 39607008 Lung), fresh each call."""
+    lung = {"value": "39607008", "scheme": "SCT", "meaning": "Lung"}
+    return {
+        "output": {
+            "activation": "sigmoid",
+            "labels": [{"channel": 0, "name": "lung", "code": lung}],
+        },
+        "thresholds": {"probability": 0.5, "min_component_fraction": 0.05},
+    }
+
+
 class Manifest(_Strict):
     """Everything a model file needs to be run and understood."""
 

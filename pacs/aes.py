@@ -44,21 +44,22 @@ def _printable(value: str) -> bool:
 
 def validate_title(title: str) -> str:
     """PS3.5 AE VR: 1-16 printable ASCII characters, no backslash; returns it stripped."""
-    value = title.strip()
-    if not 0 < len(value) <= 16:
-        raise InvalidAEError("title", "AE title must be 1-16 characters")
-    if "\\" in value or not _printable(value):
-        raise InvalidAEError("title", "AE title must be printable ASCII without backslash")
-    return value
+    return _validate_printable("title", "AE title", title, 16, "\\", "backslash")
 
 
 def validate_host(host: str) -> str:
     """A host name or IP address: 1-255 printable characters without spaces."""
-    value = host.strip()
-    if not 0 < len(value) <= 255:
-        raise InvalidAEError("host", "host must be 1-255 characters")
-    if " " in value or not _printable(value):
-        raise InvalidAEError("host", "host must be printable ASCII without spaces")
+    return _validate_printable("host", "host", host, 255, " ", "spaces")
+
+
+def _validate_printable(
+    field: str, label: str, value: str, limit: int, forbidden: str, forbidden_name: str
+) -> str:
+    value = value.strip()
+    if not 0 < len(value) <= limit:
+        raise InvalidAEError(field, f"{label} must be 1-{limit} characters")
+    if forbidden in value or not _printable(value):
+        raise InvalidAEError(field, f"{label} must be printable ASCII without {forbidden_name}")
     return value
 
 

@@ -19,10 +19,10 @@ instance and added series is announced, whether the study lifecycle runs or not.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, field_serializer
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -86,9 +86,11 @@ class ChangeEventRow(Base):
 CHANGE: Table = ChangeEventRow.__table__  # type: ignore[assignment]
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeEvent:
-    """One event as readers see it."""
+class ChangeEvent(BaseModel):
+    """One event as readers see it; a pydantic model so that ``/api/changes`` answers it as
+    it is."""
+
+    model_config = ConfigDict(frozen=True)
 
     seq: int
     kind: str
@@ -98,20 +100,16 @@ class ChangeEvent:
     payload: dict[str, Any] | None
     created_at: datetime
 
+    @field_serializer("created_at")
+    def _created_at(self, created_at: datetime) -> str:
+        return created_at.isoformat()
+
     def as_json(self) -> dict[str, Any]:
         """The event as a JSON object (API and webhooks)."""
-        return {
-            "seq": self.seq,
-            "kind": self.kind,
-            "study_instance_uid": self.study_instance_uid,
-            "series_instance_uid": self.series_instance_uid,
-            "sop_instance_uid": self.sop_instance_uid,
-            "payload": self.payload,
-            "created_at": self.created_at.isoformat(),
-        }
+        return self.model_dump(mode="json")
 
 
-_COLUMNS = [
+EVENT_COLUMNS = [
     "kind",
     "study_instance_uid",
     "series_instance_uid",
@@ -119,13 +117,14 @@ _COLUMNS = [
     "payload",
     "created_at",
 ]
-_INSERT_PG = Prepared(CHANGE.insert(), column_keys=_COLUMNS)
+"""The columns an event is written with (``seq`` and ``pk`` are the feed's)."""
+_INSERT_PG = Prepared(CHANGE.insert(), column_keys=EVENT_COLUMNS)
 _INSERT_SQLITE = Prepared(
     CHANGE.insert().values(
         seq=select(
             func.coalesce(func.max(CHANGE.c.seq), literal_column("0")) + literal_column("1")
         ).scalar_subquery(),
-        **{name: bindparam(name) for name in _COLUMNS},
+        **{name: bindparam(name) for name in EVENT_COLUMNS},
     )
 )
 _PUBLISH = text(

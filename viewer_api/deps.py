@@ -5,9 +5,9 @@ Routers take these ``Annotated`` aliases and nothing from ``app.state`` themselv
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
@@ -38,16 +38,13 @@ def get_current_user(request: Request) -> User:
     return LOCAL_ADMIN
 
 
-def get_settings(request: Request) -> Settings:
-    """The settings the app was created with."""
-    settings: Settings = request.app.state.settings
-    return settings
+def _app_state(name: str) -> Callable[[Request], Any]:
+    """A dependency answering ``app.state.<name>``, a service ``create_app`` built once."""
 
+    def dependency(request: Request) -> Any:
+        return getattr(request.app.state, name)
 
-def get_engine(request: Request) -> Engine:
-    """The index engine (for services that open their own connections)."""
-    engine: Engine = request.app.state.engine
-    return engine
+    return dependency
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -56,28 +53,12 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_store(request: Request) -> ObjectStore:
-    """The object store holding the DICOM objects."""
-    store: ObjectStore = request.app.state.store
-    return store
-
-
-def get_ingest(request: Request) -> IngestService:
-    """The app's one ingest service (the same path as C-STORE); its calls block."""
-    ingest: IngestService = request.app.state.ingest
-    return ingest
-
-
-def get_fhir_store(request: Request) -> FhirStore:
-    """The FHIR resource store on the index."""
-    store: FhirStore = request.app.state.fhir_store
-    return store
-
-
-def get_rule_book(request: Request) -> RuleBook:
-    """The routing rules in force (``PACS_RULES_FILE``)."""
-    book: RuleBook = request.app.state.rules
-    return book
+get_settings: Callable[[Request], Settings] = _app_state("settings")
+get_engine: Callable[[Request], Engine] = _app_state("engine")  # for services' own connections
+get_store: Callable[[Request], ObjectStore] = _app_state("store")  # the DICOM objects
+get_ingest: Callable[[Request], IngestService] = _app_state("ingest")  # as C-STORE; blocks
+get_fhir_store: Callable[[Request], FhirStore] = _app_state("fhir_store")
+get_rule_book: Callable[[Request], RuleBook] = _app_state("rules")  # PACS_RULES_FILE
 
 
 def get_dicom_ready(request: Request) -> bool | None:

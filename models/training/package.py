@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from inference.registry import ModelRegistry
+from inference.registry import ModelRegistry, binary_lung_mask
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,17 +45,7 @@ def lung_seg_manifest(version: str, evaluation: dict[str, object]) -> dict[str, 
             "pad_value_hu": -1024.0,
             "batch_size": 16,
         },
-        "output": {
-            "activation": "sigmoid",
-            "labels": [
-                {
-                    "channel": 0,
-                    "name": "lung",
-                    "code": {"value": "39607008", "scheme": "SCT", "meaning": "Lung"},
-                }
-            ],
-        },
-        "thresholds": {"probability": 0.5, "min_component_fraction": 0.05},
+        **binary_lung_mask(),
         "intended_use": (
             "Right and left lung masks on adult chest or upper-abdomen CT (axial, any slice "
             "thickness up to 5 mm) as the first stage of lung quantification (volumes, density "

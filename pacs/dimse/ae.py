@@ -18,8 +18,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs.config import Settings
 from pacs.dimse.find import FIND_SOP_CLASSES
-from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse.policy import AEPolicy
+from pacs.dimse.scu import archive_ae
 from pacs.dimse.worklist import MODALITY_WORKLIST_FIND
 
 _LOSSLESS_COMPRESSED = [
@@ -66,14 +66,9 @@ def build_ae(settings: Settings, policy: AEPolicy) -> AE:
     Every transfer syntax pydicom knows is accepted as proposed, so objects are stored exactly
     as the modality encoded them (no transcoding on ingest).
     """
-    ae = AE(ae_title=settings.ae_title)
-    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae = archive_ae(settings)
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.maximum_associations = settings.max_associations
-    ae.network_timeout = settings.network_timeout
-    ae.dimse_timeout = settings.dimse_timeout
-    ae.acse_timeout = settings.acse_timeout
     ae.require_called_aet = False
     if not policy.accept_any and policy.titles:
         # unknown titles get A-ASSOCIATE-RJ; a known title from the wrong host is aborted later

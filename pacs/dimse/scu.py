@@ -231,14 +231,21 @@ def _send_one(
     return ItemResult(uid, outcome, status, syntax, transcoded, reason)
 
 
-def build_scu(settings: Settings, items: Sequence[StoreItem]) -> AE:
-    """A requestor AE with the archive's identity and the contexts ``items`` need."""
+def archive_ae(settings: Settings) -> AE:
+    """An AE with the archive's identity (title, implementation class UID and version name)
+    and its network, DIMSE and ACSE timeouts; the acceptor and the requestor start from it."""
     ae = AE(ae_title=settings.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.network_timeout = settings.network_timeout
     ae.dimse_timeout = settings.dimse_timeout
     ae.acse_timeout = settings.acse_timeout
+    return ae
+
+
+def build_scu(settings: Settings, items: Sequence[StoreItem]) -> AE:
+    """A requestor AE with the archive's identity and the contexts ``items`` need."""
+    ae = archive_ae(settings)
     ae.requested_contexts = requested_contexts(items)
     return ae
 

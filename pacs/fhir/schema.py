@@ -25,7 +25,20 @@ from sqlalchemy.orm import Mapped, mapped_column
 from pacs.index.models import Base, utcnow
 
 
-class FhirResource(Base):
+class _Version:
+    """The columns of one version of a resource, current or historical (first in the table)."""
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, sort_order=-1)
+    resource_type: Mapped[str] = mapped_column(String(64), sort_order=-1)
+    id: Mapped[str] = mapped_column(String(64), sort_order=-1)
+    version_id: Mapped[int] = mapped_column(Integer, sort_order=-1)
+    last_updated: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, sort_order=-1
+    )
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False, sort_order=-1)
+
+
+class FhirResource(_Version, Base):
     """The current version of a resource (a deleted one keeps its row with ``deleted``)."""
 
     __tablename__ = "fhir_resource"
@@ -34,16 +47,10 @@ class FhirResource(Base):
         Index("ix_fhir_resource_type_updated", "resource_type", "last_updated"),
     )
 
-    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    resource_type: Mapped[str] = mapped_column(String(64))
-    id: Mapped[str] = mapped_column(String(64))
-    version_id: Mapped[int] = mapped_column(Integer)
-    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     content: Mapped[str] = mapped_column(Text)
 
 
-class FhirResourceHistory(Base):
+class FhirResourceHistory(_Version, Base):
     """Every version of every resource, including deletions (``deleted``, empty content)."""
 
     __tablename__ = "fhir_resource_history"
@@ -51,35 +58,33 @@ class FhirResourceHistory(Base):
         UniqueConstraint("resource_type", "id", "version_id", name="uq_fhir_resource_history"),
     )
 
-    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    resource_type: Mapped[str] = mapped_column(String(64))
-    id: Mapped[str] = mapped_column(String(64))
-    version_id: Mapped[int] = mapped_column(Integer)
-    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     method: Mapped[str] = mapped_column(String(8))  # POST, PUT, DELETE
     content: Mapped[str] = mapped_column(Text)
 
 
-def _resource_fk() -> Mapped[int]:
-    return mapped_column(ForeignKey("fhir_resource.pk", ondelete="CASCADE"), index=True)
+class _SearchValue:
+    """The columns every search index row has (first in the table): the resource it belongs
+    to, its type and the search parameter."""
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, sort_order=-1)
+    resource_pk: Mapped[int] = mapped_column(
+        ForeignKey("fhir_resource.pk", ondelete="CASCADE"), index=True, sort_order=-1
+    )
+    resource_type: Mapped[str] = mapped_column(String(64), sort_order=-1)
+    param: Mapped[str] = mapped_column(String(64), sort_order=-1)
 
 
-class FhirToken(Base):
+class FhirToken(_SearchValue, Base):
     """A token value (code, identifier, coding, boolean) of a resource's search parameter."""
 
     __tablename__ = "fhir_token"
     __table_args__ = (Index("ix_fhir_token_lookup", "resource_type", "param", "code", "system"),)
 
-    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    resource_pk: Mapped[int] = _resource_fk()
-    resource_type: Mapped[str] = mapped_column(String(64))
-    param: Mapped[str] = mapped_column(String(64))
     system: Mapped[str] = mapped_column(String(255), default="")
     code: Mapped[str] = mapped_column(String(255))
 
 
-class FhirReference(Base):
+class FhirReference(_SearchValue, Base):
     """A reference value ``target_type/target_id`` of a resource's search parameter."""
 
     __tablename__ = "fhir_reference"
@@ -88,38 +93,26 @@ class FhirReference(Base):
         Index("ix_fhir_reference_target", "target_type", "target_id"),
     )
 
-    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    resource_pk: Mapped[int] = _resource_fk()
-    resource_type: Mapped[str] = mapped_column(String(64))
-    param: Mapped[str] = mapped_column(String(64))
     target_type: Mapped[str] = mapped_column(String(64))
     target_id: Mapped[str] = mapped_column(String(64))
 
 
-class FhirDate(Base):
+class FhirDate(_SearchValue, Base):
     """A date, dateTime, instant or Period of a search parameter, as an inclusive UTC range."""
 
     __tablename__ = "fhir_date"
     __table_args__ = (Index("ix_fhir_date_lookup", "resource_type", "param", "low", "high"),)
 
-    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    resource_pk: Mapped[int] = _resource_fk()
-    resource_type: Mapped[str] = mapped_column(String(64))
-    param: Mapped[str] = mapped_column(String(64))
     low: Mapped[str] = mapped_column(String(26))
     high: Mapped[str] = mapped_column(String(26))
 
 
-class FhirString(Base):
+class FhirString(_SearchValue, Base):
     """A string of a search parameter: ``value`` normalised (case-folded, accents removed)
     for the default and ``:contains`` searches, ``exact`` as written for ``:exact``."""
 
     __tablename__ = "fhir_string"
     __table_args__ = (Index("ix_fhir_string_lookup", "resource_type", "param", "value"),)
 
-    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    resource_pk: Mapped[int] = _resource_fk()
-    resource_type: Mapped[str] = mapped_column(String(64))
-    param: Mapped[str] = mapped_column(String(64))
     value: Mapped[str] = mapped_column(String(255))
     exact: Mapped[str] = mapped_column(String(255), default="")

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 from sqlalchemy import (
     Connection,
     Engine,
+    Row,
     delete,
     false,
     insert,
@@ -147,11 +148,8 @@ class FhirStore:
                 R.c.resource_type == resource_type, R.c.id == resource_id
             )
         ).first()
-        if row is None:
-            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
-        if row.deleted:
-            raise ResourceGone(f"{resource_type}/{resource_id} was deleted")
-        return load_stored(row.content)
+        name = f"{resource_type}/{resource_id}"
+        return _live(row, f"{name} is not known", f"{name} was deleted")
 
     def vread(self, resource_type: str, resource_id: str, version: str | int) -> dict[str, Any]:
         """One version from the history; 404 if unknown, 410 if that version is a deletion."""
@@ -174,11 +172,9 @@ class FhirStore:
                 H.c.version_id == number,
             )
         ).first()
-        if row is None:
-            raise ResourceNotFound(f"{resource_type}/{resource_id}/_history/{version} is not known")
-        if row.deleted:
-            raise ResourceGone(f"{resource_type}/{resource_id} was deleted in version {version}")
-        return load_stored(row.content)
+        name = f"{resource_type}/{resource_id}"
+        gone = f"{name} was deleted in version {version}"
+        return _live(row, f"{name}/_history/{version} is not known", gone)
 
     def history(
         self, resource_type: str, resource_id: str, base_url: str | None = None
@@ -525,6 +521,16 @@ class FhirStore:
     def _clear_index(self, conn: Connection, pk: int) -> None:
         for table in INDEX_TABLES:
             conn.execute(delete(table).where(table.c.resource_pk == pk))
+
+
+def _live(row: Row[*tuple[Any, ...]] | None, unknown: str, deleted: str) -> dict[str, Any]:
+    """The resource a ``content, deleted`` row holds; ``ResourceNotFound(unknown)`` without a
+    row, ``ResourceGone(deleted)`` when it records a deletion."""
+    if row is None:
+        raise ResourceNotFound(unknown)
+    if row.deleted:
+        raise ResourceGone(deleted)
+    return load_stored(row.content)
 
 
 def _type_of(resource: Any) -> str:

@@ -11,9 +11,9 @@ sent again while it is held is the same entry (unique SOP Instance UID + digest)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import BaseModel, ConfigDict, field_serializer
 from sqlalchemy import (
     BigInteger,
     DateTime,
@@ -74,9 +74,11 @@ class QuarantineEntry(Base):
 QUARANTINE: Table = QuarantineEntry.__table__  # type: ignore[assignment]
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
-    """A quarantine entry as an administrator sees it (patient fields included)."""
+class Held(BaseModel):
+    """A quarantine entry as an administrator sees it (patient fields included); a pydantic
+    model so that ``/api/quarantine`` answers it as it is."""
+
+    model_config = ConfigDict(frozen=True)
 
     pk: int
     sop_instance_uid: str
@@ -105,11 +107,9 @@ class Held:
             self.source_channel, self.source_ae_title, self.source_host, self.source_organisation
         )
 
-    def as_json(self) -> dict[str, object]:
-        """The entry for ``/api/quarantine``."""
-        entry = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        entry["received_at"] = as_utc(self.received_at).isoformat()
-        return entry
+    @field_serializer("received_at")
+    def _received_at(self, received_at: datetime) -> str:
+        return as_utc(received_at).isoformat()
 
 
 def quarantine_key(a: InstanceAttributes, sha256: str) -> str:

@@ -165,15 +165,12 @@ class IngestService:
         quarantine: bool,
     ) -> IngestOutcome:
         known = find_instance(conn, attrs.sop_instance_uid)
-        if known is not None and self._identical(known, sha256, data, attrs):
-            return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
         if known is not None:
-            try:
-                check_instance_identity(known, attrs)
-            except IdentityConflictError as exc:
-                return self._identity_conflict(attrs, data, sha256, source, quarantine, exc)
-        if known is not None and self.duplicate_policy is not DuplicatePolicy.OVERWRITE:
-            return self._refuse_conflict(attrs)
+            decided = self._against_known(known, attrs, data, sha256, source, quarantine)
+            if decided is not None:
+                return decided
+            if self.duplicate_policy is not DuplicatePolicy.OVERWRITE:
+                return self._refuse_conflict(attrs)
         key = instance_key(
             attrs.study_instance_uid, attrs.series_instance_uid, attrs.sop_instance_uid, sha256
         )
@@ -243,15 +240,30 @@ class IngestService:
         if known is not None and known.sha256 == sha256:
             return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
         self._discard(key)
-        if known is not None and self._identical(known, sha256, data, attrs):
+        if known is None:
+            return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason="index conflict")
+        decided = self._against_known(known, attrs, data, sha256, source, quarantine)
+        return decided if decided is not None else self._refuse_conflict(attrs)
+
+    def _against_known(
+        self,
+        known: StoredInstance,
+        attrs: InstanceAttributes,
+        data: bytes,
+        sha256: str,
+        source: Source,
+        quarantine: bool,
+    ) -> IngestOutcome | None:
+        """The outcome when the SOP Instance UID is stored already: a duplicate when ``data``
+        is that object again, an identity conflict when it names another patient; None when
+        it is a different object of the same patient (the duplicate policy decides)."""
+        if self._identical(known, sha256, data, attrs):
             return IngestOutcome(StoreStatus.DUPLICATE, *_uids(attrs), reason="identical")
-        if known is not None:
-            try:
-                check_instance_identity(known, attrs)
-            except IdentityConflictError as exc:
-                return self._identity_conflict(attrs, data, sha256, source, quarantine, exc)
-            return self._refuse_conflict(attrs)
-        return IngestOutcome(StoreStatus.FAILED, *_uids(attrs), reason="index conflict")
+        try:
+            check_instance_identity(known, attrs)
+        except IdentityConflictError as exc:
+            return self._identity_conflict(attrs, data, sha256, source, quarantine, exc)
+        return None
 
     def _identical(
         self, known: StoredInstance, sha256: str, data: bytes, attrs: InstanceAttributes

@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pacs.changes import CHANGE, record
+from pacs.changes import CHANGE, EVENT_COLUMNS, record
 from pacs.index.engine import WRITE, writer_turn
 from pacs.index.models import as_utc, utcnow
 from pacs.jobs import JobError
@@ -190,14 +190,7 @@ def _with_event(
     event = (
         CHANGE.insert()
         .from_select(
-            [
-                "kind",
-                "study_instance_uid",
-                "series_instance_uid",
-                "sop_instance_uid",
-                "payload",
-                "created_at",
-            ],
+            EVENT_COLUMNS,
             select(
                 literal(kind),
                 changed.c.study_instance_uid,

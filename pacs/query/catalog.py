@@ -1,21 +1,24 @@
 """What the archive holds, for listings: studies newest first, one study with its series, and
 whether the study / series a DICOMweb path names is stored. Read-only; typed rows, no ORM
-objects leave this module."""
+objects leave this module. The rows are pydantic models so that ``/api/studies`` answers them
+as they are."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pacs.index.models import Patient, Series, Study, as_utc
 
 
-@dataclass(frozen=True, slots=True)
-class StudyRow:
+class StudyRow(BaseModel):
     """One study and its patient, as listed."""
+
+    model_config = ConfigDict(frozen=True)
 
     study_instance_uid: str
     patient_id: str
@@ -32,9 +35,10 @@ class StudyRow:
     updated_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class SeriesRow:
+class SeriesRow(BaseModel):
     """One series of a study."""
+
+    model_config = ConfigDict(frozen=True)
 
     series_instance_uid: str
     modality: str

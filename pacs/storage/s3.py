@@ -76,22 +76,15 @@ class S3Store:
             raise StorageError(f"cannot write object {key}: {exc}") from exc
 
     def get(self, key: str) -> bytes:
-        response = None
-        try:
-            response = self.client.get_object(self.bucket, self._name(key))
-            return response.read()
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                raise KeyError(key) from None
-            raise StorageError(f"cannot read object {key}: {exc}") from exc
-        finally:
-            if response is not None:
-                response.close()
-                response.release_conn()
+        return self._read(key)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
+        # one ranged GET (HTTP Range: bytes=offset-(offset+length-1))
+        return self._read(key, offset=offset, length=length)
+
+    def _read(self, key: str, offset: int = 0, length: int = 0) -> bytes:
         response = None
-        try:  # one ranged GET (HTTP Range: bytes=offset-(offset+length-1))
+        try:
             response = self.client.get_object(
                 self.bucket, self._name(key), offset=offset, length=length
             )

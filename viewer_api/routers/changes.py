@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
-from pacs.changes import KINDS, last_seq, read_since
+from pacs.changes import KINDS, ChangeEvent, last_seq, read_since
 from viewer_api.deps import AuditDep, EngineDep
 
 router = APIRouter(tags=["changes"])
@@ -19,16 +19,8 @@ Kind = Annotated[
 ]
 
 
-class Change(BaseModel):
+class Change(ChangeEvent):
     """One event of the feed."""
-
-    seq: int
-    kind: str
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    payload: dict[str, Any] | None
-    created_at: str
 
 
 class ChangePage(BaseModel):
@@ -70,7 +62,7 @@ def changes(
         newest = last_seq(conn)
     audit("search")
     return ChangePage(
-        changes=[Change.model_validate(e.as_json()) for e in events],
+        changes=[Change.model_validate(e, from_attributes=True) for e in events],
         last=events[-1].seq if events else since,
         done=len(events) < limit,
         newest=newest,

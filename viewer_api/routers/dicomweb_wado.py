@@ -304,6 +304,11 @@ def retrieve_frames(
     count = _frame_count(call, row)
     if max(numbers) > count:
         call.fail(400, f"the instance has {count} frame(s)")
+    return _frames_response(call, row, numbers)
+
+
+def _frames_response(call: Call, row: MetadataRow, numbers: list[int]) -> StreamingResponse:
+    """Frames ``numbers`` of ``row`` in the transfer syntax the Accept header chooses."""
     stored = row.transfer_syntax_uid
     try:
         choice = media.frame_choice(call.accept(), stored, decodable(stored))
@@ -348,19 +353,8 @@ def retrieve_bulkdata(
     except ValueError as exc:
         call.fail(400, str(exc))
     row = _instance_row(call, target)
-    stored = row.transfer_syntax_uid
-    if tags == [PIXEL_DATA] and UID(stored).is_compressed:
-        count = _frame_count(call, row)
-        try:
-            choice = media.frame_choice(call.accept(), stored, decodable(stored))
-        except media.NotAcceptable as exc:
-            call.fail(406, str(exc))
-        call.audit("read")
-        boundary = parts.new_boundary()
-        return StreamingResponse(
-            parts.body(boundary, _frames(call.store, row, list(range(1, count + 1)), choice)),
-            media_type=parts.content_type(boundary, choice.media_type),
-        )
+    if tags == [PIXEL_DATA] and UID(row.transfer_syntax_uid).is_compressed:
+        return _frames_response(call, row, list(range(1, _frame_count(call, row) + 1)))
     if not accepts(call.accept(), media.OCTET_STREAM, in_multipart=True):
         call.fail(406, "bulk data is available as application/octet-stream")
     ds = dcmread(BytesIO(call.read(row.object_key)))

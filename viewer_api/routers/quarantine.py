@@ -15,35 +15,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from pacs.ingest.quarantine import QuarantineError, list_held
+from pacs.ingest.quarantine import Held, QuarantineError, list_held
 from pacs.ingest.release import discard, release
 from viewer_api.deps import AuditDep, CurrentUser, IngestDep, User
 
 router = APIRouter(prefix="/api/quarantine", tags=["quarantine"])
 
 
-class HeldEntry(BaseModel):
+class HeldEntry(Held):
     """One held object: the patient it names, why it is held, where it came from."""
-
-    pk: int
-    sop_instance_uid: str
-    series_instance_uid: str
-    study_instance_uid: str
-    sop_class_uid: str
-    patient_id: str
-    issuer_of_patient_id: str
-    patient_name: str
-    patient_birth_date: str
-    patient_sex: str
-    reason: str
-    object_key: str
-    size_bytes: int
-    sha256: str
-    source_channel: str
-    source_ae_title: str
-    source_host: str
-    source_organisation: str
-    received_at: str
 
 
 class HeldEntries(BaseModel):
@@ -85,7 +65,10 @@ def list_quarantine(
 ) -> HeldEntries:
     """Every held object, oldest first, with the patient it names and why it is held."""
     _require_admin(user)
-    entries = [HeldEntry.model_validate(held.as_json()) for held in list_held(ingest.engine, study)]
+    entries = [
+        HeldEntry.model_validate(held, from_attributes=True)
+        for held in list_held(ingest.engine, study)
+    ]
     audit("search")
     return HeldEntries(entries=entries)
 

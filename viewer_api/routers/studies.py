@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated
 
@@ -16,22 +15,8 @@ from viewer_api.deps import AuditDep, SessionDep
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 
 
-class StudySummary(BaseModel):
+class StudySummary(catalog.StudyRow):
     """One study as listed."""
-
-    study_instance_uid: str
-    patient_id: str
-    issuer_of_patient_id: str
-    patient_name: str
-    study_date: str
-    study_time: str
-    accession_number: str
-    study_description: str
-    modalities_in_study: list[str]
-    number_of_series: int
-    number_of_instances: int
-    size_bytes: int
-    updated_at: datetime
 
 
 class StudyPage(BaseModel):
@@ -43,17 +28,8 @@ class StudyPage(BaseModel):
     items: list[StudySummary]
 
 
-class SeriesSummary(BaseModel):
+class SeriesSummary(catalog.SeriesRow):
     """One series of a study."""
-
-    series_instance_uid: str
-    modality: str
-    series_number: int | None
-    series_description: str
-    body_part_examined: str
-    number_of_instances: int
-    source_ae_title: str
-    source_organisation: str
 
 
 class Reconciliation(BaseModel):
@@ -97,7 +73,7 @@ def get_study(study_instance_uid: str, session: SessionDep, audit: AuditDep) -> 
     audit("read")
     return StudyDetail.model_validate(
         {
-            **asdict(study),
+            **study.model_dump(),
             "reconciliation": reconciliation,
             "series": [SeriesSummary.model_validate(s, from_attributes=True) for s in series],
         }
