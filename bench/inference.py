@@ -37,7 +37,7 @@ STAGES = {
     "volume": "geometry checks, sort, decode, HU, SimpleITK image",
     "calibration": "plausibility gate: air outside the body near -1000 HU",
     "predict": "lung model (resample to the model grid, onnxruntime, post-processing, back)",
-    "plausibility": "plausibility gates: lungs found, apex and base in the scan, adult volume",
+    "plausibility": "gates: lungs found, apex and base in the scan, lungs symmetric, adult volume",
     "quantify": "volumes, emphysema index, vessel filter, ground glass / consolidation",
     "seg": "DICOM SEG (highdicom, BINARY, empty frames omitted)",
     "sr": "TID 1500 SR (highdicom)",

@@ -38,6 +38,7 @@ class RefusalReason(StrEnum):
     NO_LUNG = "no_lung"  # (almost) no lung in the scan
     LUNG_VOLUME_IMPLAUSIBLE = "lung_volume_implausible"  # outside the adult range
     PARTIAL_COVERAGE = "partial_coverage"  # lung apex or base outside the scan: volumes only
+    LUNG_ASYMMETRIC = "lung_asymmetric"  # one lung much smaller: volumes only
 
 
 class VolumeRefusedError(InferenceError, ValueError):

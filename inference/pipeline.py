@@ -13,9 +13,10 @@ Stages, each testable alone (MONAI Deploy's habit):
 No grade without every gate passed, and a stopped analysis is a result too: a series no
 check accepts gives an ``ai_result`` row saying "not assessable: <reason>" (then
 ``AnalysisRefused``); a failed gate gives that row and an SR with the reason (and, for a
-partial coverage, the lung volumes and their SEG). Not-assessable measurements hold
-``assessment`` (``partial_coverage`` / ``not_assessable``), ``assessment_reason`` (the
-``RefusalReason`` code) and ``assessment_detail``; a complete result has none of them.
+partial coverage or asymmetric lungs, the lung volumes and their SEG). Not-assessable
+measurements hold ``assessment`` (``partial_coverage`` / ``not_assessable``),
+``assessment_reason`` (the ``RefusalReason`` code) and ``assessment_detail``; a complete
+result has none of them.
 
 ``ctx.heartbeat()`` runs between stages (it raises if an operator cancelled the job). Any
 failure propagates, so the job is marked failed with the error and retried per its policy.

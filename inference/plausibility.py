@@ -14,6 +14,15 @@ No grade is given unless every gate passes; a failed gate is a result too (an
   lung area in the first or last slice above ``inference_coverage_end_fraction`` of the
   largest slice's means the base or the apex lies outside the scan: ``partial_coverage``,
   lung volumes reported, no shares and no grade.
+- symmetry: with whole lungs, the smaller lung's volume below
+  ``inference_lung_asymmetry_min_ratio`` (0.7) of the larger's: ``lung_asymmetric``, lung
+  volumes reported, no shares and no grade. The lung model leaves dense consolidation
+  (soft-tissue density) outside the mask, so one-sided dense disease shrinks that lung's
+  mask and would lower the involvement and the grade as the disease grows; effusion and
+  collapse shrink it too. Normal adult lungs have a right/left volume ratio of about
+  1.1-1.2 (smaller/larger 0.83-0.91); 0.7 allows up to 1.43 and fires when about 35-40 % of
+  the right or 15-25 % of the left lung is missing from the mask (30 % of either lung of the
+  symmetric phantoms). Bilateral, symmetric dense disease is not caught.
 - adult range: with whole lungs, the total volume must lie in
   ``[inference_lung_volume_min_ml, inference_lung_volume_max_ml]`` (1.5-10 L: adult CT lung
   volumes span about 2.5-8 L from expiration to full inspiration, and the limits leave room
@@ -43,7 +52,9 @@ class Status(StrEnum):
     """How far an analysis could go (``ai_result.measurements["assessment"]``)."""
 
     COMPLETE = "complete"  # every gate passed: shares and grade
-    PARTIAL_COVERAGE = "partial_coverage"  # lung volumes only
+    # lung volumes only: part of the lungs lies outside the scan or, when the lungs are
+    # asymmetric, possibly outside the lung mask (the reason says which)
+    PARTIAL_COVERAGE = "partial_coverage"
     NOT_ASSESSABLE = "not_assessable"  # no measurement of the lungs
 
 
@@ -103,7 +114,8 @@ def check_calibration(image: sitk.Image, settings: Settings) -> Assessment:
 
 
 def check_lungs(lungs: sitk.Image, settings: Settings) -> Assessment:
-    """The lung gates on a label image (1 right, 2 left): found, covered, adult volume."""
+    """The lung gates on a label image (1 right, 2 left): found, covered, symmetric, adult
+    volume."""
     voxel_ml = float(np.prod(lungs.GetSpacing())) / 1000.0
     # head-feet axis first: LPS order puts inferior at index 0, superior last
     labels = sitk.GetArrayFromImage(sitk.DICOMOrient(lungs, "LPS"))
@@ -126,6 +138,9 @@ def check_lungs(lungs: sitk.Image, settings: Settings) -> Assessment:
             f"partial coverage, {' and '.join(missing)} outside the scan "
             f"({total_ml:.0f} mL of lung in it); volumes only, no grade",
         )
+    asymmetric = check_symmetry(labels, voxel_ml, settings)
+    if not asymmetric.complete:
+        return asymmetric
     low, high = settings.inference_lung_volume_min_ml, settings.inference_lung_volume_max_ml
     if not low <= total_ml <= high:
         return refused(
@@ -133,3 +148,22 @@ def check_lungs(lungs: sitk.Image, settings: Settings) -> Assessment:
             f"total lung volume {total_ml:.0f} mL outside the adult range {low:.0f}-{high:.0f} mL",
         )
     return COMPLETE
+
+
+def check_symmetry(labels: np.ndarray, voxel_ml: float, settings: Settings) -> Assessment:
+    """Volumes only (``lung_asymmetric``) when the smaller lung is below
+    ``inference_lung_asymmetry_min_ratio`` of the larger (labels: 1 right, 2 left)."""
+    right_ml = float(np.count_nonzero(labels == 1)) * voxel_ml
+    left_ml = float(np.count_nonzero(labels == 2)) * voxel_ml
+    larger = max(right_ml, left_ml)
+    ratio = min(right_ml, left_ml) / larger if larger > 0 else 1.0
+    if ratio >= settings.inference_lung_asymmetry_min_ratio:
+        return COMPLETE
+    return Assessment(
+        Status.PARTIAL_COVERAGE,
+        RefusalReason.LUNG_ASYMMETRIC,
+        f"right lung {right_ml / 1000:.1f} L vs left {left_ml / 1000:.1f} L (smaller/larger "
+        f"{ratio:.2f}, at least {settings.inference_lung_asymmetry_min_ratio:.2f} expected): "
+        "dense disease, effusion or collapse may lie outside the lung mask; "
+        "volumes only, no grade",
+    )

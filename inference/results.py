@@ -62,6 +62,9 @@ NOT_ASSESSABLE_CODES = {  # the plausibility gates' reasons (CodeValue: at most 
     RefusalReason.PARTIAL_COVERAGE: Code(
         "PARTIAL_COVERAGE", _SCHEME, "Not assessable: partial coverage of the lungs"
     ),
+    RefusalReason.LUNG_ASYMMETRIC: Code(
+        "LUNG_ASYMMETRIC", _SCHEME, "Not assessable: lung volumes asymmetric"
+    ),
 }
 GRADE_CODES = {
     "CT-0": Code("CT-0", _SCHEME, "CT-0 no involvement"),

@@ -323,6 +323,13 @@ class Settings(BaseSettings):
         description="Lung in an end slice above this share of the largest "
         "slice's lung area: apex or base outside the scan (partial coverage).",
     )
+    inference_lung_asymmetry_min_ratio: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="Smaller lung's volume below this share of the larger's (whole lungs): "
+        "dense disease, effusion or collapse may lie outside the lung mask; volumes only.",
+    )
     inference_air_hu: float = Field(-1000.0, description="Expected HU of air outside the body.")
     inference_air_tolerance_hu: float = Field(
         100.0,

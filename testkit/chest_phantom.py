@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 from testkit.dicom_factory import ct_slice
 
 GGO_HU, CONSOLIDATION_HU, LUNG_HU, TISSUE_HU, VESSEL_HU = -550, -20, -860, 40, 60
+DENSE_CONSOLIDATION_HU = 35  # the density lung-seg 1.1.1 leaves outside the lung mask
 LUNG_HALF_LENGTH = 0.92  # of the scan's half length: apex and base lie inside the scan
 
 
@@ -90,6 +91,26 @@ def chest_phantom(
         involvement_percent=100.0 * lesion_count / parenchyma_voxels,
         emphysema_percent=100.0 * bullae_count / lung_voxels,
     )
+
+
+def dense_lung_base(phantom: Phantom, label: int, share: float) -> tuple[Phantom, np.ndarray]:
+    """The phantom with the caudal ``share`` of one lung's voxels (``label``: 1 right, 2 left)
+    turned into consolidation at +35 HU (truth labels unchanged), and the lung mask without
+    them: what lung-seg 1.1.1 returns for dense disease (models/lung-seg/MODEL_CARD.md).
+    The phantom must have no lesion or bullae: its involvement becomes the dense share of the
+    lungs."""
+    if phantom.involvement_percent or phantom.emphysema_percent:
+        raise ValueError("dense_lung_base needs a phantom without lesions or bullae")
+    lung = phantom.lungs == label
+    per_slice = np.count_nonzero(lung, axis=(1, 2))  # slices run from the feet up
+    slices = np.cumsum(per_slice) - per_slice / 2 < share * per_slice.sum()
+    dense = lung & slices[:, np.newaxis, np.newaxis]
+    noise = np.random.default_rng(0).normal(0, 12, int(dense.sum()))
+    hu = phantom.hu.copy()
+    hu[dense] = np.round(DENSE_CONSOLIDATION_HU + noise).astype(np.int16)
+    mask = np.where(dense, 0, phantom.lungs).astype(np.uint8)
+    involvement = 100.0 * np.count_nonzero(dense) / np.count_nonzero(phantom.lungs)
+    return Phantom(hu, phantom.lungs, phantom.spacing, involvement, 0.0), mask
 
 
 def _rows_for_share(per_row: np.ndarray, share: float, from_end: bool) -> np.ndarray:

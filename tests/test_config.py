@@ -64,6 +64,8 @@ def non_default(name: str, annotation: Any, default: Any) -> tuple[str, Any]:
         return str(not default).lower(), not default
     if annotation is int:
         return str(default + 7), default + 7
+    if annotation is float and 0 < default < 1:  # a share (0..1): stay inside it
+        return str(default / 2), default / 2
     if annotation is float:
         return str(default + 0.5), default + 0.5
     if annotation is Path:

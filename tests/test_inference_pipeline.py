@@ -13,6 +13,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -20,14 +21,17 @@ from sqlalchemy import select, update
 
 from inference import pipeline, records, results
 from inference.errors import RefusalReason, VolumeRefusedError
+from inference.plausibility import Status, check_lungs
+from inference.quantify import Bands, quantify
 from inference.volume import build_volume
 from pacs import changes
+from pacs.config import Settings
 from pacs.index.models import Instance, Series
 from pacs.jobs import queue as jobs
 from pacs.jobs.analysis import AnalysisRefused
 from pacs.jobs.models import Job
 from pacs.jobs.worker import Worker
-from testkit.chest_phantom import Phantom, chest_phantom, phantom_series
+from testkit.chest_phantom import Phantom, chest_phantom, dense_lung_base, phantom_series
 from testkit.inference_helpers import Archive, FailingSegmenter, TruthSegmenter, open_archive
 from tests.conftest import Backend
 from tests.test_inference_results import dciodvfy_errors
@@ -246,6 +250,54 @@ def test_lung_bases_only_get_volumes_and_no_grade(
     (tmp_path / "sr.dcm").write_bytes(results.encode(sr))
     assert dciodvfy_errors(tmp_path / "sr.dcm") == []
     assert len(sr.content.get_volumetric_roi_measurement_groups()) == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # pipeline logic only
+def test_dense_disease_outside_one_lung_mask_withholds_the_grade(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 10: lung-seg leaves +35 HU consolidation outside the mask, so the grade fell as
+    dense disease grew; half of the right lung dense gives volumes only, no grade."""
+    dense, mask = dense_lung_base(chest_phantom(size=64, slices=20, seed=8), 1, 0.5)
+    result = gated(archive, phantom_series(dense), mask, monkeypatch)
+    measurements = result.summary["measurements"]
+    assert measurements["assessment"] == "partial_coverage"
+    assert measurements["assessment_reason"] == "lung_asymmetric"
+    detail = measurements["assessment_detail"]
+    assert detail.startswith("right lung 1.5 L vs left 2.9 L (smaller/larger 0.50")
+    assert "dense disease, effusion or collapse may lie outside the lung mask" in detail
+    assert measurements["right_lung_volume_ml"] < 0.6 * measurements["left_lung_volume_ml"]
+    for key in ("ct_severity_grade", "involvement_percent", "consolidation_percent"):
+        assert key not in measurements
+    seg_uid, sr_uid = result.output_sop_instance_uids
+    assert series_of(archive, seg_uid)[1] == 1
+    sr = stored_sr(archive, sr_uid)
+    assert assessability(sr) == "LUNG_ASYMMETRIC"
+    (tmp_path / "sr.dcm").write_bytes(results.encode(sr))
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+
+
+@pytest.mark.parametrize("label", [1, 2])
+def test_asymmetry_gate_fires_on_large_one_sided_dense_disease(label: int) -> None:
+    """Without the gate the phantom grades CT-0 whatever the dense share (the lesion is not
+    in the mask); with it, a large one-sided share gives no grade, a small one still does
+    (under-measured: a known limit), and the symmetric phantom is graded."""
+    settings = Settings()
+    phantom = chest_phantom(size=64, slices=40, seed=8)
+    for share, reason in ((0.0, None), (0.1, None), (0.5, RefusalReason.LUNG_ASYMMETRIC)):
+        dense, mask = dense_lung_base(phantom, label, share)
+        image = sitk.GetImageFromArray(dense.hu)
+        image.SetSpacing(dense.spacing)
+        labels = sitk.GetImageFromArray(mask)
+        labels.CopyInformation(image)
+        assessment = check_lungs(labels, settings)
+        assert assessment.reason is reason, (share, assessment)
+        if reason is not None:
+            assert assessment.status is Status.PARTIAL_COVERAGE
+            assert "smaller/larger 0.50, at least 0.70 expected" in assessment.detail
+        assert quantify(image, labels, Bands()).ct_severity_grade == "CT-0"
+    off = settings.model_copy(update={"inference_lung_asymmetry_min_ratio": 0.0})
+    assert check_lungs(labels, off).complete
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)

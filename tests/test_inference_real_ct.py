@@ -5,6 +5,9 @@ pneumonia) with its reference lungs (labels 10, 11 left; 13, 14 right):
 
 - per-side Dice of the shipped model with the segmenter's post-processing;
 - the share of lung called involved on this normal CT;
+- dense lesions (+35 HU) in the right lung, which the model leaves outside the mask: no
+  grade, from the coverage gate (this CT holds the lung bases only, so the asymmetry gate,
+  which needs whole lungs, does not apply here);
 - lesions inserted into the right lung (its posterior, dependent 10 / 30 / 50 %, ground glass
   at -600 HU laid over the parenchyma: vessels denser than the lesion stay): inside the
   mask, measured involvement within 5 points of the inserted share of both lungs, grades
@@ -19,9 +22,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from inference.errors import RefusalReason
+from inference.plausibility import check_lungs
 from inference.quantify import GRADES, Bands, quantify
 from inference.registry import ModelRegistry
 from inference.segmentation import LEFT_LUNG, RIGHT_LUNG, LungSegmenter
+from pacs.config import Settings
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,3 +109,19 @@ def test_inserted_ground_glass_is_inside_and_measured(
         assert result.involvement_percent == pytest.approx(expected, abs=5), share
         grades.append(GRADES.index(result.ct_severity_grade))
     assert grades == sorted(grades) and grades[-1] > grades[0]
+
+
+def test_inserted_dense_consolidation_gets_no_grade(
+    real_ct: tuple[sitk.Image, np.ndarray], lung_seg: LungSegmenter
+) -> None:
+    """+35 HU consolidation falls out of the mask (model card: 26 / 15 / 2 % inside), so its
+    grade would be falsely low; the gates withhold it. On this partial CT the coverage gate
+    does; the asymmetry gate (whole lungs only) is never reached: smaller/larger is 0.57
+    for the normal bases here (left 43 mL, right 75 mL) and rises to 0.85 as the dense right
+    lesion grows."""
+    ct, ref = real_ct
+    for share in (0.1, 0.3, 0.5):
+        image, _ = inserted(ct, ref, share, 35.0)
+        assessment = check_lungs(lung_seg.segment(image), Settings())
+        assert assessment.reason is RefusalReason.PARTIAL_COVERAGE, (share, assessment)
+        assert "volumes only, no grade" in assessment.detail
