@@ -18,7 +18,7 @@ from pacs.index.engine import session_factory
 from pacs.index.models import AuditEvent
 from tests.conftest import make_backend
 from viewer_api.app import PUBLIC_ROUTERS, create_app
-from viewer_api.deps import get_current_user
+from viewer_api.deps import User, get_current_user
 
 
 @pytest.fixture
@@ -119,3 +119,21 @@ def test_webhook_and_rules_writes_are_audited(app: FastAPI) -> None:
         ("local-admin", "delete", f"/api/webhooks/{hook}", 404),
         ("local-admin", "update", "/api/rules/reload", 200),
     ]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/quarantine"),
+        ("POST", "/api/quarantine/1/release"),
+        ("POST", "/api/quarantine/1/discard"),
+    ],
+)
+def test_the_quarantine_is_for_administrators(app: FastAPI, method: str, path: str) -> None:
+    """Held objects name patients: a non-administrator is refused before anything is read."""
+    app.dependency_overrides[get_current_user] = lambda: User(name="dr", roles=("radiologist",))
+    with TestClient(app) as client:
+        assert client.request(method, path).status_code == 403
+    app.dependency_overrides[get_current_user] = lambda: User(name="root", roles=("admin",))
+    with TestClient(app) as client:
+        assert client.get("/api/quarantine").status_code == 200
