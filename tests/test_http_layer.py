@@ -16,9 +16,10 @@ from sqlalchemy import select
 
 from pacs.index.engine import session_factory
 from pacs.index.models import AuditEvent
+from pacs.security.subject import Role, Subject, SubjectKind
 from tests.conftest import make_backend
 from viewer_api.app import PUBLIC_ROUTERS, create_app
-from viewer_api.deps import User, get_current_user
+from viewer_api.deps import get_current_user
 
 
 @pytest.fixture
@@ -131,9 +132,11 @@ def test_webhook_and_rules_writes_are_audited(app: FastAPI) -> None:
 )
 def test_the_quarantine_is_for_administrators(app: FastAPI, method: str, path: str) -> None:
     """Held objects name patients: a non-administrator is refused before anything is read."""
-    app.dependency_overrides[get_current_user] = lambda: User(name="dr", roles=("radiologist",))
+    radiologist = Subject("dr", SubjectKind.USER, frozenset({Role.RADIOLOGIST}))
+    app.dependency_overrides[get_current_user] = lambda: radiologist
     with TestClient(app) as client:
         assert client.request(method, path).status_code == 403
-    app.dependency_overrides[get_current_user] = lambda: User(name="root", roles=("admin",))
+    admin = Subject("root", SubjectKind.USER, frozenset({Role.ADMIN}))
+    app.dependency_overrides[get_current_user] = lambda: admin
     with TestClient(app) as client:
         assert client.get("/api/quarantine").status_code == 200

@@ -6,7 +6,6 @@ Routers take these ``Annotated`` aliases and nothing from ``app.state`` themselv
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -17,22 +16,12 @@ from pacs.config import Settings
 from pacs.fhir.store import FhirStore
 from pacs.ingest import IngestService
 from pacs.jobs.rules import RuleBook
+from pacs.security.subject import LOCAL_ADMIN, Subject
 from pacs.storage.base import ObjectStore
 from viewer_api.audit import AuditTrail
 
 
-@dataclass(frozen=True, slots=True)
-class User:
-    """An authenticated caller."""
-
-    name: str
-    roles: tuple[str, ...]
-
-
-LOCAL_ADMIN = User(name="local-admin", roles=("admin",))
-
-
-def get_current_user(request: Request) -> User:
+def get_current_user(request: Request) -> Subject:
     """The caller. The embedded default trusts the local machine and returns a local admin;
     real authentication (OIDC / tokens) replaces this function, not its callers."""
     return LOCAL_ADMIN
@@ -67,7 +56,7 @@ def get_dicom_ready(request: Request) -> bool | None:
     return None if server is None else bool(server.ready)
 
 
-CurrentUser = Annotated[User, Depends(get_current_user)]
+CurrentUser = Annotated[Subject, Depends(get_current_user)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -17,7 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from pacs.ingest.quarantine import Held, QuarantineError, list_held
 from pacs.ingest.release import discard, release
-from viewer_api.deps import AuditDep, CurrentUser, IngestDep, User
+from pacs.security.subject import Subject
+from viewer_api.deps import AuditDep, CurrentUser, IngestDep
 
 router = APIRouter(prefix="/api/quarantine", tags=["quarantine"])
 
@@ -51,8 +52,8 @@ class Discarded(BaseModel):
     sop_instance_uid: str
 
 
-def _require_admin(user: User) -> None:
-    if "admin" not in user.roles:
+def _require_admin(user: Subject) -> None:
+    if not user.is_admin:
         raise HTTPException(403, "the quarantine is for administrators")
 
 
