@@ -62,17 +62,22 @@ class OidcProvider:
             assert self._discovery is not None
             return self._discovery
 
+    @property
+    def _min_refresh(self) -> float:
+        return self.settings.oidc_jwks_min_refresh_seconds
+
     def _stale(self) -> bool:
         return self._clock() - self._fetched_at >= self.settings.oidc_jwks_cache_seconds
 
     def _key(self, kid: str | None) -> Any:
         """The provider's key ``kid``; one refetch (rate-limited) if the cache lacks it."""
         with self._lock:
+            if self._keys is None and self._clock() - self._fetched_at < self._min_refresh:
+                raise IdentityProviderUnavailable("OIDC issuer unreachable (retrying shortly)")
             if self._keys is None or self._stale():
                 self._refresh()
             key = self._find(kid)
-            since = self._clock() - self._fetched_at
-            if key is None and since >= self.settings.oidc_jwks_min_refresh_seconds:
+            if key is None and self._clock() - self._fetched_at >= self._min_refresh:
                 log.info("OIDC key id %r unknown: refetching the issuer's key set", kid)
                 self._refresh()
                 key = self._find(kid)
