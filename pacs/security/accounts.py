@@ -14,6 +14,7 @@ from datetime import datetime
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pacs.index.models import as_utc
@@ -146,11 +147,16 @@ def authenticate(session: Session, name: str, password: str) -> Account | None:
 
 def ensure_first_admin(session: Session) -> str | None:
     """On an archive without any administrator account, add ``admin`` with a random password
-    and return that password (to be shown once); None when an administrator exists."""
+    and return that password (to be shown once); None when an administrator exists (or
+    another node of the archive is creating it)."""
     if any(Role.ADMIN in _roles(row.roles) for row in session.scalars(select(UserAccount))):
         return None
     password = generate_password()
-    add_account(session, FIRST_ADMIN, frozenset({Role.ADMIN}), password)
+    try:
+        add_account(session, FIRST_ADMIN, frozenset({Role.ADMIN}), password)
+    except IntegrityError:  # another node of the archive created it at the same moment
+        session.rollback()
+        return None
     return password
 
 

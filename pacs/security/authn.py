@@ -39,7 +39,10 @@ def first_start(settings: Settings, session: Session) -> str | None:
     without one (its random password, to print once on the console); None otherwise."""
     if settings.auth is not AuthMode.LOCAL:
         return None
-    password = ensure_first_admin(session)
+    try:
+        password = ensure_first_admin(session)
+    except AccountError:  # an account called 'admin' exists without the role
+        return "No administrator account: add one with pacs users add NAME --role admin"
     if password is None:
         return None
     return (
