@@ -344,3 +344,10 @@ def test_users_and_token_commands(tmp_path: Path) -> None:
     assert _pacs("users", "disable", "rad2", data_dir=data_dir).returncode == 0
     refused = _pacs("token", "--user", "rad2", data_dir=data_dir)
     assert refused.returncode == 1 and "no enabled account" in refused.stderr
+
+
+def test_openapi_declares_the_bearer_scheme(app: FastAPI) -> None:
+    schema = app.openapi()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/api/studies"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in schema["paths"]["/health"]["get"]
