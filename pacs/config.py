@@ -187,8 +187,9 @@ class Settings(BaseSettings):
         ),
     )
     content_security_policy: str = Field(
-        "default-src 'self'; frame-ancestors 'none'; object-src 'none'; base-uri 'self'",
-        description="Content-Security-Policy of HTML responses.",
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'",
+        description="Content-Security-Policy of HTML responses ('' to leave it out).",
     )
     frame_options: str = Field(
         "DENY", description="X-Frame-Options of HTML responses ('' to leave it out)."
