@@ -81,8 +81,8 @@ class CertificateAuthority:
     def issue(
         self, common_name: str, *, server: bool = False, dns: tuple[str, ...] = ()
     ) -> Credential:
-        """A certificate for ``common_name``: a server one (SAN 127.0.0.1, ::1, localhost)
-        or a client one (SAN DNS ``dns``)."""
+        """A client certificate for ``common_name`` (SAN DNS ``dns``); with ``server`` also a
+        server one for 127.0.0.1, ::1 and localhost."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
@@ -92,7 +92,9 @@ class CertificateAuthority:
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                 x509.IPAddress(ipaddress.ip_address("::1")),
             ]
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        usage = [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if server:  # a server certificate also authenticates its node as a client
+            usage.append(ExtendedKeyUsageOID.SERVER_AUTH)
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name))
@@ -102,7 +104,7 @@ class CertificateAuthority:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         )
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)

@@ -8,12 +8,15 @@ import os
 import ssl
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from pacs.config import Settings
+from pacs.dimse.scu import Outcome, SendError, StoreItem, send
 from pacs.dimse.tls import ae_matches_certificate, client_context, server_context
 from testkit.tls import CertificateAuthority, Credential
 from tests.conftest import (
@@ -25,6 +28,8 @@ from tests.conftest import (
     stop_archive,
 )
 from tests.dimse_tools import archive_view
+from tests.storescp import running_storescp
+from tests.test_retrieve_scp import movescu, received, register, store_study
 
 
 class Pki:
@@ -63,6 +68,7 @@ def tls_archive(
         PACS_DICOM_TLS_CLIENT_CA=str(pki.ca.path),
         PACS_DICOM_TLS_MATCH_AE="true",
         PACS_DICOM_TLS_AE_CERTIFICATES="MAPPED=modality-7.example",
+        PACS_DICOM_TLS_PEERS="STORESCP",
     )
     try:
         yield archive, tls_port
@@ -160,3 +166,66 @@ def test_ae_certificate_match_rules() -> None:
     assert not ae_matches_certificate("X", cert, {"X": "10.0.0.1"})  # DNS names only
     assert not ae_matches_certificate("CT1", {}, {})
     assert not ae_matches_certificate("CT1", None, {})
+
+
+@dataclass(frozen=True)
+class _Peer:
+    title: str
+    host: str
+    port: int
+
+
+def _ct_item() -> StoreItem:
+    path = Path(str(get_testdata_file("CT_small.dcm")))
+    ds = dcmread(path)
+    return StoreItem(
+        str(ds.SOPClassUID),
+        str(ds.SOPInstanceUID),
+        str(ds.file_meta.TransferSyntaxUID),
+        path.read_bytes,
+    )
+
+
+def test_sends_to_a_tls_peer_over_tls(pki: Pki, tmp_path: Path) -> None:
+    """C-STORE (the path of ``pacs send`` and C-MOVE) to DCMTK storescp +tls requiring the
+    archive's client certificate; a peer not configured for TLS, or one whose certificate
+    another CA issued, gets no objects."""
+    binary = require_tool("storescp")
+    port = free_port()
+    server_side = ["+tls", str(pki.server.key), str(pki.server.certificate)]
+    options = [*server_side, "+cf", str(pki.ca.path)]
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        dicom_tls_certificate=pki.server.certificate,
+        dicom_tls_key=pki.server.key,
+        dicom_tls_client_ca=pki.ca.path,
+        dicom_tls_peers="STORESCP",
+    )
+    with running_storescp(binary, tmp_path / "peer", port, options) as received:
+        summary = send(settings, _Peer("STORESCP", "127.0.0.1", port), [_ct_item()])
+        assert summary.count(Outcome.SENT) == 1
+        assert len(list(received.iterdir())) == 1
+        plain = settings.model_copy(update={"dicom_tls_peers": ()})
+        with pytest.raises(SendError):
+            send(plain, _Peer("STORESCP", "127.0.0.1", port), [_ct_item()])
+        other = CertificateAuthority(tmp_path / "other", "Other CA")
+        untrusted = settings.model_copy(update={"dicom_tls_client_ca": other.path})
+        with pytest.raises(SendError):
+            send(untrusted, _Peer("STORESCP", "127.0.0.1", port), [_ct_item()])
+        assert len(list(received.iterdir())) == 1
+
+
+def test_c_move_to_a_tls_peer_goes_over_tls(
+    tls_archive: tuple[RunningArchive, int], pki: Pki, tmp_path: Path
+) -> None:
+    archive, _ = tls_archive
+    study = store_study(archive, tmp_path / "in")
+    port = free_port()
+    options = ["+tls", str(pki.server.key), str(pki.server.certificate), "+cf", str(pki.ca.path)]
+    with running_storescp(require_tool("storescp"), tmp_path / "peer", port, options) as out:
+        register(archive, "STORESCP", port)
+        run = movescu(
+            archive, "STORESCP", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study.study_uid}"
+        )
+        assert run.returncode == 0, run.stdout + run.stderr + archive.log()
+        assert set(received(out)) == set(study.stored)

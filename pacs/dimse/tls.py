@@ -43,6 +43,18 @@ def client_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
+TlsArgs = tuple[ssl.SSLContext, str]
+"""pynetdicom's ``tls_args``: the client context and the server host name to verify."""
+
+
+def peer_tls_args(settings: Settings, title: str, host: str) -> TlsArgs | None:
+    """``tls_args`` for an association to the remote AE ``title`` at ``host``: TLS when the
+    title is in ``dicom_tls_peers``, else None (plain TCP)."""
+    if title.strip() not in settings.dicom_tls_peers:
+        return None
+    return client_context(settings), host
+
+
 def certificate_names(certificate: Mapping[str, Any]) -> set[str]:
     """The subject common names and DNS subject-alternative names of a peer certificate (as
     ``ssl.SSLSocket.getpeercert()`` returns it)."""

@@ -30,7 +30,7 @@ from pacs.dimse.pynetdicom_internals import (
 )
 from pacs.dimse.retrieve import RetrieveService
 from pacs.dimse.store import StoreHandler
-from pacs.dimse.tls import server_context
+from pacs.dimse.tls import peer_tls_args, server_context
 from pacs.dimse.worklist import WorklistService
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine, session_factory
@@ -59,7 +59,11 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     policy = AEPolicy(settings.allowed_aes, settings.accept_any_ae)
     ingest = build_ingest(settings)
     store = StoreHandler(ingest, policy)
-    retrieve = RetrieveService(session_factory(ingest.engine), ingest.store)
+    retrieve = RetrieveService(
+        session_factory(ingest.engine),
+        ingest.store,
+        lambda title, host: peer_tls_args(settings, title, host),
+    )
     handlers = Handlers(store, policy, retrieve)
     tls = server_context(settings) if settings.dicom_tls else None
     if settings.dicom_tls_match_ae:
