@@ -437,6 +437,19 @@ class Settings(BaseSettings):
             raise ValueError("ae_title must be printable ASCII (no control characters)")
         return value
 
+    @field_validator(
+        "tls_certificate",
+        "tls_key",
+        "dicom_tls_certificate",
+        "dicom_tls_key",
+        "dicom_tls_client_ca",
+        mode="before",
+    )
+    @classmethod
+    def _blank_path_is_unset(cls, value: Any) -> Any:
+        """An empty variable (``PACS_DICOM_TLS_CLIENT_CA=``) leaves an optional file unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator(*_PARSERS, mode="before")
     @classmethod
     def _parse_comma_separated(cls, value: Any, info: ValidationInfo) -> Any:
