@@ -470,7 +470,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _complete_credentials(self) -> Settings:
-        """No default credentials: S3 needs its keys, TLS its certificate and key together."""
+        """No default credentials: S3 needs its keys, TLS its certificate and key together,
+        and binding AE titles to certificates needs client certificates."""
         if (self.storage_url or "").startswith("s3://") and not (
             self.s3_access_key and self.s3_secret_key
         ):
@@ -484,6 +485,8 @@ class Settings(BaseSettings):
         ):
             if (cert is None) != (key is None):
                 raise ValueError(f"{name}_certificate and {name}_key must be set together")
+        if self.dicom_tls_match_ae and self.dicom_tls_client_ca is None:
+            raise ValueError("dicom_tls_match_ae needs dicom_tls_client_ca (client certificates)")
         return self
 
     @property

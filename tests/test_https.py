@@ -153,3 +153,5 @@ def test_tls_certificate_and_key_go_together() -> None:
         Settings.load(tls_certificate="/srv/cert.pem")
     with pytest.raises(ValueError, match="dicom_tls_certificate and dicom_tls_key"):
         Settings.load(dicom_tls_key="/srv/key.pem")
+    with pytest.raises(ValueError, match="needs dicom_tls_client_ca"):
+        Settings.load(dicom_tls_match_ae=True)
