@@ -243,3 +243,20 @@ def test_delivery_checks_the_address_it_connects_to(db_backend: Backend, server:
     finally:
         app.state.engine.dispose()
         app.state.ingest.engine.dispose()
+
+
+def test_a_configured_internal_url_is_logged_not_registered(
+    db_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = db_backend.with_settings(webhook_urls="http://10.0.0.7/hook")
+    app = create_app(settings)
+    sender = WebhookSender(settings, app.state.engine, "test")
+    try:
+        sender.sync_configured()
+        assert "10.0.0.7 is a private address" in caplog.text
+        with TestClient(app) as client:
+            assert client.get("/api/webhooks").json() == []
+    finally:
+        sender.stop()
+        app.state.engine.dispose()
+        app.state.ingest.engine.dispose()

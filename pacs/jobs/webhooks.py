@@ -249,12 +249,16 @@ class WebhookSender:
         self._in_flight: set[int] = set()
 
     def sync_configured(self) -> None:
-        """Register ``PACS_WEBHOOK_URLS`` (with ``PACS_WEBHOOK_SECRET``) if not yet known."""
+        """Register ``PACS_WEBHOOK_URLS`` (with ``PACS_WEBHOOK_SECRET``) if not yet known; a
+        URL the guard refuses is logged as an error and not registered."""
         for url in self.settings.webhook_urls:
             with self.engine.connect() as conn:
                 known = conn.scalar(select(WEBHOOK.c.pk).where(WEBHOOK.c.url == url))
             if known is None:
-                add_webhook(self.engine, url, self.guard, self.settings.webhook_secret)
+                try:
+                    add_webhook(self.engine, url, self.guard, self.settings.webhook_secret)
+                except WebhookError as exc:
+                    log.error("PACS_WEBHOOK_URLS: %s", exc)
 
     def start(self) -> None:
         """Deliver in a background thread until ``stop()``."""
