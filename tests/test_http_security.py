@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from testkit.auth import local_token
 from tests.conftest import Backend, make_backend
 from viewer_api.app import create_app
 
@@ -109,9 +110,20 @@ def test_cross_site_cookie_post_is_refused(app: FastAPI) -> None:
         assert client.delete("/api/webhooks/1", headers={"Origin": EVIL}).status_code == 403
 
 
-def test_same_origin_or_token_passes_and_bearer_is_exempt(app: FastAPI) -> None:
+@pytest.fixture
+def web_app(sqlite_backend: Backend) -> Iterator[tuple[FastAPI, str]]:
+    """The app with local accounts (the default) and an administrator's session cookie."""
+    settings = sqlite_backend.with_settings(auth="local")
+    application = create_app(settings)
+    yield application, local_token(settings, "boss", "admin")
+    application.state.engine.dispose()
+    application.state.ingest.engine.dispose()
+
+
+def test_same_origin_or_token_passes_and_bearer_is_exempt(web_app: tuple[FastAPI, str]) -> None:
+    app, session = web_app
     with TestClient(app, base_url="http://pacs.example") as client:
-        client.cookies.set("pacs_session", "s")
+        client.cookies.set("pacs_session", session)
         first = client.get("/health")
         token = first.cookies["pacs_csrf"]
         assert "samesite=strict" in first.headers["set-cookie"].lower()
@@ -126,9 +138,23 @@ def test_same_origin_or_token_passes_and_bearer_is_exempt(app: FastAPI) -> None:
         )
         assert same_referer.status_code == 404
         bearer = client.post(
-            "/api/jobs/1/cancel", headers={"Origin": EVIL, "Authorization": "Bearer x"}
+            "/api/jobs/1/cancel",
+            headers={"Origin": EVIL, "Authorization": f"Bearer {session}"},
         )
-        assert bearer.status_code != 403
+        assert bearer.status_code == 404  # a bearer token is never sent by a browser itself
         assert client.get("/api/webhooks", headers={"Origin": EVIL}).status_code == 200
     with TestClient(app) as client:  # no session cookie: nothing for CSRF to abuse
-        assert client.post("/api/jobs/1/cancel", headers={"Origin": EVIL}).status_code == 404
+        assert client.post("/api/jobs/1/cancel", headers={"Origin": EVIL}).status_code == 401
+
+
+def test_csrf_guards_a_real_web_session(web_app: tuple[FastAPI, str]) -> None:
+    """The session cookie authenticates, a cross-site POST carrying it is refused, the same
+    POST with the token gets through."""
+    app, session = web_app
+    with TestClient(app, base_url="http://pacs.example") as client:
+        assert client.post("/api/jobs/1/cancel").status_code == 401  # nobody
+        client.cookies.set("pacs_session", session)
+        token = client.get("/api/webhooks").cookies["pacs_csrf"]
+        assert client.post("/api/jobs/1/cancel", headers={"Origin": EVIL}).status_code == 403
+        passed = client.post("/api/jobs/1/cancel", headers={"X-CSRF-Token": token})
+        assert passed.status_code == 404  # authenticated by the cookie; no job 1

@@ -33,10 +33,13 @@ def _revincludes(rtype: str) -> list[str]:
 
 
 def capability_statement(
-    base_url: str, operations: dict[str, list[str]] | None = None
+    base_url: str,
+    operations: dict[str, list[str]] | None = None,
+    security: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The server's CapabilityStatement; ``operations`` maps a type ("" for the system) to the
-    names of the operations the HTTP layer serves (e.g. ``{"Patient": ["everything"]}``)."""
+    names of the operations the HTTP layer serves (e.g. ``{"Patient": ["everything"]}``);
+    ``security`` is the ``rest.security`` element (SMART on FHIR, ``pacs.security.smart``)."""
     operations = operations or {}
     resources = []
     for rtype in sorted(SEARCH_PARAMS):
@@ -75,6 +78,7 @@ def capability_statement(
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": "Regional imaging archive: studies, AI results and their EMR context.",
+        **({"security": security} if security else {}),
         "resource": resources,
         "interaction": [{"code": "transaction"}, {"code": "batch"}],
     }
