@@ -245,7 +245,8 @@ def test_web_pages_redirect_to_the_login_and_the_session_cookie_opens_them(
     assert client.get("/").status_code == 200
     assert client.get("/api/studies").status_code == 200  # the cookie works for the API too
     assert _users(local)[-1] == "web"
-    out = client.post("/logout")
+    assert client.post("/logout", headers={"Origin": "https://evil.example"}).status_code == 403
+    out = client.post("/logout", headers={"Origin": "http://testserver"})  # as a browser sends
     assert out.status_code == 303
     client.cookies.clear()
     assert client.get("/").status_code == 303

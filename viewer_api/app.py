@@ -19,6 +19,7 @@ from pacs.runtime import build_ingest
 from pacs.security.authn import Authenticator
 from pacs.storage import open_store
 from viewer_api.authn import add_exception_handlers
+from viewer_api.csrf import CSRFMiddleware
 from viewer_api.routers import (
     aes,
     changes,
@@ -37,6 +38,7 @@ from viewer_api.routers import (
     ui,
     webhooks,
 )
+from viewer_api.security_headers import SecurityHeadersMiddleware
 
 
 def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
@@ -106,7 +108,9 @@ GZIP_EXCLUDED = (
 
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
-    """GZip for responses over ~1 KB (DICOM JSON, FHIR, HTML), CORS when origins are set."""
+    """GZip for responses over ~1 KB (DICOM JSON, FHIR, HTML), CORS when origins are set,
+    CSRF protection of cookie sessions, and (outermost, so every answer has them) the
+    security headers."""
     app.add_middleware(
         GZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE, exclude_content_types=GZIP_EXCLUDED
     )
@@ -119,3 +123,5 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
             allow_headers=["*"],
             expose_headers=["Warning", "Content-Location", "ETag", "Location"],
         )
+    app.add_middleware(CSRFMiddleware, public_base_url=settings.public_base_url)
+    app.add_middleware(SecurityHeadersMiddleware, settings=settings)

@@ -1,7 +1,9 @@
 """One DICOM worker process: serves the connections the parent hands over.
 
 Each connection's A-ASSOCIATE-RQ is peeked at (not consumed): a storage association goes to
-the lean ``StorageAcceptor``, anything else to pynetdicom's association server.
+the lean ``StorageAcceptor``, anything else to pynetdicom's association server. A connection
+of the DICOM TLS port is wrapped in TLS here (handshake, client certificate) and served by
+pynetdicom, whose handlers check the calling AE against the certificate.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pacs.dimse.pynetdicom_internals import (
 )
 from pacs.dimse.retrieve import RetrieveService
 from pacs.dimse.store import StoreHandler
+from pacs.dimse.tls import peer_tls_args, server_context
 from pacs.dimse.worklist import WorklistService
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine, session_factory
@@ -56,8 +59,15 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     policy = AEPolicy(settings.allowed_aes, settings.accept_any_ae)
     ingest = build_ingest(settings)
     store = StoreHandler(ingest, policy)
-    retrieve = RetrieveService(session_factory(ingest.engine), ingest.store)
+    retrieve = RetrieveService(
+        session_factory(ingest.engine),
+        ingest.store,
+        lambda title, host: peer_tls_args(settings, title, host),
+    )
     handlers = Handlers(store, policy, retrieve)
+    tls = server_context(settings) if settings.dicom_tls else None
+    if settings.dicom_tls_match_ae:
+        handlers.certificate_aes = settings.dicom_tls_ae_certificates
     handlers.find = FindService(
         session_factory(create_index_engine(settings)), match_options(settings)
     )
@@ -92,7 +102,20 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         settings.max_associations,
     )
 
-    def serve(conn: socket.socket, host: str, port: int) -> None:
+    def serve(conn: socket.socket, host: str, port: int, secure: bool) -> None:
+        if secure:
+            assert tls is not None
+            try:
+                conn.settimeout(settings.acse_timeout)
+                conn = tls.wrap_socket(conn, server_side=True)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                log.warning("DICOM TLS handshake with %s failed: %s", host, exc)
+                conn.close()
+                on_closed()
+                return
+            conn.settimeout(None)
+            server.process_request(conn, (host, port))
+            return
         request = _peek_associate_rq(conn, settings.acse_timeout)
         if request is not None and is_storage_request(request, STORAGE_SOP_CLASSES):
             acceptor.serve(conn, host, on_closed)
@@ -113,11 +136,14 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         if not message:
             return  # parent closed the control socket: stop
         for fd in fds:
-            host, _, port = message.decode().partition("|")
+            host, port, secure = [*message.decode().split("|"), "", ""][:3]
             conn = socket.socket(fileno=fd)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             thread = threading.Thread(
-                target=serve, args=(conn, host, int(port or 0)), name="association", daemon=True
+                target=serve,
+                args=(conn, host, int(port or 0), secure == "tls"),
+                name="association",
+                daemon=True,
             )
             thread.start()
 
