@@ -153,9 +153,25 @@ class Settings(BaseSettings):
         0, description="DICOM server processes sharing the port; 0 = one per CPU core."
     )
     max_pdu_size: int = Field(
-        0, description="Maximum PDU length the SCP accepts; 0 = unlimited (fewest PDUs)."
+        1024 * 1024,
+        ge=4096,
+        le=64 * 1024 * 1024,
+        description=(
+            "Maximum PDU length the SCP announces and accepts (bytes); a longer PDU is aborted "
+            "before it is read."
+        ),
     )
-    max_associations: int = Field(64, description="Concurrent associations per SCP process.")
+    max_associations: int = Field(
+        64, ge=1, description="Concurrent associations per SCP process (beyond: A-ASSOCIATE-RJ)."
+    )
+    scp_memory_budget: int = Field(
+        1024**3,
+        ge=1024 * 1024,
+        description=(
+            "Bytes of received C-STORE data sets one SCP process holds at once; a C-STORE "
+            "beyond it is refused 0xA700 (one object up to max_object_size is always taken)."
+        ),
+    )
     network_timeout: float = Field(60.0, description="Seconds of silence before an abort.")
     dimse_timeout: float = Field(60.0, description="Seconds to wait for a DIMSE message.")
     acse_timeout: float = Field(30.0, description="Seconds to wait for association messages.")
