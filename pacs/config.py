@@ -210,6 +210,11 @@ class Settings(BaseSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated origins allowed by CORS ('*' any); empty: CORS off."
     )
+    http_max_json_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body of the JSON API (/api, ...); 413 above it.",
+    )
     fhir_max_body_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest FHIR request body (413 above it)."
     )

@@ -17,6 +17,8 @@ from pacs.index.engine import create_index_engine, session_factory
 from pacs.jobs.rules import RuleBook
 from pacs.runtime import build_ingest
 from pacs.storage import open_store
+from viewer_api import errors
+from viewer_api.body_limit import BodyLimit
 from viewer_api.routers import (
     aes,
     changes,
@@ -49,6 +51,7 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     for router in PUBLIC_ROUTERS + PROTECTED_ROUTERS:
         app.include_router(router)
     _add_middleware(app, settings)
+    errors.install(app)
     return app
 
 
@@ -98,8 +101,14 @@ GZIP_EXCLUDED = (
 )
 
 
+BODY_LIMIT_EXEMPT = ("/fhir", "/dicomweb/studies")
+"""Paths that stream their request bodies under limits of their own (FHIR, STOW-RS)."""
+
+
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
-    """GZip for responses over ~1 KB (DICOM JSON, FHIR, HTML), CORS when origins are set."""
+    """The JSON body limit, GZip for responses over ~1 KB (DICOM JSON, FHIR, HTML), CORS when
+    origins are set."""
+    app.add_middleware(BodyLimit, limit=settings.http_max_json_bytes, exempt=BODY_LIMIT_EXEMPT)
     app.add_middleware(
         GZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE, exclude_content_types=GZIP_EXCLUDED
     )
