@@ -218,6 +218,18 @@ class Settings(BaseSettings):
     fhir_max_body_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest FHIR request body (413 above it)."
     )
+    fhir_max_bundle_entries: int = Field(
+        1000, ge=1, description="Most entries of a FHIR batch/transaction Bundle (413 above)."
+    )
+    fhir_max_response_resources: int = Field(
+        5000,
+        ge=10,
+        description=(
+            "Most resources one FHIR response carries (a search page with its includes, all "
+            "entries of a batch, $everything); beyond it pages shorten, includes are left "
+            "out with a warning, or 422 too-costly."
+        ),
+    )
     fhir_default_count: int = Field(
         20, ge=1, le=1000, description="FHIR search page size when _count is not given."
     )

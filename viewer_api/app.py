@@ -84,7 +84,11 @@ def _build_services(app: FastAPI, settings: Settings, dicom_server: Any) -> None
     # STOW-RS ingest has its own engine: its connections commit in group-commit mode
     app.state.ingest = build_ingest(settings, store=app.state.store)
     app.state.fhir_store = FhirStore(
-        engine, base_url=f"{base_url(settings)}/fhir", default_count=settings.fhir_default_count
+        engine,
+        base_url=f"{base_url(settings)}/fhir",
+        default_count=settings.fhir_default_count,
+        max_resources=settings.fhir_max_response_resources,
+        max_bundle_entries=settings.fhir_max_bundle_entries,
     )
     app.state.rules = RuleBook(settings.rules_file)
     app.state.dicom_server = dicom_server
