@@ -207,6 +207,9 @@ class Settings(BaseSettings):
     qido_max_limit: int = Field(
         1000, ge=1, description="Most QIDO-RS results per response; a larger limit is clamped."
     )
+    stow_max_parts: int = Field(
+        10000, ge=1, description="Most parts (instances) of one STOW-RS request (413 above)."
+    )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated origins allowed by CORS ('*' any); empty: CORS off."
     )

@@ -16,9 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
 from pynetdicom.pdu import A_ASSOCIATE_AC
 from pynetdicom.pdu_primitives import MaximumLengthNotification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from pacs.dimse.acceptor import StorageAcceptor
 from pacs.dimse.ae import build_ae
@@ -277,3 +282,58 @@ def test_memory_budget_refuses_a_second_object_in_flight(db_backend: Backend) ->
     assert acceptor.budget.used == 0
     with archive_view(db_backend.settings) as view:
         assert set(view.assert_consistent()) == {first_uid}
+
+
+# ---------------------------------------------------------------- database outage
+
+
+def test_a_database_outage_is_a_failure_status(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """PostgreSQL refuses connections while the archive runs: C-ECHO still succeeds, C-STORE
+    answers 0xA700 and C-FIND a failure (0xA700), the association is not dropped, and once
+    the database is back the same C-STORE succeeds."""
+    backend = make_backend(request, tmp_path, "postgresql", "file")
+    running = start_archive(backend, tmp_path / "serve.log", PACS_SCP_PROCESSES="1")
+    url = make_url(backend.settings.database_url or "")
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+    def allow(allowed: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(
+                text(f'ALTER DATABASE "{url.database}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+            )
+            if not allowed:
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"
+                    ),
+                    {"db": url.database},
+                )
+
+    ds = ct_slice(generate_uid(), generate_uid(), 0, size=16)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(STUDY_FIND, ExplicitVRLittleEndian)
+    ae.add_requested_context(Verification)
+    try:
+        allow(False)
+        assoc = ae.associate("127.0.0.1", running.dicom_port, ae_title="PACS")
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(ds).Status == 0xA700
+        finds = [status.Status for status, _ in assoc.send_c_find(query, STUDY_FIND)]
+        assert finds == [0xA700]
+        allow(True)
+        deadline = time.monotonic() + 20  # the pool reconnects on its next checkout
+        while (status := assoc.send_c_store(ds).Status) != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert status == 0x0000
+        assoc.release()
+    finally:
+        allow(True)
+        admin.dispose()
+        stop_archive(running)

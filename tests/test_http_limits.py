@@ -8,18 +8,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from pacs.security.subject import LOCAL_ADMIN
+from testkit.dicom_factory import ct_slice
 from tests.conftest import Backend
+from tests.dimse_tools import part10_bytes
 from viewer_api.app import PROTECTED_ROUTERS, PUBLIC_ROUTERS, create_app
 from viewer_api.deps import get_current_user
 
@@ -148,3 +153,73 @@ def test_a_database_outage_is_503_with_a_reason(db_backend: Backend, api: TestCl
     assert patients.json()["issue"][0]["code"] == "transient"
     assert answers["/health/ready"].status_code == 503
     assert api.get("/api/studies").status_code == 200  # back once the database is
+
+
+# ---------------------------------------------------------------- STOW-RS
+
+
+BOUNDARY = "bounded-stow"
+
+
+def _big_part10(megabytes: int) -> tuple[str, bytes]:
+    side = int((megabytes * 2**20 / 2) ** 0.5)
+    ds = ct_slice(generate_uid(), generate_uid(), 0, size=16)
+    ds.Rows = ds.Columns = side
+    ds.PixelData = np.zeros((side, side), dtype=np.int16).tobytes()
+    return str(ds.SOPInstanceUID), part10_bytes(ds)
+
+
+async def _multipart(parts: list[bytes], headers: bytes = b"") -> AsyncIterator[bytes]:
+    """The body in 64 KiB chunks, each part's bytes sliced from its object (no body copy)."""
+    for data in parts:
+        yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n".encode() + headers + b"\r\n"
+        view = memoryview(data)
+        for start in range(0, len(data), 65536):
+            yield bytes(view[start : start + 65536])
+        yield b"\r\n"
+    yield f"--{BOUNDARY}--\r\n".encode()
+
+
+def _stow(api: TestClient, body: AsyncIterator[bytes]) -> httpx.Response:
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=api.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://archive") as client:
+            return await client.post(
+                "/dicomweb/studies",
+                content=body,
+                headers={
+                    "content-type": f'multipart/related; type="application/dicom"; '
+                    f"boundary={BOUNDARY}",
+                    "accept": "application/dicom+json",
+                },
+                timeout=120,
+            )
+
+    return asyncio.run(post())
+
+
+def test_stow_holds_about_one_part_at_a_time(api: TestClient) -> None:
+    """Four 16 MB instances in one streamed request: the traced peak stays near one part
+    (the body is spooled, parts are stored one after another)."""
+    objects = [_big_part10(16) for _ in range(4)]
+    tracemalloc.start()
+    try:
+        response = _stow(api, _multipart([data for _, data in objects]))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 200, response.text
+    part = len(objects[0][1])
+    assert peak < 2 * part, f"peak {peak / 2**20:.0f} MiB for parts of {part / 2**20:.0f} MiB"
+
+
+def test_stow_refuses_more_parts_than_allowed(db_backend: Backend) -> None:
+    """Parts past ``stow_max_parts`` are refused with 413 while the body streams in; their
+    header blocks are not kept (16 KiB of headers each)."""
+    app = create_app(db_backend.with_settings(emr_feed=False, stow_max_parts=50))
+    app.dependency_overrides[get_current_user] = lambda: LOCAL_ADMIN
+    padding = b"X-Padding: " + b"p" * 15000 + b"\r\n"
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = _stow(client, _multipart([b"\x00" * 16] * 51, padding))
+    assert response.status_code == 413
+    assert "50" in response.json()["detail"]
