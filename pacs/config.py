@@ -315,9 +315,25 @@ class Settings(BaseSettings):
         0, description="DICOM server processes sharing the port; 0 = one per CPU core."
     )
     max_pdu_size: int = Field(
-        0, description="Maximum PDU length the SCP accepts; 0 = unlimited (fewest PDUs)."
+        1024 * 1024,
+        ge=4096,
+        le=64 * 1024 * 1024,
+        description=(
+            "Maximum PDU length the SCP announces and accepts (bytes); a longer PDU is aborted "
+            "before it is read."
+        ),
     )
-    max_associations: int = Field(64, description="Concurrent associations per SCP process.")
+    max_associations: int = Field(
+        64, ge=1, description="Concurrent associations per SCP process (beyond: A-ASSOCIATE-RJ)."
+    )
+    scp_memory_budget: int = Field(
+        1024**3,
+        ge=1024 * 1024,
+        description=(
+            "Bytes of received C-STORE data sets one SCP process holds at once; a C-STORE "
+            "beyond it is refused 0xA700 (one object up to max_object_size is always taken)."
+        ),
+    )
     network_timeout: float = Field(60.0, description="Seconds of silence before an abort.")
     dimse_timeout: float = Field(60.0, description="Seconds to wait for a DIMSE message.")
     acse_timeout: float = Field(30.0, description="Seconds to wait for association messages.")
@@ -357,11 +373,31 @@ class Settings(BaseSettings):
     qido_max_limit: int = Field(
         1000, ge=1, description="Most QIDO-RS results per response; a larger limit is clamped."
     )
+    stow_max_parts: int = Field(
+        10000, ge=1, description="Most parts (instances) of one STOW-RS request (413 above)."
+    )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated origins allowed by CORS ('*' any); empty: CORS off."
     )
+    http_max_json_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body of the JSON API (/api, ...); 413 above it.",
+    )
     fhir_max_body_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest FHIR request body (413 above it)."
+    )
+    fhir_max_bundle_entries: int = Field(
+        1000, ge=1, description="Most entries of a FHIR batch/transaction Bundle (413 above)."
+    )
+    fhir_max_response_resources: int = Field(
+        5000,
+        ge=10,
+        description=(
+            "Most resources one FHIR response carries (a search page with its includes, all "
+            "entries of a batch, $everything); beyond it pages shorten, includes are left "
+            "out with a warning, or 422 too-costly."
+        ),
     )
     fhir_default_count: int = Field(
         20, ge=1, le=1000, description="FHIR search page size when _count is not given."
