@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from joserfc import jwt
 from joserfc.jwk import ECKey
 from sqlalchemy import select
@@ -274,6 +275,7 @@ def test_password_grant_and_smart_discovery(app: FastAPI, local: Settings) -> No
     assert config["code_challenge_methods_supported"] == ["S256"]
     assert {"patient/*.rs", "user/*.cruds", "system/*.rs"} <= set(config["scopes_supported"])
     capability = client.get("/fhir/metadata", headers=bearer(token)).json()
+    CapabilityStatement.model_validate(capability)  # the security element is valid R4
     security = capability["rest"][0]["security"]
     assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
     uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
