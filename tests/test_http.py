@@ -17,9 +17,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from sqlalchemy import select
 
+from pacs.audit.tables import AuditEvent
 from pacs.errors import StorageError
 from pacs.index.engine import create_index_engine, session_factory
-from pacs.index.models import AuditEvent
 from pacs.ingest import IngestService, Source, StoreStatus
 from pacs.runtime import build_ingest
 from testkit.dicom_factory import ct_slice

@@ -29,6 +29,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from pacs import metrics
+from pacs.audit.dimse import StudyTransfers
 from pacs.dimse import pdu
 from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse.policy import AEPolicy
@@ -129,7 +130,12 @@ class StorageAcceptor:
             return
         accepted = self._accept(sock, request)
         metrics.ASSOCIATIONS.labels("accepted").inc()
-        self._data_phase(sock, accepted, title, host)
+        transfers = self.store.transfers(title, host)
+        try:
+            self._data_phase(sock, accepted, title, host, transfers)
+        finally:
+            if transfers is not None:
+                transfers.close()
 
     def _accept(self, sock: socket.socket, request: A_ASSOCIATE) -> dict[int, tuple[str, str]]:
         """Negotiate, send A-ASSOCIATE-AC; return context ID -> (abstract, transfer syntax)."""
@@ -164,7 +170,12 @@ class StorageAcceptor:
         }
 
     def _data_phase(
-        self, sock: socket.socket, contexts: dict[int, tuple[str, str]], title: str, host: str
+        self,
+        sock: socket.socket,
+        contexts: dict[int, tuple[str, str]],
+        title: str,
+        host: str,
+        transfers: StudyTransfers | None = None,
     ) -> None:
         command_bytes = bytearray()
         message: _Message | None = None
@@ -192,7 +203,7 @@ class StorageAcceptor:
                     message = _Message(context_id, pdu.decode_command(bytes(command_bytes)))
                     command_bytes.clear()
                     if message.command.get(pdu.COMMAND_DATA_SET_TYPE) == pdu.NO_DATA_SET:
-                        self._answer(sock, message, contexts, title, host)
+                        self._answer(sock, message, contexts, title, host, transfers)
                         message = None
                 elif message is None or context_id != message.context_id:
                     raise pdu.ProtocolError("data set fragment without its command")
@@ -204,7 +215,7 @@ class StorageAcceptor:
                     else:
                         message.fragments.append(data)
                     if last:
-                        self._answer(sock, message, contexts, title, host)
+                        self._answer(sock, message, contexts, title, host, transfers)
                         message = None
 
     def _answer(
@@ -214,6 +225,7 @@ class StorageAcceptor:
         contexts: dict[int, tuple[str, str]],
         title: str,
         host: str,
+        transfers: StudyTransfers | None,
     ) -> None:
         command = message.command
         field_ = command.get(pdu.COMMAND_FIELD)
@@ -226,6 +238,8 @@ class StorageAcceptor:
             limit = self.store.ingest.max_object_size
             metrics.REJECTED.labels("dimse").inc()
             log.warning("C-STORE from %s refused: %d bytes > %d", title, message.size, limit)
+            if transfers is not None:
+                transfers.add("", OUT_OF_RESOURCES)
             response = pdu.encode_response(
                 pdu.C_STORE_RSP,
                 message_id,
@@ -239,7 +253,7 @@ class StorageAcceptor:
             dataset = b"".join(message.fragments)
             message.fragments.clear()
             status, comment = self.store.store(
-                dataset, sop_class, sop_instance, transfer_syntax, title, host
+                dataset, sop_class, sop_instance, transfer_syntax, title, host, transfers
             )
             response = pdu.encode_response(
                 pdu.C_STORE_RSP, message_id, sop_class, status, sop_instance, comment

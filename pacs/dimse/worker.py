@@ -15,6 +15,8 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacs.audit import export as audit_export
+from pacs.audit.dimse import DimseAudit
 from pacs.config import Settings
 from pacs.dimse.acceptor import StorageAcceptor, decode_associate_rq, is_storage_request
 from pacs.dimse.ae import STORAGE_SOP_CLASSES, build_ae
@@ -55,9 +57,12 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         quiet_identifier_logging()
     policy = AEPolicy(settings.allowed_aes, settings.accept_any_ae)
     ingest = build_ingest(settings)
-    store = StoreHandler(ingest, policy)
+    audit_export.install(settings.audit_syslog_url)
+    audit = DimseAudit(create_index_engine(settings))
+    store = StoreHandler(ingest, policy, audit)
     retrieve = RetrieveService(session_factory(ingest.engine), ingest.store)
     handlers = Handlers(store, policy, retrieve)
+    handlers.audit = audit
     handlers.find = FindService(
         session_factory(create_index_engine(settings)), match_options(settings)
     )
