@@ -28,6 +28,39 @@ MAX_COUNT = 1000
 _DATE = re.compile(r"^(eq|ge|gt|le|lt)?(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(.+))?)?)?$")
 
 
+CAPABILITY: dict[str, Any] = {
+    "type": "AuditEvent",
+    "documentation": "The audit trail (IHE BALP), read-only: administrators see every event, "
+    "a patient the events of their own record (with organisation and practitioner names).",
+    "interaction": [{"code": "read"}, {"code": "search-type"}],
+    "versioning": "no-version",
+    "readHistory": False,
+    "updateCreate": False,
+    "searchParam": [
+        {
+            "name": "patient",
+            "type": "reference",
+            "documentation": "Patient identifier value (as in DICOM PatientID) or Patient/<id>.",
+        },
+        {"name": "date", "type": "date", "documentation": "AuditEvent.recorded; eq ge gt le lt."},
+        {
+            "name": "agent",
+            "type": "reference",
+            "documentation": "User or AE name, or Practitioner/<id>.",
+        },
+        {
+            "name": "entity",
+            "type": "reference",
+            "documentation": "Resource path or reference, "
+            "or a study as urn:oid:<StudyInstanceUID>.",
+        },
+        {"name": "_count", "type": "number", "documentation": f"Page size, at most {MAX_COUNT}."},
+        {"name": "_offset", "type": "number", "documentation": "Paging offset."},
+    ],
+}
+"""The CapabilityStatement entry of ``/fhir/AuditEvent``."""
+
+
 class Forbidden(FhirError):
     """The subject may not read these audit events (403)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
 from pacs import __version__
@@ -33,12 +34,16 @@ def _revincludes(rtype: str) -> list[str]:
 
 
 def capability_statement(
-    base_url: str, operations: dict[str, list[str]] | None = None
+    base_url: str,
+    operations: dict[str, list[str]] | None = None,
+    served: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The server's CapabilityStatement; ``operations`` maps a type ("" for the system) to the
-    names of the operations the HTTP layer serves (e.g. ``{"Patient": ["everything"]}``)."""
+    names of the operations the HTTP layer serves (e.g. ``{"Patient": ["everything"]}``);
+    ``served`` are the entries of types served outside the resource store (AuditEvent, from
+    the audit trail: read and search only)."""
     operations = operations or {}
-    resources = []
+    resources = list(served)
     for rtype in sorted(SEARCH_PARAMS):
         params = [
             {
@@ -72,6 +77,7 @@ def capability_statement(
                 for op in sorted(ops)
             ]
         resources.append(entry)
+    resources.sort(key=lambda entry: str(entry["type"]))
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": "Regional imaging archive: studies, AI results and their EMR context.",

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from pacs.audit.compartment import patient_by_id, patient_of
+from pacs.audit.search import CAPABILITY as AUDIT_CAPABILITY
 from pacs.fhir.capability import capability_statement
 from pacs.fhir.errors import InvalidResource, InvalidSearch
 from pacs.fhir.everything import everything
@@ -88,7 +89,7 @@ def _read(fhir: FhirCall, resource: dict[str, Any]) -> Response:
 @interaction("read")
 async def metadata(fhir: Fhir) -> Response:
     """The CapabilityStatement, generated from what the server implements."""
-    return fhir_response(capability_statement(fhir.base, _operations()))
+    return fhir_response(capability_statement(fhir.base, _operations(), [AUDIT_CAPABILITY]))
 
 
 @router.post("")
