@@ -61,9 +61,7 @@ def wado_rows(app: FastAPI) -> list[tuple[int, str, str, str]]:
 
 def test_whole_stream_is_recorded_as_success(app: FastAPI, db_backend: Backend) -> None:
     study = store_study(db_backend, 2)
-    response = TestClient(app).get(
-        f"/dicomweb/studies/{study}", headers={"Accept": ANY_SYNTAX}
-    )
+    response = TestClient(app).get(f"/dicomweb/studies/{study}", headers={"Accept": ANY_SYNTAX})
     assert response.status_code == 200
     assert wado_rows(app) == [(200, "0", study, "AUDIT-P1")]
 
