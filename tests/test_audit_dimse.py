@@ -13,6 +13,11 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+)
 from sqlalchemy import create_engine, select
 
 from pacs.audit import verify
@@ -120,3 +125,30 @@ def test_store_find_worklist_get_are_audited(archive: RunningArchive, tmp_path: 
     assert rows[2].study_instance_uid == study
     assert all(r.organisation == "OrgA" for r in rows)
     assert "PHANTOM" not in str([tuple(r) for r in rows])  # no patient name is recorded
+
+
+def test_store_on_a_mixed_association_is_audited_when_it_closes(
+    archive: RunningArchive, tmp_path: Path
+) -> None:
+    """An association proposing C-FIND too goes to pynetdicom, not the lean acceptor: its
+    C-STOREs are recorded per study when the connection closes."""
+    paths = write_ct_series(tmp_path / "m", 2, size=16, patient_id="AUDIT-9")
+    study = str(dcmread(paths[0]).StudyInstanceUID)
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", archive.dicom_port, ae_title="PACS")
+    assert assoc.is_established
+    try:
+        statuses = [int(assoc.send_c_store(dcmread(p)).Status) for p in paths]
+    finally:
+        assoc.release()
+    assert statuses == [0, 0]
+    [row] = dimse_rows(archive, 1)
+    assert (row.resource, row.user_name, row.organisation, row.patient_identifier) == (
+        "C-STORE",
+        "STORESCU",
+        "OrgA",
+        "AUDIT-9",
+    )
+    assert (row.study_instance_uid, row.query, row.outcome) == (study, "instances=2", 0)
