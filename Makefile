@@ -19,10 +19,16 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/pacs serve
 
+# the OIDC provider the tests run (npm, pinned); offline outside CI its tests skip
+NODE_TESTKIT := testkit/node/node_modules/.package-lock.json
+
+$(NODE_TESTKIT): testkit/node/package.json testkit/node/package-lock.json
+	cd testkit/node && npm ci --no-audit --no-fund || [ "$$CI" != true ]
+
 # TEST_WORKERS=0 runs the suite in one process
 TEST_WORKERS ?= 2
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(NODE_TESTKIT)
 	TCP_NODELAY=1 $(BIN)/pytest -q -rfEs --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(VENV)/.installed-test

@@ -32,6 +32,8 @@ from testkit.net import free_port
 from testkit.orthanc import write_orthanc_config
 
 NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
+BENCH_AUTH_ENV = {"PACS_AUTH": "none"}
+"""The benchmarks call the HTTP API as the local administrator (bound to 127.0.0.1)."""
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
@@ -75,6 +77,7 @@ def serve_archive(
         "PACS_DICOM_PORT": str(dicom),
         "PACS_SCP_PROCESSES": "1",
         "PACS_LOG_LEVEL": "WARNING",
+        **BENCH_AUTH_ENV,
         **(env or {}),
     }
     with (data_dir / "serve.log").open("ab") as log:
@@ -229,7 +232,7 @@ class PacsTarget(Target):
     def start(self, parallel: bool) -> None:
         self.prepare()
         self.port, self.http_port = free_port(), free_port()
-        env = {**NODELAY_ENV, **self.extra_env, **self.user_env}
+        env = {**NODELAY_ENV, **BENCH_AUTH_ENV, **self.extra_env, **self.user_env}
         self.process = self.popen(self.command(), env)
         url = f"http://127.0.0.1:{self.http_port}/health"
         wait_until(lambda: http_get(url, 2)[0] == 200, "pacs serve", self.process, 90)

@@ -1,4 +1,4 @@
-"""The ``pacs`` command line: serve, scp, import, send, ae, db."""
+"""The ``pacs`` command line: serve, scp, import, send, ae, db, users, token."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pacs.audit.cli import audit_app
 from pacs.config import Settings
 from pacs.jobs.cli import jobs_app, worker
 from pacs.quarantine_cli import quarantine_app
+from pacs.users_cli import token, users_app
 
 app = typer.Typer(help="Regional imaging archive.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Index database.", no_args_is_help=True)
@@ -26,7 +27,9 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(audit_app, name="audit")
+app.add_typer(users_app, name="users")
 app.command("worker")(worker)
+app.command("token")(token)
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Data directory \\[env PACS_DATA_DIR].")

@@ -42,6 +42,35 @@ class FsyncPolicy(StrEnum):
     NEVER = "never"  # OS page cache only: survives a process crash, not a power cut
 
 
+class AuthMode(StrEnum):
+    """How HTTP callers are authenticated."""
+
+    LOCAL = "local"  # accounts in the index database, tokens the archive signs (embedded default)
+    OIDC = "oidc"  # bearer JWTs of an OpenID Connect provider (Keycloak); web login with PKCE
+    NONE = "none"  # open access as a local administrator: only when bound to a loopback address
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+"""The bind addresses ``PACS_AUTH=none`` is allowed with."""
+
+SIGNING_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+"""The asymmetric JWS algorithms ``PACS_OIDC_ALGORITHMS`` may pin (never ``none`` nor HMAC)."""
+
+
+def parse_algorithms(text: str) -> tuple[str, ...]:
+    """``"RS256,ES256"`` -> the pinned JWS algorithms; ValueError on ``none``, HMAC or unknown."""
+    algorithms = tuple(_entries(text))
+    bad = [alg for alg in algorithms if alg not in SIGNING_ALGORITHMS]
+    if bad or not algorithms:
+        raise ValueError(
+            f"unsupported JWS algorithm(s) {bad or 'none given'}: "
+            f"choose from {', '.join(sorted(SIGNING_ALGORITHMS))}"
+        )
+    return algorithms
+
+
 class PnMatching(StrEnum):
     """How a C-FIND / QIDO-RS Person Name key matches the ``^`` components of a name."""
 
@@ -112,6 +141,7 @@ Count = Annotated[int, Field(ge=1)]
 _PARSERS: dict[str, Callable[[str], object]] = {
     "allowed_aes": parse_ae_list,
     "cors_origins": lambda text: tuple(_entries(text)),
+    "oidc_algorithms": parse_algorithms,
     "webhook_urls": lambda text: tuple(_entries(text)),
     "stable_after_seconds_by_ae": parse_ae_periods,
     "worker_analysis_limits": parse_limits,
@@ -148,6 +178,62 @@ class Settings(BaseSettings):
             "URL clients reach the HTTP API at (behind a proxy); DICOMweb RetrieveURLs are "
             "built from it. Default: the URL of each request."
         ),
+    )
+    auth: AuthMode = Field(
+        AuthMode.LOCAL,
+        description=(
+            "HTTP authentication: 'local' (accounts and tokens of the archive), 'oidc' (an "
+            "OpenID Connect provider) or 'none' (open, as local admin; only on 127.0.0.1)."
+        ),
+    )
+    token_ttl_seconds: int = Field(
+        3600, ge=60, description="Lifetime of a token `pacs token` or the local login issues."
+    )
+    session_ttl_seconds: int = Field(
+        8 * 3600, ge=60, description="Lifetime of a web session (the pacs_session cookie)."
+    )
+    token_signing_key_file: Path | None = Field(
+        None,
+        description=(
+            "Private key (JWK, mode 0600) the archive signs its tokens and sessions with; "
+            "created on first use; default data_dir/token-signing-key.jwk. Share it between "
+            "the API nodes of one archive."
+        ),
+    )
+    oidc_issuer: str = Field(
+        "", description="OIDC issuer URL (PACS_AUTH=oidc); discovery at /.well-known/..."
+    )
+    oidc_audience: str = Field(
+        "pacs-api", description="The `aud` a bearer token of the OIDC issuer must carry."
+    )
+    oidc_web_client_id: str = Field(
+        "pacs-web", description="Public OIDC client of the web login (code flow with PKCE)."
+    )
+    oidc_algorithms: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("RS256", "ES256"), description="Comma-separated JWS algorithms accepted (never none)."
+    )
+    oidc_jwks_cache_seconds: float = Field(
+        300.0, ge=0, description="Seconds the issuer's discovery document and JWKS are cached."
+    )
+    oidc_jwks_min_refresh_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Least seconds between JWKS refetches for an unknown key id (rotation).",
+    )
+    oidc_name_claim: str = Field(
+        "preferred_username", description="Claim naming the user (default: falls back to sub)."
+    )
+    oidc_roles_claim: str = Field(
+        "realm_access.roles", description="Claim (dotted path) holding the archive's role names."
+    )
+    oidc_organisation_claim: str = Field(
+        "organisation", description="Claim (dotted path) naming the subject's organisation."
+    )
+    oidc_practitioner_claim: str = Field(
+        "practitioner", description="Claim (dotted path) with the FHIR Practitioner id."
+    )
+    oidc_patient_claim: str = Field(
+        "patient", description="Claim (dotted path) with a patient user's patient identifier."
     )
     scp_processes: int = Field(
         0, description="DICOM server processes sharing the port; 0 = one per CPU core."
@@ -366,6 +452,19 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _auth_is_safe(self) -> Settings:
+        """Open access only on a loopback address; OIDC only with an issuer."""
+        if self.auth is AuthMode.NONE and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"PACS_AUTH=none (open access) is refused on host {self.host!r}: bind to "
+                "127.0.0.1, localhost or ::1, or use PACS_AUTH=local or oidc"
+            )
+        parse_algorithms(",".join(self.oidc_algorithms))  # also when given as a tuple
+        if self.auth is AuthMode.OIDC and not self.oidc_issuer:
+            raise ValueError("PACS_AUTH=oidc needs PACS_OIDC_ISSUER")
+        return self
+
+    @model_validator(mode="after")
     def _increasing_grade_bounds(self) -> Settings:
         """CT-1..CT-4 start at strictly increasing involvement percentages."""
         bounds = self.ct_grade_bounds
@@ -389,6 +488,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    @property
+    def resolved_signing_key_file(self) -> Path:
+        """The archive's token signing key, defaulting to a file under ``data_dir``."""
+        return self.token_signing_key_file or self.data_dir / "token-signing-key.jwk"
 
     @property
     def resolved_storage_url(self) -> str:

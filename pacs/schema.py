@@ -17,5 +17,6 @@ from pacs.ingest import quarantine  # noqa: F401  (quarantine)
 from pacs.jobs import models as jobs_models  # noqa: F401  (study_state, job, webhook, ...)
 from pacs.metadata import records  # noqa: F401  (instance_metadata)
 from pacs.query import indexes as query_indexes  # noqa: F401  (ix_patient_name_lower)
+from pacs.security import tables as security_tables  # noqa: F401  (user_account)
 
 metadata = Base.metadata

@@ -54,12 +54,19 @@ def run_serve(settings: Settings, http: bool) -> None:
 
 
 def _migrate(settings: Settings) -> None:
-    from pacs.index.engine import create_index_engine
+    """Apply the migrations; on the first start of a local-accounts archive create its
+    administrator and print the password on the console (never into the log)."""
+    from pacs.index.engine import create_index_engine, session_factory
     from pacs.index.migrate import upgrade
+    from pacs.security.authn import first_start
 
     engine = create_index_engine(settings)
     upgrade(engine)
+    with session_factory(engine)() as session:
+        notice = first_start(settings, session)
     engine.dispose()
+    if notice:
+        print(notice, flush=True)
 
 
 def _background(settings: Settings, worker: bool) -> Background:

@@ -156,7 +156,13 @@ def make_backend(
 ) -> Backend:
     """A fresh backend; its PostgreSQL database (if any) is dropped when ``request``'s fixture
     or test ends, however it ends."""
-    env = {"PACS_DATA_DIR": str(tmp_path / "var"), "PACS_LOG_LEVEL": "WARNING"}
+    # the functional tests act as the local administrator (PACS_AUTH=none, bound to 127.0.0.1);
+    # the authentication and access tests present real tokens (testkit/auth.py)
+    env = {
+        "PACS_DATA_DIR": str(tmp_path / "var"),
+        "PACS_LOG_LEVEL": "WARNING",
+        "PACS_AUTH": "none",
+    }
     if database == "postgresql":
         template = request.getfixturevalue("postgres_template")
         url, drop = _new_postgres_database(template)

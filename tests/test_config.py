@@ -55,6 +55,8 @@ def non_default(name: str, annotation: Any, default: Any) -> tuple[str, Any]:
         return COMMA_SEPARATED[name]
     if name == "ae_title":
         return "ARCHIVE_2", "ARCHIVE_2"
+    if name == "oidc_algorithms":  # comma-separated, but never empty (it pins the algorithms)
+        return " ES256, PS256 ", ("ES256", "PS256")
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     if isinstance(annotation, type) and issubclass(annotation, Enum):
@@ -97,6 +99,7 @@ def test_defaults_match_the_design_contract(clean_env: Path) -> None:
     assert settings.ae_title == "PACS"
     assert settings.http_port == 8000
     assert settings.data_dir == Path("./var")
+    assert settings.auth == "local"  # never open by default
     var = (clean_env / "var").resolve()
     assert settings.resolved_database_url == f"sqlite:///{var / 'index.sqlite3'}"
     assert settings.resolved_storage_url == (var / "objects").as_uri()
@@ -155,6 +158,9 @@ def test_valid_ae_title_accepted(clean_env: Path, title: str, expected: str) -> 
         ("allowed_aes", "CT1@h,SEVENTEEN_CHARS_X@h"),
         ("stable_after_seconds_by_ae", "CT1=60,MR=-1"),
         ("worker_analysis_limits", "ct-chest=0"),
+        ("auth", "open"),
+        ("oidc_algorithms", "RS256,none"),
+        ("oidc_algorithms", "HS256"),
     ],
 )
 def test_invalid_values_from_the_environment_rejected(

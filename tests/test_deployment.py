@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from pacs.cli import app
 from pacs.config import Settings
+from pacs.security.subject import Role
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -291,3 +292,72 @@ def test_conformance_statement_is_current() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr + "\nrun: python docs/gen_conformance.py"
+
+
+# ---------------------------------------------------------------- identity (Keycloak)
+
+REALM = ROOT / "docker" / "keycloak" / "realm-pacs.json"
+
+
+def realm() -> dict[str, Any]:
+    data = json.loads(REALM.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def test_compose_runs_keycloak_with_the_realm(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose()["services"]
+    keycloak = services["keycloak"]
+    image = str(keycloak["image"])
+    assert image.startswith("quay.io/keycloak/keycloak:") and image.split(":")[1][0].isdigit()
+    assert "--import-realm" in archive_argv(keycloak)
+    mounts = [str(volume).split(":") for volume in keycloak.get("volumes", [])]
+    assert any(
+        (ROOT / source).resolve() == REALM and target.startswith("/opt/keycloak/data/import/")
+        for source, target, *_ in mounts
+    ), mounts
+    settings = settings_from(pacs_services()["archive"], monkeypatch)
+    assert settings.auth == "oidc"
+    issuer = urlparse(settings.oidc_issuer)
+    assert issuer.hostname in services and issuer.path == f"/realms/{realm()['realm']}"
+    kc_env = environment(keycloak)
+    assert settings.oidc_issuer.startswith(kc_env["KC_HOSTNAME"]), "tokens' iss is the issuer"
+    assert "keycloak" in services["archive"].get("depends_on", {})
+
+
+def test_realm_has_the_roles_clients_and_mappers(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = realm()
+    settings = settings_from(pacs_services()["archive"], monkeypatch)
+    roles = {role["name"] for role in data["roles"]["realm"]}
+    assert roles == {role.value for role in Role}
+    clients = {client["clientId"]: client for client in data["clients"]}
+    api, web = clients[settings.oidc_audience], clients[settings.oidc_web_client_id]
+    assert api["publicClient"] is False and api["clientAuthenticatorType"] == "client-secret"
+    assert "secret" not in api, "no client secret in the repository: Keycloak generates it"
+    assert api["serviceAccountsEnabled"] is True
+    assert web["publicClient"] is True and web["standardFlowEnabled"] is True
+    assert web["implicitFlowEnabled"] is False and web["directAccessGrantsEnabled"] is False
+    assert web["attributes"]["pkce.code.challenge.method"] == "S256"
+    assert any(uri.endswith("/login/callback") for uri in web["redirectUris"])
+    for client in (api, web):
+        mappers = {m["protocolMapper"]: m for m in client["protocolMappers"]}
+        audience = mappers["oidc-audience-mapper"]["config"]
+        assert audience["included.client.audience"] == settings.oidc_audience
+        assert audience["access.token.claim"] == "true"
+        assert mappers["oidc-usermodel-realm-role-mapper"]["config"]["claim.name"] == (
+            settings.oidc_roles_claim
+        )
+        claims = {
+            m["config"]["claim.name"]: m["config"]
+            for m in client["protocolMappers"]
+            if m["protocolMapper"] == "oidc-usermodel-attribute-mapper"
+        }
+        for name in (
+            settings.oidc_organisation_claim,
+            settings.oidc_practitioner_claim,
+            settings.oidc_patient_claim,
+        ):
+            assert claims[name]["id.token.claim"] == claims[name]["access.token.claim"] == "true"
+    service_accounts = [u for u in data.get("users", []) if "serviceAccountClientId" in u]
+    assert [u["realmRoles"] for u in service_accounts] == [["system"]]
+    assert all("credentials" not in user for user in data.get("users", [])), "no passwords"

@@ -13,6 +13,8 @@ The convention for README.md authors:
   e.g. ``make run`` itself, Docker, a remote archive that holds the study, an AI result.
 - The demo block prints ``export S=<study> SE=<series> I=<instance>``; later blocks use ``$S``,
   ``$SE`` and ``$I`` (never placeholders such as ``<StudyInstanceUID>``).
+- A block that exports ``TOKEN`` (``export TOKEN=$(.venv/bin/pacs token --user admin)``) hands
+  it to the later blocks, as a reader's shell would: they send it as a bearer token.
 
 How a block runs: ``bash -e`` (so every command must succeed, not only the last), in a fresh
 process group that is killed afterwards (``storescp ... &``), in a scratch folder, with
@@ -55,6 +57,8 @@ NOT_RUN = re.compile(r"^<!-- readme-test: not run \((?P<reason>[^)]+)\) -->$")
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>\w*)\s*$")
 _EXPORTED_UIDS = re.compile(r"^export S=(?P<S>[\d.]+) SE=(?P<SE>[\d.]+) I=(?P<I>[\d.]+)$", re.M)
 _PRELUDE = 'curl() { command curl --fail "$@"; }\n'
+_TRAILER = '\n[ -z "${TOKEN:-}" ] || echo "export TOKEN=$TOKEN"\n'
+_EXPORTED_TOKEN = re.compile(r"^export TOKEN=(?P<TOKEN>\S+)$", re.M)
 BLOCK_TIMEOUT = 120
 
 
@@ -144,7 +148,7 @@ def run_block(script: str, cwd: Path, env: dict[str, str]) -> tuple[int | None, 
     log = cwd / "block.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            ["bash", "-e", "-c", _PRELUDE + script],
+            ["bash", "-e", "-c", _PRELUDE + script + _TRAILER],
             cwd=cwd,
             env=env,
             stdout=out,
@@ -183,6 +187,9 @@ def test_every_shell_block_of_the_readme_runs(archive: RunningArchive, tmp_path:
         )
         if exported := _EXPORTED_UIDS.search(output):
             env |= exported.groupdict()
+        if token := _EXPORTED_TOKEN.search(output):
+            env |= token.groupdict()
         ran += 1
     assert {"S", "SE", "I"} <= set(env), "no README block printed the demo UIDs"
+    assert "TOKEN" in env, "no README block made a bearer token (pacs token)"
     assert ran >= 12

@@ -66,6 +66,9 @@ def test_banner_only_when_ready_and_quiet_console(tmp_path: Path) -> None:
     # third-party INFO lines (alembic's migrations, uvicorn's start-up) stay off the console
     noise = [line for line in printed if "alembic" in line or "Uvicorn running" in line]
     assert not noise, printed
+    # the first start (PACS_AUTH=local) created the administrator and showed its password once
+    admin = [line for line in printed if line.startswith("First start: created the admin")]
+    assert len(admin) == 1, printed
 
 
 def processes_with(marker: str) -> list[int]:

@@ -17,7 +17,9 @@ from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.jobs.rules import RuleBook
 from pacs.runtime import build_ingest
+from pacs.security.authn import Authenticator
 from pacs.storage import open_store
+from viewer_api.authn import add_exception_handlers
 from viewer_api.routers import (
     aes,
     changes,
@@ -29,8 +31,10 @@ from viewer_api.routers import (
     fhir_audit,
     health,
     jobs,
+    login,
     quarantine,
     review,
+    smart,
     studies,
     ui,
     webhooks,
@@ -51,11 +55,13 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
     for router in PUBLIC_ROUTERS + PROTECTED_ROUTERS:
         app.include_router(router)
     _add_middleware(app, settings)
+    add_exception_handlers(app)
     return app
 
 
-PUBLIC_ROUTERS = (health.router, docs.router)
-"""The only routes without ``CurrentUser``: probes, metrics and the API docs (no patient data)."""
+PUBLIC_ROUTERS = (health.router, docs.router, login.router, smart.router)
+"""The only routes without ``CurrentUser``: probes, metrics, the API docs, the login and the
+SMART discovery document (no patient data)."""
 PROTECTED_ROUTERS = (
     studies.router,
     aes.router,
@@ -87,6 +93,7 @@ def _build_services(app: FastAPI, settings: Settings, dicom_server: Any) -> None
         engine, base_url=f"{base_url(settings)}/fhir", default_count=settings.fhir_default_count
     )
     app.state.rules = RuleBook(settings.rules_file)
+    app.state.authenticator = Authenticator(settings, app.state.sessions)
     app.state.dicom_server = dicom_server
     audit_export.install(settings.audit_syslog_url)
 

@@ -16,15 +16,23 @@ from pacs.config import Settings
 from pacs.fhir.store import FhirStore
 from pacs.ingest import IngestService
 from pacs.jobs.rules import RuleBook
-from pacs.security.subject import LOCAL_ADMIN, Subject
+from pacs.security.authn import SESSION_COOKIE, Authenticator
+from pacs.security.subject import Subject
 from pacs.storage.base import ObjectStore
 from viewer_api.audit import AuditTrail
 
 
 def get_current_user(request: Request) -> Subject:
-    """The caller. The embedded default trusts the local machine and returns a local admin;
-    real authentication (OIDC / tokens) replaces this function, not its callers."""
-    return LOCAL_ADMIN
+    """The caller: a bearer token (the archive's own or, with ``PACS_AUTH=oidc``, the
+    issuer's) or the ``pacs_session`` cookie of the web login (``pacs.security.authn``).
+    Raises ``NotAuthenticated`` (401 with ``WWW-Authenticate: Bearer``; a login redirect on
+    web pages, see ``viewer_api.authn``) or ``IdentityProviderUnavailable`` (503)."""
+    authenticator: Authenticator = request.app.state.authenticator
+    return authenticator.authenticate(
+        request.headers.get("authorization"),
+        request.cookies.get(SESSION_COOKIE),
+        request.client.host if request.client else "",
+    )
 
 
 def _app_state(name: str) -> Callable[[Request], Any]:
@@ -48,6 +56,7 @@ get_store: Callable[[Request], ObjectStore] = _app_state("store")  # the DICOM o
 get_ingest: Callable[[Request], IngestService] = _app_state("ingest")  # as C-STORE; blocks
 get_fhir_store: Callable[[Request], FhirStore] = _app_state("fhir_store")
 get_rule_book: Callable[[Request], RuleBook] = _app_state("rules")  # PACS_RULES_FILE
+get_authenticator: Callable[[Request], Authenticator] = _app_state("authenticator")
 
 
 def get_dicom_ready(request: Request) -> bool | None:
@@ -64,6 +73,7 @@ StoreDep = Annotated[ObjectStore, Depends(get_store)]
 IngestDep = Annotated[IngestService, Depends(get_ingest)]
 FhirStoreDep = Annotated[FhirStore, Depends(get_fhir_store)]
 RuleBookDep = Annotated[RuleBook, Depends(get_rule_book)]
+AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 DicomReadyDep = Annotated[bool | None, Depends(get_dicom_ready)]
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pacs import __version__
@@ -36,10 +36,12 @@ def _revincludes(rtype: str) -> list[str]:
 def capability_statement(
     base_url: str,
     operations: dict[str, list[str]] | None = None,
+    security: dict[str, Any] | None = None,
     served: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The server's CapabilityStatement; ``operations`` maps a type ("" for the system) to the
     names of the operations the HTTP layer serves (e.g. ``{"Patient": ["everything"]}``);
+    ``security`` is the ``rest.security`` element (SMART on FHIR, ``pacs.security.smart``);
     ``served`` are the entries of types served outside the resource store (AuditEvent, from
     the audit trail: read and search only)."""
     operations = operations or {}
@@ -81,6 +83,7 @@ def capability_statement(
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": "Regional imaging archive: studies, AI results and their EMR context.",
+        **({"security": security} if security else {}),
         "resource": resources,
         "interaction": [{"code": "transaction"}, {"code": "batch"}],
     }

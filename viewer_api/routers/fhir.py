@@ -21,7 +21,9 @@ from pacs.fhir.errors import InvalidResource, InvalidSearch
 from pacs.fhir.everything import everything
 from pacs.fhir.resources import Resource
 from pacs.fhir.store import check_type
-from viewer_api.deps import AuditDep, FhirStoreDep, SettingsDep
+from pacs.security.smart import capability_security
+from viewer_api.authn import smart_document
+from viewer_api.deps import AuditDep, AuthenticatorDep, FhirStoreDep, SettingsDep
 from viewer_api.fhir_http import (
     FhirCall,
     fhir_response,
@@ -87,9 +89,13 @@ def _read(fhir: FhirCall, resource: dict[str, Any]) -> Response:
 
 @router.get("/metadata")
 @interaction("read")
-async def metadata(fhir: Fhir) -> Response:
-    """The CapabilityStatement, generated from what the server implements."""
-    return fhir_response(capability_statement(fhir.base, _operations(), [AUDIT_CAPABILITY]))
+async def metadata(fhir: Fhir, authenticator: AuthenticatorDep) -> Response:
+    """The CapabilityStatement, generated from what the server implements; its security
+    element names the SMART endpoints."""
+    smart = await run_in_threadpool(smart_document, fhir.request, fhir.settings, authenticator)
+    security = capability_security(smart)
+    statement = capability_statement(fhir.base, _operations(), security, [AUDIT_CAPABILITY])
+    return fhir_response(statement)
 
 
 @router.post("")

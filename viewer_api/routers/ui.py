@@ -20,6 +20,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
 <p>DICOM: AE title <b>{ae}</b>, port <b>{port}</b>. {total} studies stored.
 API: <a href="/docs">/docs</a>, <a href="/api/studies">/api/studies</a>,
 <a href="/health">/health</a>, <a href="/metrics">/metrics</a>.</p>
+<form method="post" action="/logout"><button type="submit">Log out</button></form>
 <table><thead><tr><th>Patient</th><th>Patient ID</th><th>Study date</th><th>Accession</th>
 <th>Description</th><th>Modalities</th><th>Series</th><th>Instances</th></tr></thead>
 <tbody>{rows}</tbody></table></body></html>"""

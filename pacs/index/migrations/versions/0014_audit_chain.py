@@ -2,7 +2,7 @@
 outcome code, break-glass) with a hash chain; audit_chain, the chain head
 
 Revision ID: 0014
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-03 11:30:00.000000
 
 Rows written before this revision keep ``seq``/``hash`` NULL: the chain starts with the
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014"
-down_revision: str | None = "0011"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
