@@ -4,6 +4,7 @@ the function and by ``pacs audit verify``."""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from pacs.audit import Access, Protocol, record, verify
 from pacs.audit.tables import AuditEvent
 from pacs.cli import app as cli
+from pacs.config import Settings
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
 from tests.conftest import Backend
@@ -99,6 +101,26 @@ def test_concurrent_writers_keep_one_valid_chain(engine: Engine, db_backend: Bac
     assert elapsed < 60, f"{writers * each} audit records took {elapsed:.1f} s"
     for e in engines:
         e.dispose()
+
+
+def _process_writer(args: tuple[dict[str, object], int, str]) -> None:
+    """One writer process: its own engine on the same database."""
+    fields, count, user = args
+    engine = create_index_engine(Settings(**fields))  # type: ignore[arg-type]
+    write(engine, count, user)
+    engine.dispose()
+
+
+def test_concurrent_processes_keep_one_valid_chain(engine: Engine, db_backend: Backend) -> None:
+    processes, each = 3, 15
+    fields = db_backend.settings.model_dump()
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.map(_process_writer, [(fields, each, f"process{n}") for n in range(processes)])
+    with engine.connect() as conn:
+        result = verify(conn)
+        users = conn.scalars(select(AuditEvent.user_name).order_by(AuditEvent.seq)).all()
+    assert result.ok and result.checked == processes * each, result
+    assert {u: users.count(u) for u in set(users)} == {f"process{n}": each for n in range(3)}
 
 
 def test_cli_verify(db_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
