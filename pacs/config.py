@@ -8,6 +8,7 @@ values (an invalid entry stops the process with the entry named).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Callable
@@ -133,6 +134,31 @@ def parse_limits(text: str) -> dict[str, int]:
     return limits
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """``"127.0.0.0/8,10.1.2.3"`` -> networks; ValueError naming a bad entry."""
+    networks: list[IPNetwork] = []
+    for entry in _entries(text):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"bad network {entry!r}: expected an IP address or CIDR") from None
+    return tuple(networks)
+
+
+def parse_pairs(text: str) -> dict[str, str]:
+    """``"CT1=ct1.example.org,MR2=mr2"`` -> ``{"CT1": "ct1.example.org", ...}``."""
+    pairs: dict[str, str] = {}
+    for entry in _entries(text):
+        key, sep, value = entry.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"bad entry {entry!r}: expected KEY=value")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 """A duration in seconds (finite, not negative)."""
 Count = Annotated[int, Field(ge=1)]
@@ -145,6 +171,9 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "webhook_urls": lambda text: tuple(_entries(text)),
     "stable_after_seconds_by_ae": parse_ae_periods,
     "worker_analysis_limits": parse_limits,
+    "webhook_allowed_networks": parse_networks,
+    "dicom_tls_ae_certificates": parse_pairs,
+    "dicom_tls_peers": lambda text: tuple(_entries(text)),
 }
 
 
@@ -163,8 +192,12 @@ class Settings(BaseSettings):
     )
     storage_fsync: FsyncPolicy = Field(FsyncPolicy.ALWAYS, description="Filesystem fsync policy.")
     s3_endpoint: str = Field("127.0.0.1:9000", description="S3 endpoint host:port (MinIO).")
-    s3_access_key: str = Field("minioadmin", description="S3 access key.")
-    s3_secret_key: str = Field("minioadmin", description="S3 secret key.")
+    s3_access_key: str = Field(
+        "", description="S3 access key; required with an s3:// storage_url (no default)."
+    )
+    s3_secret_key: str = Field(
+        "", description="S3 secret key; required with an s3:// storage_url (no default)."
+    )
     s3_region: str | None = Field(None, description="S3 region, if the endpoint needs one.")
     s3_secure: bool = Field(False, description="Use HTTPS towards the S3 endpoint.")
 
@@ -172,6 +205,49 @@ class Settings(BaseSettings):
     dicom_port: int = Field(11112, description="DICOM (DIMSE) port.")
     ae_title: str = Field("PACS", description="The archive's own AE title.")
     http_port: int = Field(8000, description="HTTP port (DICOMweb, FHIR, API, UI).")
+    tls_certificate: Path | None = Field(
+        None, description="PEM certificate (chain) of the HTTP server: `pacs serve` speaks HTTPS."
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_certificate.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description=(
+            "Comma-separated proxy addresses (or '*') whose X-Forwarded-For/-Proto headers "
+            "are trusted (uvicorn forwarded_allow_ips)."
+        ),
+    )
+    content_security_policy: str = Field(
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'",
+        description="Content-Security-Policy of HTML responses ('' to leave it out).",
+    )
+    frame_options: str = Field(
+        "DENY", description="X-Frame-Options of HTML responses ('' to leave it out)."
+    )
+    dicom_tls_port: int = Field(
+        2762, description="DICOM TLS port (PS3.15 secure transport), served with a certificate."
+    )
+    dicom_tls_certificate: Path | None = Field(
+        None, description="PEM certificate (chain) of the DICOM TLS listener; set with the key."
+    )
+    dicom_tls_key: Path | None = Field(None, description="PEM private key of the DICOM TLS port.")
+    dicom_tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: DICOM TLS clients must present a certificate from it."
+    )
+    dicom_tls_match_ae: bool = Field(
+        False,
+        description=(
+            "The calling AE title must match the client certificate (CN, a DNS SAN, or "
+            "dicom_tls_ae_certificates)."
+        ),
+    )
+    dicom_tls_ae_certificates: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Extra AE title to certificate CN mapping, 'TITLE=cn,TITLE2=cn2'.",
+    )
+    dicom_tls_peers: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Remote AE titles the archive sends to (C-STORE, C-MOVE) over TLS."
+    )
     public_base_url: str | None = Field(
         None,
         description=(
@@ -239,14 +315,34 @@ class Settings(BaseSettings):
         0, description="DICOM server processes sharing the port; 0 = one per CPU core."
     )
     max_pdu_size: int = Field(
-        0, description="Maximum PDU length the SCP accepts; 0 = unlimited (fewest PDUs)."
+        1024 * 1024,
+        ge=4096,
+        le=64 * 1024 * 1024,
+        description=(
+            "Maximum PDU length the SCP announces and accepts (bytes); a longer PDU is aborted "
+            "before it is read."
+        ),
     )
-    max_associations: int = Field(64, description="Concurrent associations per SCP process.")
+    max_associations: int = Field(
+        64, ge=1, description="Concurrent associations per SCP process (beyond: A-ASSOCIATE-RJ)."
+    )
+    scp_memory_budget: int = Field(
+        1024**3,
+        ge=1024 * 1024,
+        description=(
+            "Bytes of received C-STORE data sets one SCP process holds at once; a C-STORE "
+            "beyond it is refused 0xA700 (one object up to max_object_size is always taken)."
+        ),
+    )
     network_timeout: float = Field(60.0, description="Seconds of silence before an abort.")
     dimse_timeout: float = Field(60.0, description="Seconds to wait for a DIMSE message.")
     acse_timeout: float = Field(30.0, description="Seconds to wait for association messages.")
     max_object_size: int = Field(
         2 * 1024**3, description="Largest object (bytes) accepted; larger ones are refused."
+    )
+    refuse_hostless_aes: bool = Field(
+        False,
+        description="Refuse to start when an allowed_aes entry has no host (default: warn).",
     )
     accept_any_ae: bool = Field(
         True, description="Accept associations from any calling AE (embedded default)."
@@ -277,11 +373,31 @@ class Settings(BaseSettings):
     qido_max_limit: int = Field(
         1000, ge=1, description="Most QIDO-RS results per response; a larger limit is clamped."
     )
+    stow_max_parts: int = Field(
+        10000, ge=1, description="Most parts (instances) of one STOW-RS request (413 above)."
+    )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated origins allowed by CORS ('*' any); empty: CORS off."
     )
+    http_max_json_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body of the JSON API (/api, ...); 413 above it.",
+    )
     fhir_max_body_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest FHIR request body (413 above it)."
+    )
+    fhir_max_bundle_entries: int = Field(
+        1000, ge=1, description="Most entries of a FHIR batch/transaction Bundle (413 above)."
+    )
+    fhir_max_response_resources: int = Field(
+        5000,
+        ge=10,
+        description=(
+            "Most resources one FHIR response carries (a search page with its includes, all "
+            "entries of a batch, $everything); beyond it pages shorten, includes are left "
+            "out with a warning, or 422 too-costly."
+        ),
     )
     fhir_default_count: int = Field(
         20, ge=1, le=1000, description="FHIR search page size when _count is not given."
@@ -333,6 +449,13 @@ class Settings(BaseSettings):
     )
     webhook_secret: str = Field(
         "", description="HMAC-SHA256 key of the webhook_urls signature header."
+    )
+    webhook_allowed_networks: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
+        (),
+        description=(
+            "Comma-separated IPs/CIDRs webhook receivers may be in although internal "
+            "(loopback, private, link-local); everything else internal is refused."
+        ),
     )
     webhook_batch_size: int = Field(50, ge=1, description="Most events per webhook POST.")
     webhook_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a receiver.")
@@ -441,6 +564,19 @@ class Settings(BaseSettings):
             raise ValueError("ae_title must be printable ASCII (no control characters)")
         return value
 
+    @field_validator(
+        "tls_certificate",
+        "tls_key",
+        "dicom_tls_certificate",
+        "dicom_tls_key",
+        "dicom_tls_client_ca",
+        mode="before",
+    )
+    @classmethod
+    def _blank_path_is_unset(cls, value: Any) -> Any:
+        """An empty variable (``PACS_DICOM_TLS_CLIENT_CA=``) leaves an optional file unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator(*_PARSERS, mode="before")
     @classmethod
     def _parse_comma_separated(cls, value: Any, info: ValidationInfo) -> Any:
@@ -471,6 +607,32 @@ class Settings(BaseSettings):
         if list(bounds) != sorted(set(bounds)):
             raise ValueError("inference_ct1..ct4_min_percent must be strictly increasing")
         return self
+
+    @model_validator(mode="after")
+    def _complete_credentials(self) -> Settings:
+        """No default credentials: S3 needs its keys, TLS its certificate and key together,
+        and binding AE titles to certificates needs client certificates."""
+        if (self.storage_url or "").startswith("s3://") and not (
+            self.s3_access_key and self.s3_secret_key
+        ):
+            raise ValueError(
+                "an s3:// storage_url needs PACS_S3_ACCESS_KEY and PACS_S3_SECRET_KEY "
+                "(there are no default credentials)"
+            )
+        for cert, key, name in (
+            (self.tls_certificate, self.tls_key, "tls"),
+            (self.dicom_tls_certificate, self.dicom_tls_key, "dicom_tls"),
+        ):
+            if (cert is None) != (key is None):
+                raise ValueError(f"{name}_certificate and {name}_key must be set together")
+        if self.dicom_tls_match_ae and self.dicom_tls_client_ca is None:
+            raise ValueError("dicom_tls_match_ae needs dicom_tls_client_ca (client certificates)")
+        return self
+
+    @property
+    def dicom_tls(self) -> bool:
+        """Whether the DICOM TLS listener runs (certificate and key are set)."""
+        return self.dicom_tls_certificate is not None and self.dicom_tls_key is not None
 
     @property
     def ct_grade_bounds(self) -> tuple[float, float, float, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from pacs.dimse.server import DicomServer
 from pacs.logging import configure_logging
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from pacs.jobs.background import Background
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ def run_serve(settings: Settings, http: bool) -> None:
     Whatever was started is stopped on the way out, start-up failures included."""
     started = time.monotonic()
     configure_logging(settings)
+    warn_hostless_aes(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as running:
         dicom = DicomServer(settings)
@@ -44,9 +48,12 @@ def run_serve(settings: Settings, http: bool) -> None:
         background.start()  # sweeper, job reaper, webhooks (and a worker)
         running.callback(background.stop)
         banner = f"DICOM: AE title {settings.ae_title} on {settings.host}:{dicom.port}"
+        if dicom.tls_port:
+            banner += f" (TLS {dicom.tls_port})"
         if http:
             running.callback(_start_emr_feed(settings))
-            banner += f"  |  Web UI and API: http://{settings.host}:{settings.http_port}/"
+            scheme = "https" if settings.tls_certificate else "http"
+            banner += f"  |  Web UI and API: {scheme}://{settings.host}:{settings.http_port}/"
             _run_http(settings, dicom, banner, started)
         else:
             _announce(banner, started, lambda: dicom.ready)
@@ -106,17 +113,50 @@ def _run_http(settings: Settings, dicom: DicomServer, banner: str, started: floa
 
     from viewer_api.app import create_app
 
-    config = uvicorn.Config(
-        create_app(settings, dicom),
+    server = uvicorn.Server(http_config(settings, create_app(settings, dicom)))
+    _announce(banner, started, lambda: server.started and dicom.ready)
+    server.run()
+
+
+def http_config(settings: Settings, app: Any) -> uvicorn.Config:
+    """uvicorn's configuration: HTTPS (TLS 1.2+) when ``tls_certificate`` is set; the
+    X-Forwarded-For/-Proto headers of the proxies in ``forwarded_allow_ips`` trusted (the
+    client address and scheme then are the proxy's client's, so HSTS and audit see them)."""
+    import uvicorn
+
+    def tls12(config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        context = default()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.http_port,
         log_config=None,
         log_level=None,
         access_log=False,
+        ssl_certfile=settings.tls_certificate,
+        ssl_keyfile=settings.tls_key,
+        ssl_context_factory=tls12 if settings.tls_certificate else None,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
-    server = uvicorn.Server(config)
-    _announce(banner, started, lambda: server.started and dicom.ready)
-    server.run()
+
+
+def warn_hostless_aes(settings: Settings) -> None:
+    """An allow-list entry without a host admits its title from any address (AE titles are
+    not secrets): warn, naming each, or refuse to start with ``refuse_hostless_aes``."""
+    hostless = [entry.title for entry in settings.allowed_aes if entry.host == "*"]
+    if not hostless:
+        return
+    message = (
+        f"allowed_aes entries without a host admit their title from any address: "
+        f"{', '.join(hostless)}; write TITLE@host"
+    )
+    if settings.refuse_hostless_aes:
+        raise SystemExit(f"error: {message} (PACS_REFUSE_HOSTLESS_AES is set)")
+    log.warning(message)
 
 
 def _wait_for_signal() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from testkit import processes
@@ -13,15 +13,18 @@ from testkit.orthanc import wait_for_port
 
 
 @contextlib.contextmanager
-def running_storescp(binary: str, folder: Path, port: int) -> Iterator[Path]:
+def running_storescp(
+    binary: str, folder: Path, port: int, options: Sequence[str] = ()
+) -> Iterator[Path]:
     """storescp (AE STORESCP; uncompressed syntaxes only, its default) writing what it receives
     bit-preserving into ``folder/received``; it listens on all interfaces of ``port``, since
-    it cannot bind one address. Yields the folder of received files."""
+    it cannot bind one address; ``options`` are added (e.g. ``+tls``). Yields the folder of
+    received files."""
     out = folder / "received"
     out.mkdir(parents=True)
     with (folder / "storescp.log").open("wb") as log:
         process = processes.spawn(
-            [binary, "-aet", "STORESCP", "+B", "-od", str(out), str(port)],
+            [binary, "-aet", "STORESCP", "+B", *options, "-od", str(out), str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "TCP_NODELAY": "1"},

@@ -245,7 +245,8 @@ def test_web_pages_redirect_to_the_login_and_the_session_cookie_opens_them(
     assert client.get("/").status_code == 200
     assert client.get("/api/studies").status_code == 200  # the cookie works for the API too
     assert _users(local)[-1] == "web"
-    out = client.post("/logout")
+    assert client.post("/logout", headers={"Origin": "https://evil.example"}).status_code == 403
+    out = client.post("/logout", headers={"Origin": "http://testserver"})  # as a browser sends
     assert out.status_code == 303
     client.cookies.clear()
     assert client.get("/").status_code == 303
@@ -344,3 +345,10 @@ def test_users_and_token_commands(tmp_path: Path) -> None:
     assert _pacs("users", "disable", "rad2", data_dir=data_dir).returncode == 0
     refused = _pacs("token", "--user", "rad2", data_dir=data_dir)
     assert refused.returncode == 1 and "no enabled account" in refused.stderr
+
+
+def test_openapi_declares_the_bearer_scheme(app: FastAPI) -> None:
+    schema = app.openapi()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/api/studies"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in schema["paths"]["/health"]["get"]

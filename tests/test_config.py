@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import types
 import typing
@@ -45,6 +46,19 @@ COMMA_SEPARATED: dict[str, tuple[str, Any]] = {
     ),
     "stable_after_seconds_by_ae": (" SLOWCT=120, MR1=0.5 ", {"SLOWCT": 120.0, "MR1": 0.5}),
     "worker_analysis_limits": ("ct-chest=1, test=4", {"ct-chest": 1, "test": 4}),
+    "webhook_allowed_networks": (
+        "127.0.0.0/8, 10.1.2.3,fd00::/8",
+        (
+            ipaddress.ip_network("127.0.0.0/8"),
+            ipaddress.ip_network("10.1.2.3/32"),
+            ipaddress.ip_network("fd00::/8"),
+        ),
+    ),
+    "dicom_tls_ae_certificates": (
+        "CT1=ct1.example.org, MR2=mr2",
+        {"CT1": "ct1.example.org", "MR2": "mr2"},
+    ),
+    "dicom_tls_peers": ("REMOTE1, REMOTE2", ("REMOTE1", "REMOTE2")),
 }
 """The settings written as comma-separated strings in the environment, parsed once."""
 
@@ -124,7 +138,12 @@ def test_data_dir_moves_the_embedded_database_and_store(
     settings = Settings()
     assert settings.resolved_database_url.endswith(f"{clean_env}/elsewhere/index.sqlite3")
     assert settings.resolved_storage_url == (clean_env / "elsewhere" / "objects").as_uri()
-    explicit = Settings(database_url="postgresql+psycopg://db/pacs", storage_url="s3://b/p")
+    explicit = Settings(
+        database_url="postgresql+psycopg://db/pacs",
+        storage_url="s3://b/p",
+        s3_access_key="key",
+        s3_secret_key="secret",
+    )
     assert explicit.resolved_database_url == "postgresql+psycopg://db/pacs"
     assert explicit.resolved_storage_url == "s3://b/p"
 

@@ -33,16 +33,31 @@ DOCKERFILE = ROOT / "Dockerfile"
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME:+alternative}
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
 
+REQUIRED = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "MINIO_ROOT_USER": "archive",
+    "MINIO_ROOT_PASSWORD": "minio-secret",
+    "PACS_SERVER_NAME": "pacs.region.example",
+    "PACS_TLS_DIR": "/etc/pacs/tls",
+    "KEYCLOAK_ADMIN_PASSWORD": "keycloak-secret",
+}
+"""The variables compose refuses to start without (``${NAME:?message}``): credentials have no
+default. The values stand in for an operator's .env file."""
+CREDENTIAL = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|ROOT_USER")
+
 
 def interpolate(value: str) -> str:
-    """``value`` as ``docker compose`` resolves it with no variables set (the shipped defaults)."""
+    """``value`` as ``docker compose`` resolves it with only the ``REQUIRED`` variables set."""
 
     def resolve(match: re.Match[str]) -> str:
         op = match.group("op") or ""
+        name = match.group("name")
+        if name in REQUIRED:
+            return REQUIRED[name]
         if op.endswith("-"):
             return match.group("arg")
         if op.endswith("?"):
-            pytest.fail(f"{match.group(0)} has no default: compose would refuse to start")
+            pytest.fail(f"{match.group(0)} is required but not in REQUIRED (test_deployment.py)")
         return ""  # unset variable; ${NAME:+alt} of an unset variable is empty too
 
     return _VARIABLE.sub(resolve, value.replace("$$", "\0")).replace("\0", "$")
@@ -99,7 +114,46 @@ def test_compose_topology() -> None:
     archive = services["archive"]
     assert archive.get("build") in (".", {"context": "."})
     published = {str(p).rsplit(":", 1)[-1] for p in archive.get("ports", [])}
-    assert {"11112", "8000"} <= published
+    assert {"11112", "2762"} <= published
+    assert "8000" not in published, "the HTTP API is reached through the TLS proxy only"
+
+
+def test_compose_tls_proxy_fronts_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose()["services"]
+    proxy = services["proxy"]
+    image = str(proxy["image"])
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+-alpine", image), f"pin the proxy image: {image}"
+    assert {str(p).rsplit(":", 1)[-1] for p in proxy["ports"]} == {"443", "80"}
+    mounts = {interpolate(str(v)).split(":")[1]: interpolate(str(v)) for v in proxy["volumes"]}
+    config_source = mounts["/etc/nginx/conf.d/default.conf"].split(":")[0]
+    config = (ROOT / config_source).read_text(encoding="utf-8")
+    assert "/etc/nginx/tls" in mounts
+    assert re.search(r"listen 443 ssl;", config)
+    assert re.search(r"ssl_protocols TLSv1\.2 TLSv1\.3;", config)
+    assert "proxy_pass http://archive:8000;" in config
+    for header in ("X-Forwarded-For", "X-Forwarded-Proto", "Host"):
+        assert re.search(rf"proxy_set_header {header} ", config), header
+    assert re.search(r"return 30[18] https://", config), "plain HTTP only redirects"
+    settings = settings_from(pacs_services()["archive"], monkeypatch)
+    assert settings.public_base_url == f"https://{REQUIRED['PACS_SERVER_NAME']}"
+    assert settings.forwarded_allow_ips
+    assert settings.dicom_tls and settings.dicom_tls_port == 2762
+
+
+def test_compose_has_no_default_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every credential comes from a required variable; the archive admits listed AEs only."""
+    text = COMPOSE.read_text(encoding="utf-8")
+    for match in _VARIABLE.finditer(text):
+        if CREDENTIAL.search(match.group("name")):
+            assert match.group("op") == ":?", f"{match.group(0)}: a credential needs :?"
+    for name, service in compose()["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if CREDENTIAL.search(str(key)):
+                assert "${" in str(value), f"{name}: {key} is written in the file, not required"
+    for url in re.findall(r"://[^/\s:@]+:([^@\s]+)@", text):
+        assert url.startswith("${") and ":?" in url, f"password in a URL must be required: {url}"
+    settings = settings_from(pacs_services()["archive"], monkeypatch)
+    assert settings.accept_any_ae is False
 
 
 def test_compose_sets_only_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:

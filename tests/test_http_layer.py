@@ -25,7 +25,7 @@ from viewer_api.deps import get_current_user
 @pytest.fixture
 def app(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[FastAPI]:
     backend = make_backend(request, tmp_path, "sqlite", "file")
-    application = create_app(backend.settings)
+    application = create_app(backend.with_settings(webhook_allowed_networks="127.0.0.0/8"))
     yield application
     application.state.engine.dispose()
 

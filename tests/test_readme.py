@@ -57,7 +57,7 @@ NOT_RUN = re.compile(r"^<!-- readme-test: not run \((?P<reason>[^)]+)\) -->$")
 _FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>\w*)\s*$")
 _EXPORTED_UIDS = re.compile(r"^export S=(?P<S>[\d.]+) SE=(?P<SE>[\d.]+) I=(?P<I>[\d.]+)$", re.M)
 _PRELUDE = 'curl() { command curl --fail "$@"; }\n'
-_TRAILER = '\n[ -z "${TOKEN:-}" ] || echo "export TOKEN=$TOKEN"\n'
+_TRAILER = '\n[ -z "${TOKEN:-}" ] || printf "\\nexport TOKEN=%s\\n" "$TOKEN"\n'
 _EXPORTED_TOKEN = re.compile(r"^export TOKEN=(?P<TOKEN>\S+)$", re.M)
 BLOCK_TIMEOUT = 120
 

@@ -21,6 +21,7 @@ from pacs.config import Settings
 from pacs.index.engine import create_index_engine
 from pacs.jobs.queue import write
 from pacs.jobs.webhooks import WebhookSender, add_webhook, deliveries, signature
+from pacs.net_guard import settings_guard
 from pacs.runtime import build_ingest
 from tests.conftest import Backend, free_port
 from tests.jobs_helpers import store_study, wait_for
@@ -69,6 +70,7 @@ def settings(db_backend: Backend) -> Settings:
         webhook_batch_size=4,
         webhook_timeout=3,
         stable_after_seconds=60,
+        webhook_allowed_networks="127.0.0.0/8",  # the test receivers run on this machine
     )
 
 
@@ -89,7 +91,7 @@ def test_failing_twice_then_ok_gets_every_event_once_in_order(
     settings: Settings, engine: Engine
 ) -> None:
     receiver = Receiver(fail=2)
-    add_webhook(engine, receiver.url, secret="k3y", since=0)
+    add_webhook(engine, receiver.url, settings_guard(settings), secret="k3y", since=0)
     emit(engine, 10)
     sender = WebhookSender(settings, engine, "test-sender")
     sender.start()
@@ -129,9 +131,9 @@ def test_receiver_down_gets_growing_backoff_and_ingest_is_not_blocked(
     settings: Settings, engine: Engine
 ) -> None:
     down = f"http://127.0.0.1:{free_port()}/nobody"
-    add_webhook(engine, down, since=0)
+    add_webhook(engine, down, settings_guard(settings), since=0)
     hanging = Receiver(hang=2.5)  # answers after 2.5 s: the sender waits on it
-    add_webhook(engine, hanging.url, since=0)
+    add_webhook(engine, hanging.url, settings_guard(settings), since=0)
     emit(engine, 1)
     sender = WebhookSender(settings, engine, "test-sender")
     sender.start()

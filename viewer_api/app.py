@@ -19,7 +19,10 @@ from pacs.jobs.rules import RuleBook
 from pacs.runtime import build_ingest
 from pacs.security.authn import Authenticator
 from pacs.storage import open_store
+from viewer_api import errors
 from viewer_api.authn import add_exception_handlers
+from viewer_api.body_limit import BodyLimit
+from viewer_api.csrf import CSRFMiddleware
 from viewer_api.routers import (
     aes,
     changes,
@@ -39,6 +42,7 @@ from viewer_api.routers import (
     ui,
     webhooks,
 )
+from viewer_api.security_headers import SecurityHeadersMiddleware
 
 
 def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
@@ -56,6 +60,7 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
         app.include_router(router)
     _add_middleware(app, settings)
     add_exception_handlers(app)
+    errors.install(app)
     return app
 
 
@@ -90,7 +95,11 @@ def _build_services(app: FastAPI, settings: Settings, dicom_server: Any) -> None
     # STOW-RS ingest has its own engine: its connections commit in group-commit mode
     app.state.ingest = build_ingest(settings, store=app.state.store)
     app.state.fhir_store = FhirStore(
-        engine, base_url=f"{base_url(settings)}/fhir", default_count=settings.fhir_default_count
+        engine,
+        base_url=f"{base_url(settings)}/fhir",
+        default_count=settings.fhir_default_count,
+        max_resources=settings.fhir_max_response_resources,
+        max_bundle_entries=settings.fhir_max_bundle_entries,
     )
     app.state.rules = RuleBook(settings.rules_file)
     app.state.authenticator = Authenticator(settings, app.state.sessions)
@@ -109,8 +118,15 @@ GZIP_EXCLUDED = (
 )
 
 
+BODY_LIMIT_EXEMPT = ("/fhir", "/dicomweb/studies")
+"""Paths that stream their request bodies under limits of their own (FHIR, STOW-RS)."""
+
+
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
-    """GZip for responses over ~1 KB (DICOM JSON, FHIR, HTML), CORS when origins are set."""
+    """The JSON body limit, GZip for responses over ~1 KB (DICOM JSON, FHIR, HTML), CORS when
+    origins are set, CSRF protection of cookie sessions, and (outermost, so every answer has
+    them) the security headers."""
+    app.add_middleware(BodyLimit, limit=settings.http_max_json_bytes, exempt=BODY_LIMIT_EXEMPT)
     app.add_middleware(
         GZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE, exclude_content_types=GZIP_EXCLUDED
     )
@@ -123,3 +139,5 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
             allow_headers=["*"],
             expose_headers=["Warning", "Content-Location", "ETag", "Location"],
         )
+    app.add_middleware(CSRFMiddleware, public_base_url=settings.public_base_url)
+    app.add_middleware(SecurityHeadersMiddleware, settings=settings)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -21,8 +22,17 @@ from pacs.security.subject import Subject
 from pacs.storage.base import ObjectStore
 from viewer_api.audit import AuditTrail
 
+_BEARER = HTTPBearer(
+    auto_error=False,
+    description="A token of `pacs token`, `POST /login/token` or (PACS_AUTH=oidc) the issuer.",
+)
+"""Declares the bearer scheme in the OpenAPI document (the "Authorize" button of /docs); the
+header itself is read by ``get_current_user``."""
 
-def get_current_user(request: Request) -> Subject:
+
+def get_current_user(
+    request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+) -> Subject:
     """The caller: a bearer token (the archive's own or, with ``PACS_AUTH=oidc``, the
     issuer's) or the ``pacs_session`` cookie of the web login (``pacs.security.authn``).
     Raises ``NotAuthenticated`` (401 with ``WWW-Authenticate: Bearer``; a login redirect on

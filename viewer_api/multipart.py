@@ -37,6 +37,14 @@ class MultipartError(ValueError):
     """The body is not a well-formed multipart body."""
 
 
+class TooManyParts(MultipartError):
+    """The body has more parts than the caller takes."""
+
+
+KEPT_HEADERS = ("content-type", "content-transfer-encoding")
+"""The part headers ``spool_parts`` keeps (the rest of a header block is dropped at once)."""
+
+
 def boundary_of(params: Mapping[str, str]) -> bytes:
     """The ``boundary`` parameter as bytes; ``MultipartError`` when missing or invalid."""
     boundary = params.get("boundary", "")
@@ -250,12 +258,18 @@ class SpooledPart:
 
 
 async def spool_parts(
-    chunks: AsyncIterable[bytes], boundary: bytes, max_part_size: int, spool: IO[bytes]
+    chunks: AsyncIterable[bytes],
+    boundary: bytes,
+    max_part_size: int,
+    spool: IO[bytes],
+    max_parts: int,
 ) -> list[SpooledPart]:
     """Parse a whole multipart body into ``spool``; return its parts in order.
 
     A part longer than ``max_part_size`` is counted, not stored. ``MultipartError`` when the
-    body is not a complete multipart body (then nothing of it should be used).
+    body is not a complete multipart body (then nothing of it should be used),
+    ``TooManyParts`` as soon as it has more than ``max_parts`` parts. What stays in memory is
+    bounded: per part its ``KEPT_HEADERS`` and position.
     """
     parser = MultipartParser(boundary)
     parts: list[SpooledPart] = []
@@ -264,7 +278,10 @@ async def spool_parts(
     async for chunk in chunks:
         for event in parser.feed(chunk):
             if isinstance(event, PartStart):
-                current = SpooledPart(event.headers, offset=position)
+                if len(parts) == max_parts:
+                    raise TooManyParts(f"more than {max_parts} parts")
+                kept = {name: event.headers[name] for name in KEPT_HEADERS if name in event.headers}
+                current = SpooledPart(kept, offset=position)
                 parts.append(current)
             elif isinstance(event, PartData) and current is not None:
                 current.size += len(event.data)

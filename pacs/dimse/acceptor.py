@@ -6,16 +6,21 @@ abstract syntaxes are all storage SOP classes (or Verification) - what modalitie
 served here on one thread: negotiation with pynetdicom's PDU classes and negotiation rules,
 then a loop that reads whole PDUs, joins the PDV fragments and answers each C-STORE after the
 ingest. Any other association (query/retrieve, ...) goes to pynetdicom unchanged.
+
+Memory: a PDU longer than the ``max_pdu_size`` announced in the A-ASSOCIATE-AC is aborted
+before anything is allocated for it; a C-STORE data set is written as it arrives into one
+growing Part-10 buffer (about 1.1x the object, handed to the ingest without a copy), within
+the process's ``MemoryBudget``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import socket
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pynetdicom.pdu import A_ASSOCIATE_AC as AssociateAcPDU
 from pynetdicom.pdu import A_ASSOCIATE_RQ as AssociateRqPDU
@@ -31,7 +36,13 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pacs import metrics
 from pacs.audit.dimse import StudyTransfers
 from pacs.dimse import pdu
-from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacs.dimse.limits import MemoryBudget
+from pacs.dimse.part10 import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    PREAMBLE,
+    file_meta,
+)
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.status import OUT_OF_RESOURCES, SUCCESS
 from pacs.dimse.store import StoreHandler
@@ -42,6 +53,8 @@ VERIFICATION = "1.2.840.10008.1.1"
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
 REJECT_BUSY = (0x02, 0x03, 0x02)  # transient, provider (presentation), local limit exceeded
+MAX_COMMAND_LENGTH = 64 * 1024
+"""Longest command set accepted (a C-STORE-RQ is about 200 bytes)."""
 
 
 def decode_associate_rq(data: bytes) -> A_ASSOCIATE:
@@ -66,9 +79,10 @@ class _Message:
 
     context_id: int
     command: dict[int, int | str]
-    fragments: list[memoryview] = field(default_factory=list)
-    size: int = 0
-    too_large: bool = False  # fragments beyond the size limit are read and dropped
+    part10: io.BytesIO | None = None  # a C-STORE's Part-10 object: file meta, then fragments
+    size: int = 0  # data set bytes received
+    reserved: int = 0  # of them, held in ``part10`` against the memory budget
+    refusal: str = ""  # why the data set is read and dropped (the C-STORE is refused)
 
 
 class StorageAcceptor:
@@ -81,21 +95,19 @@ class StorageAcceptor:
         policy: AEPolicy,
         store: StoreHandler,
         network_timeout: float,
-        max_associations: int,
+        max_pdu_size: int,
+        budget: MemoryBudget,
     ) -> None:
         self.ae_title = ae_title
         self.contexts = contexts
         self.policy = policy
         self.store = store
         self.network_timeout = network_timeout
-        self.max_associations = max_associations
-        self.active = 0
-        self._lock = threading.Lock()
+        self.max_pdu_size = max_pdu_size
+        self.budget = budget
 
     def serve(self, sock: socket.socket, host: str, closed: Callable[[], None]) -> None:
         """Run one association to its end (release, abort, timeout or error); never raises."""
-        with self._lock:
-            self.active += 1
         try:
             sock.settimeout(self.network_timeout)
             self._associate_and_serve(sock, host)
@@ -103,18 +115,16 @@ class StorageAcceptor:
             log.warning("association from %s dropped: %s", host, exc or type(exc).__name__)
         except pdu.ProtocolError as exc:
             log.warning("association from %s aborted: %s", host, exc)
-            _send_quietly(sock, pdu.a_abort(reason=2))
+            _send_quietly(sock, pdu.a_abort(reason=exc.reason))
         except Exception:
             log.exception("association from %s failed; aborting", host)
             _send_quietly(sock, pdu.a_abort())
         finally:
-            with self._lock:
-                self.active -= 1
             sock.close()
             closed()
 
     def _associate_and_serve(self, sock: socket.socket, host: str) -> None:
-        pdu_type, body = pdu.read_pdu(sock)
+        pdu_type, body = pdu.read_pdu(sock, pdu.MAX_ASSOCIATE_RQ_LENGTH)
         if pdu_type != pdu.A_ASSOCIATE_RQ:
             raise pdu.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {pdu_type:#04x}")
         request = decode_associate_rq(bytes([pdu_type, 0]) + len(body).to_bytes(4, "big") + body)
@@ -124,16 +134,15 @@ class StorageAcceptor:
             log.warning("association from %s at %s refused by AE policy", title, host)
             sock.sendall(pdu.a_associate_rj(*REJECT_CALLING_AE))
             return
-        if self.active > self.max_associations:
-            metrics.ASSOCIATIONS.labels("busy").inc()
-            sock.sendall(pdu.a_associate_rj(*REJECT_BUSY))
-            return
         accepted = self._accept(sock, request)
         metrics.ASSOCIATIONS.labels("accepted").inc()
         transfers = self.store.transfers(title, host)
+        message: list[_Message] = []  # the one being received, for its memory reservation
         try:
-            self._data_phase(sock, accepted, title, host, transfers)
+            self._data_phase(sock, accepted, title, host, message, transfers)
         finally:
+            for unfinished in message:
+                self.budget.release(unfinished.reserved)
             if transfers is not None:
                 transfers.close()
 
@@ -154,7 +163,7 @@ class StorageAcceptor:
         response.result = 0x00
         response.presentation_context_definition_results_list = results
         maximum = MaximumLengthNotification()
-        maximum.maximum_length_received = 0  # no limit: the peer sends the largest PDUs it can
+        maximum.maximum_length_received = self.max_pdu_size
         class_uid = ImplementationClassUIDNotification()
         class_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         version = ImplementationVersionNameNotification()
@@ -175,12 +184,13 @@ class StorageAcceptor:
         contexts: dict[int, tuple[str, str]],
         title: str,
         host: str,
+        current: list[_Message],
         transfers: StudyTransfers | None = None,
     ) -> None:
+        """Serve messages until release or abort; ``current`` holds the message in flight."""
         command_bytes = bytearray()
-        message: _Message | None = None
         while True:
-            pdu_type, body = pdu.read_pdu(sock)
+            pdu_type, body = pdu.read_pdu(sock, self.max_pdu_size)
             if pdu_type == pdu.A_RELEASE_RQ:
                 sock.sendall(pdu.a_release_rp())
                 return
@@ -195,72 +205,121 @@ class StorageAcceptor:
                         f"PDV on presentation context {context_id} not accepted"
                     )
                 if is_command:
-                    if message is not None:
+                    if current:
                         raise pdu.ProtocolError("command fragment while a data set was expected")
                     command_bytes += data
+                    if len(command_bytes) > MAX_COMMAND_LENGTH:
+                        raise pdu.ProtocolError("command set longer than 64 KiB")
                     if not last:
                         continue
-                    message = _Message(context_id, pdu.decode_command(bytes(command_bytes)))
+                    message = self._begin(
+                        context_id, pdu.decode_command(bytes(command_bytes)), contexts, title
+                    )
                     command_bytes.clear()
+                    current.append(message)
                     if message.command.get(pdu.COMMAND_DATA_SET_TYPE) == pdu.NO_DATA_SET:
-                        self._answer(sock, message, contexts, title, host, transfers)
-                        message = None
-                elif message is None or context_id != message.context_id:
+                        self._answer(sock, current, contexts, title, host, transfers)
+                elif not current or context_id != current[0].context_id:
                     raise pdu.ProtocolError("data set fragment without its command")
                 else:
-                    message.size += len(data)
-                    if message.size > self.store.ingest.max_object_size:
-                        message.too_large = True
-                        message.fragments.clear()
-                    else:
-                        message.fragments.append(data)
+                    self._receive(current[0], data)
                     if last:
-                        self._answer(sock, message, contexts, title, host, transfers)
-                        message = None
+                        self._answer(sock, current, contexts, title, host, transfers)
+
+    def _begin(
+        self,
+        context_id: int,
+        command: dict[int, int | str],
+        contexts: dict[int, tuple[str, str]],
+        title: str,
+    ) -> _Message:
+        """A new message; a C-STORE's Part-10 buffer starts with its file meta."""
+        message = _Message(context_id, command)
+        if command.get(pdu.COMMAND_FIELD) == pdu.C_STORE_RQ:
+            abstract_syntax, transfer_syntax = contexts[context_id]
+            meta = file_meta(
+                str(command.get(pdu.AFFECTED_SOP_CLASS_UID, abstract_syntax)),
+                str(command.get(pdu.AFFECTED_SOP_INSTANCE_UID, "")),
+                transfer_syntax,
+                title,
+            )
+            message.part10 = io.BytesIO()
+            message.part10.write(PREAMBLE + meta)
+        return message
+
+    def _receive(self, message: _Message, data: memoryview) -> None:
+        """Append one data set fragment, or drop it once the C-STORE is to be refused."""
+        message.size += len(data)
+        if message.part10 is None or message.refusal:
+            return
+        limit = self.store.ingest.max_object_size
+        if message.size > limit:
+            message.refusal = f"object larger than {limit} bytes; nothing stored"
+        elif not self.budget.reserve(len(data)):
+            message.refusal = "out of memory for received objects; retry later"
+        else:
+            message.reserved += len(data)
+            message.part10.write(data)
+            return
+        message.part10 = None
+        self.budget.release(message.reserved)
+        message.reserved = 0
 
     def _answer(
         self,
         sock: socket.socket,
-        message: _Message,
+        current: list[_Message],
         contexts: dict[int, tuple[str, str]],
         title: str,
         host: str,
         transfers: StudyTransfers | None,
     ) -> None:
+        message = current[0]
+        try:
+            response = self._response(message, contexts, title, host, transfers)
+        finally:
+            current.clear()
+            self.budget.release(message.reserved)
+        sock.sendall(pdu.p_data_command(message.context_id, response))
+
+    def _response(
+        self,
+        message: _Message,
+        contexts: dict[int, tuple[str, str]],
+        title: str,
+        host: str,
+        transfers: StudyTransfers | None,
+    ) -> bytes:
         command = message.command
         field_ = command.get(pdu.COMMAND_FIELD)
         message_id = int(command.get(pdu.MESSAGE_ID, 0))
-        abstract_syntax, transfer_syntax = contexts[message.context_id]
-        sop_class = str(command.get(pdu.AFFECTED_SOP_CLASS_UID, abstract_syntax))
+        sop_class = str(command.get(pdu.AFFECTED_SOP_CLASS_UID, contexts[message.context_id][0]))
+        sop_instance = str(command.get(pdu.AFFECTED_SOP_INSTANCE_UID, ""))
         if field_ == pdu.C_ECHO_RQ:
-            response = pdu.encode_response(pdu.C_ECHO_RSP, message_id, sop_class, SUCCESS)
-        elif field_ == pdu.C_STORE_RQ and message.too_large:
-            limit = self.store.ingest.max_object_size
+            return pdu.encode_response(pdu.C_ECHO_RSP, message_id, sop_class, SUCCESS)
+        if field_ == pdu.C_STORE_RQ and message.refusal:
             metrics.REJECTED.labels("dimse").inc()
-            log.warning("C-STORE from %s refused: %d bytes > %d", title, message.size, limit)
+            log.warning(
+                "C-STORE from %s refused (%d bytes): %s", title, message.size, message.refusal
+            )
             if transfers is not None:
                 transfers.add("", OUT_OF_RESOURCES)
-            response = pdu.encode_response(
+            return pdu.encode_response(
                 pdu.C_STORE_RSP,
                 message_id,
                 sop_class,
                 OUT_OF_RESOURCES,
-                str(command.get(pdu.AFFECTED_SOP_INSTANCE_UID, "")),
-                f"object larger than {limit} bytes; nothing stored",
+                sop_instance,
+                message.refusal,
             )
-        elif field_ == pdu.C_STORE_RQ and message.fragments:
-            sop_instance = str(command.get(pdu.AFFECTED_SOP_INSTANCE_UID, ""))
-            dataset = b"".join(message.fragments)
-            message.fragments.clear()
-            status, comment = self.store.store(
-                dataset, sop_class, sop_instance, transfer_syntax, title, host, transfers
-            )
-            response = pdu.encode_response(
+        if field_ == pdu.C_STORE_RQ and message.part10 is not None and message.size:
+            data = message.part10.getvalue()  # the buffer itself, not a copy
+            message.part10 = None
+            status, comment = self.store.store_part10(data, title, host, transfers)
+            return pdu.encode_response(
                 pdu.C_STORE_RSP, message_id, sop_class, status, sop_instance, comment
             )
-        else:
-            raise pdu.ProtocolError(f"command {field_!r} is not served on a storage association")
-        sock.sendall(pdu.p_data_command(message.context_id, response))
+        raise pdu.ProtocolError(f"command {field_!r} is not served on a storage association")
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:

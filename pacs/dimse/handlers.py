@@ -6,6 +6,7 @@ They never raise into the network stack: every outcome is a status.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator
 from io import BytesIO
 from typing import Any, cast
@@ -22,6 +23,7 @@ from pacs.dimse.policy import AEPolicy
 from pacs.dimse.retrieve import RetrieveService
 from pacs.dimse.status import SUCCESS, UNABLE_TO_PROCESS
 from pacs.dimse.store import StoreHandler
+from pacs.dimse.tls import ae_matches_certificate
 from pacs.dimse.worklist import MODALITY_WORKLIST_FIND, WorklistService
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class Handlers:
         self.retrieve = retrieve
         self.audit: DimseAudit | None = None
         self._transfers: dict[int, StudyTransfers] = {}  # association -> its C-STOREs
+        self.certificate_aes: dict[str, str] | None = None
+        """With ``dicom_tls_match_ae``: extra title -> certificate name pairs; None: no check."""
 
     def _peer(self, event: Event) -> Peer:
         title, host = _peer(event)
@@ -65,6 +69,21 @@ class Handlers:
         transfers = self._transfers.pop(id(event.assoc), None)
         if transfers is not None:
             transfers.close()
+
+    def on_requested(self, event: Event) -> None:
+        """On a TLS connection with ``dicom_tls_match_ae``: reject (A-ASSOCIATE-RJ, calling AE
+        not recognised) a calling AE title that is not its client certificate's."""
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if self.certificate_aes is None or not isinstance(sock, ssl.SSLSocket):
+            return
+        primitive = event.assoc.requestor.primitive
+        title = str(primitive.calling_ae_title if primitive else "").strip()
+        if ae_matches_certificate(title, sock.getpeercert(), self.certificate_aes):
+            return
+        metrics.ASSOCIATIONS.labels("refused").inc()
+        log.warning("association from %s refused: not the AE of its TLS certificate", title)
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        event.assoc.kill()  # as pynetdicom's own rejection: returns once the RJ is sent
 
     def on_accepted(self, event: Event) -> None:
         """Abort an association whose (title, address) pair is not on the allow-list."""
@@ -137,6 +156,7 @@ class Handlers:
     def bindings(self) -> list[tuple[Any, Any]]:
         """The (event, handler) pairs to bind on the association server."""
         return [
+            (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_C_ECHO, self.on_c_echo),
             (evt.EVT_C_STORE, self.on_c_store),

@@ -45,11 +45,25 @@ _US_ELEMENTS = {
 }
 _COMMAND = 0x01
 _LAST = 0x02
-_MAX_PDU = 256 * 1024 * 1024  # a PDU longer than this is refused (protects memory)
+
+MAX_ASSOCIATE_RQ_LENGTH = 1024 * 1024
+"""Longest A-ASSOCIATE-RQ read before negotiation (hundreds of presentation contexts fit)."""
+
+ABORT_UNEXPECTED_PDU = 2
+ABORT_INVALID_PDU_PARAMETER = 6
 
 
 class ProtocolError(PacsError):
-    """The peer broke the upper layer protocol; the association is aborted."""
+    """The peer broke the upper layer protocol; the association is aborted with ``reason``
+    (A-ABORT provider reason, PS3.8 9.3.8: 2 unexpected PDU, 6 invalid PDU parameter)."""
+
+    reason = ABORT_UNEXPECTED_PDU
+
+
+class PduTooLong(ProtocolError):
+    """A PDU longer than the maximum length we announced; refused before it is read."""
+
+    reason = ABORT_INVALID_PDU_PARAMETER
 
 
 def recv_exact(sock: socket.socket, size: int) -> bytearray:
@@ -65,13 +79,14 @@ def recv_exact(sock: socket.socket, size: int) -> bytearray:
     return buffer
 
 
-def read_pdu(sock: socket.socket) -> tuple[int, bytearray]:
-    """The next PDU as (type, body)."""
+def read_pdu(sock: socket.socket, max_length: int) -> tuple[int, bytearray]:
+    """The next PDU as (type, body); ``PduTooLong`` (nothing allocated) when its length field
+    is over ``max_length``, the longest PDU we announced (PS3.8 D.1: the variable field)."""
     header = recv_exact(sock, 6)
     pdu_type = header[0]
     length = int.from_bytes(header[2:6], "big")
-    if length > _MAX_PDU:
-        raise ProtocolError(f"PDU of {length} bytes refused")
+    if length > max_length:
+        raise PduTooLong(f"PDU of {length} bytes refused: the limit is {max_length}")
     return pdu_type, recv_exact(sock, length)
 
 

@@ -9,7 +9,8 @@ each function below (and then raising ``WRITTEN_FOR``).
 
 - Speed-ups of the acceptor (``tune_acceptor``): the reactor polls the DIMSE message queue
   with 1 ms sleeps, so every message waits up to a millisecond before it is served; and the
-  transport reads PDUs 4 KiB at a time, about 130 ``recv`` calls per 512 KiB slice. Each fix
+  transport reads PDUs 4 KiB at a time, about 130 ``recv`` calls per 512 KiB slice (and never
+  checks a PDU's length against the maximum it announced: ours refuses it). Each fix
   replaces one method on one association's own objects, so pynetdicom's shared classes and
   every other association (e.g. our own SCU) stay untouched.
 - ``exchange_c_store``: one C-STORE request whose data set is given as encoded bytes and its
@@ -22,6 +23,7 @@ each function below (and then raising ``WRITTEN_FOR``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import time
@@ -34,6 +36,8 @@ from pynetdicom import _config
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import RequestHandler
+
+from pacs.dimse.pdu import ABORT_INVALID_PDU_PARAMETER, MAX_ASSOCIATE_RQ_LENGTH, a_abort
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +84,21 @@ def wake_on_message(assoc: Association) -> None:
     assoc.dul._run_loop_delay = DUL_LOOP_DELAY
 
 
-def read_whole_pdus(assoc: Association) -> None:
-    """Read each PDU with as few ``recv_into`` calls as the kernel allows."""
+def read_whole_pdus(assoc: Association, max_length: int) -> None:
+    """Read each PDU with as few ``recv_into`` calls as the kernel allows; a PDU longer than
+    ``max_length`` is answered A-ABORT (invalid PDU parameter) before anything is allocated
+    for it, and the connection closed (pynetdicom's Evt17)."""
     transport = assoc.dul.socket
     if transport is None:
         return
 
     def recv(nr_bytes: int) -> bytearray:
         sock = transport.socket
+        if nr_bytes > max_length:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.sendall(a_abort(reason=ABORT_INVALID_PDU_PARAMETER))
+            raise OSError(f"PDU of {nr_bytes} bytes refused: the limit is {max_length}")
         buffer = bytearray(nr_bytes)
         read = 0
         with memoryview(buffer) as view:
@@ -103,17 +114,22 @@ def read_whole_pdus(assoc: Association) -> None:
 
 
 def tune_acceptor(assoc: Association) -> None:
-    """Apply every speed-up to a new acceptor association."""
+    """Apply every speed-up (and the PDU length limit) to a new acceptor association."""
     wake_on_message(assoc)
-    read_whole_pdus(assoc)
+    limit = assoc.ae.maximum_pdu_size or MAX_ASSOCIATE_RQ_LENGTH
+    read_whole_pdus(assoc, max(limit, MAX_ASSOCIATE_RQ_LENGTH))
 
 
 class TunedRequestHandler(RequestHandler):
-    """pynetdicom's request handler whose associations get :func:`tune_acceptor`."""
+    """pynetdicom's request handler whose associations get :func:`tune_acceptor`; the
+    association it started is kept in ``association`` (the caller joins it)."""
+
+    association: Association | None = None
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         tune_acceptor(assoc)
+        self.association = assoc
         return assoc
 
 

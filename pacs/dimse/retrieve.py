@@ -45,6 +45,7 @@ from pacs.dimse.status import (
     PENDING,
     UNABLE_TO_PROCESS,
 )
+from pacs.dimse.tls import TlsArgs
 from pacs.errors import PacsError
 from pacs.index.models import Instance, Patient, Series, Study
 from pacs.storage.base import ObjectStore
@@ -109,9 +110,16 @@ def instance_query(identifier: Dataset) -> Select[Any]:
 class RetrieveService:
     """C-MOVE and C-GET handlers of one worker process, on its index and object store."""
 
-    def __init__(self, sessions: Callable[[], Session], store: ObjectStore) -> None:
+    def __init__(
+        self,
+        sessions: Callable[[], Session],
+        store: ObjectStore,
+        tls_args: Callable[[str, str], TlsArgs | None] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.store = store
+        self.tls_args = tls_args
+        """(title, host) -> pynetdicom ``tls_args`` of a C-MOVE destination (None: plain)."""
 
     def locate(self, identifier: Dataset) -> list[StoreItem]:
         """The stored instances ``identifier`` names (raise :class:`IdentifierError`)."""
@@ -153,6 +161,9 @@ class RetrieveService:
         contexts = requested_contexts_safe(items)
         if contexts:
             options["contexts"] = contexts
+        tls = self.tls_args(destination, address[0]) if self.tls_args else None
+        if tls is not None:
+            options["tls_args"] = tls
         yield (*address, options)
         if failure is not None:
             # refuse without associating with the destination: pynetdicom would associate

@@ -28,6 +28,7 @@ from pacs.config import Settings
 from pacs.dimse.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs.dimse.pynetdicom_internals import exchange_c_store
 from pacs.dimse.status import STORE_WARNINGS, SUCCESS
+from pacs.dimse.tls import peer_tls_args
 from pacs.errors import PacsError
 
 logger = logging.getLogger(__name__)
@@ -258,7 +259,8 @@ def send(
     originator: MoveOriginator | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> SendSummary:
-    """C-STORE every item to ``peer`` in one association; never raises for one object.
+    """C-STORE every item to ``peer`` in one association (over TLS when the peer is one of
+    ``dicom_tls_peers``); never raises for one object.
 
     ``on_result`` is called after each object; ``cancelled`` is polled before each one and
     stops the send when true (C-CANCEL of a C-MOVE). Raises :class:`SendError` when the
@@ -268,7 +270,8 @@ def send(
     if not items:
         return summary
     ae = build_scu(settings, items)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.title)
+    tls_args = peer_tls_args(settings, peer.title, peer.host)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.title, tls_args=tls_args)
     if not assoc.is_established:
         raise SendError(
             f"association with {peer.title} at {peer.host}:{peer.port} "

@@ -1,6 +1,7 @@
 """Multi-process DICOM server.
 
-One listening socket in the parent; each accepted connection is handed (file descriptor
+One listening socket in the parent (two with DICOM TLS: the TLS port's connections are marked
+and the worker runs the TLS handshake); each accepted connection is handed (file descriptor
 passing over a Unix socket pair) to the ready worker process with the fewest open associations.
 Every worker runs a pynetdicom AE with its own GIL, database pool and object-store client, so
 parallel associations use every core. A worker that dies is restarted; workers exit when the
@@ -50,6 +51,13 @@ class DicomServer:
             (settings.host, settings.dicom_port), backlog=256, reuse_port=False
         )
         self.port = self.listener.getsockname()[1]
+        self.tls_listener: socket.socket | None = None
+        self.tls_port: int | None = None
+        if settings.dicom_tls:
+            self.tls_listener = socket.create_server(
+                (settings.host, settings.dicom_tls_port), backlog=256, reuse_port=False
+            )
+            self.tls_port = self.tls_listener.getsockname()[1]
         self._context = mp.get_context("forkserver")
         self._context.set_forkserver_preload([__name__, "pacs.dimse.worker"])
         self._workers: list[_Worker] = []
@@ -79,10 +87,11 @@ class DicomServer:
         self._thread = threading.Thread(target=self._run, name="dicom-dispatch", daemon=True)
         self._thread.start()
         log.info(
-            "DICOM %s listening on %s:%d with %d processes",
+            "DICOM %s listening on %s:%d%s with %d processes",
             self.settings.ae_title,
             self.settings.host,
             self.port,
+            f" and TLS port {self.tls_port}" if self.tls_port else "",
             len(self._workers),
         )
 
@@ -94,6 +103,8 @@ class DicomServer:
         if self._thread:
             self._thread.join(timeout=5)
         self.listener.close()
+        if self.tls_listener is not None:
+            self.tls_listener.close()
         for worker in self._workers:
             worker.control.close()
         for worker in self._workers:
@@ -117,26 +128,30 @@ class DicomServer:
         return _Worker(index, process, parent)
 
     def _run(self) -> None:
-        self.listener.setblocking(False)
+        listeners = {self.listener: False}
+        if self.tls_listener is not None:
+            listeners[self.tls_listener] = True
+        for listener in listeners:
+            listener.setblocking(False)
         while not self._stop.is_set():
             controls = {w.control: w for w in self._workers}
-            readable, _, _ = select.select([self.listener, *controls], [], [], 0.5)
+            readable, _, _ = select.select([*listeners, *controls], [], [], 0.5)
             for sock in readable:
-                if sock is self.listener:
-                    self._accept()
+                if sock in listeners:
+                    self._accept(sock, tls=listeners[sock])
                 else:
                     self._read_control(controls[sock])
             self._restart_dead()
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket, tls: bool) -> None:
         try:
-            conn, address = self.listener.accept()
+            conn, address = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         with conn:
             candidates = [w for w in self._workers if w.ready] or self._workers
             worker = min(candidates, key=lambda w: w.active)
-            payload = f"{address[0]}|{address[1]}".encode()
+            payload = f"{address[0]}|{address[1]}|{'tls' if tls else ''}".encode()
             try:
                 socket.send_fds(worker.control, [payload], [conn.fileno()])
                 worker.active += 1

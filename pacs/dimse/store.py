@@ -67,6 +67,26 @@ class StoreHandler:
     ) -> tuple[int, str]:
         """Ingest the data set exactly as received; return (status, error comment), noted
         in the association's ``transfers`` (audit) when given."""
+        try:
+            data = part10(
+                dataset, sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae_title
+            )
+        except Exception:
+            log.exception("C-STORE failed")
+            if transfers is not None:
+                transfers.add("", status.OUT_OF_RESOURCES)
+            return status.OUT_OF_RESOURCES, "internal error; nothing stored"
+        return self.store_part10(data, calling_ae_title, host, transfers)
+
+    def store_part10(
+        self,
+        data: bytes,
+        calling_ae_title: str,
+        host: str,
+        transfers: StudyTransfers | None = None,
+    ) -> tuple[int, str]:
+        """Ingest a received object already framed as Part 10 (the file meta from the
+        C-STORE-RQ); return (status, error comment), noted in ``transfers`` when given."""
         study = ""
         try:
             source = Source(
@@ -74,9 +94,6 @@ class StoreHandler:
                 ae_title=calling_ae_title,
                 host=host,
                 organisation=self.policy.organisation(calling_ae_title, host),
-            )
-            data = part10(
-                dataset, sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae_title
             )
             outcome = self.ingest.store_part10(data, source)
             code, study = C_STORE_STATUS[outcome.status], outcome.study_instance_uid

@@ -1,7 +1,11 @@
 """One DICOM worker process: serves the connections the parent hands over.
 
 Each connection's A-ASSOCIATE-RQ is peeked at (not consumed): a storage association goes to
-the lean ``StorageAcceptor``, anything else to pynetdicom's association server.
+the lean ``StorageAcceptor``, anything else to pynetdicom's association server. A connection
+of the DICOM TLS port is wrapped in TLS here (handshake, client certificate) and served by
+pynetdicom, whose handlers check the calling AE against the certificate. Both ports share the
+process's ``max_associations`` slots: a connection beyond them is answered A-ASSOCIATE-RJ
+(transient, local limit exceeded) before any association state is built.
 """
 
 from __future__ import annotations
@@ -15,13 +19,21 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacs import metrics
 from pacs.audit import export as audit_export
 from pacs.audit.dimse import DimseAudit
 from pacs.config import Settings
-from pacs.dimse.acceptor import StorageAcceptor, decode_associate_rq, is_storage_request
+from pacs.dimse import pdu
+from pacs.dimse.acceptor import (
+    REJECT_BUSY,
+    StorageAcceptor,
+    decode_associate_rq,
+    is_storage_request,
+)
 from pacs.dimse.ae import STORAGE_SOP_CLASSES, build_ae
 from pacs.dimse.find import FindService, match_options
 from pacs.dimse.handlers import Handlers
+from pacs.dimse.limits import AssociationSlots, MemoryBudget
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.pynetdicom_internals import (
     SharedContexts,
@@ -30,6 +42,7 @@ from pacs.dimse.pynetdicom_internals import (
 )
 from pacs.dimse.retrieve import RetrieveService
 from pacs.dimse.store import StoreHandler
+from pacs.dimse.tls import peer_tls_args, server_context
 from pacs.dimse.worklist import WorklistService
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine, session_factory
@@ -49,6 +62,12 @@ class _HandedOverServer(ThreadedAssociationServer):
     def server_activate(self) -> None:
         pass
 
+    def serve_association(self, conn: socket.socket, address: tuple[str, int]) -> None:
+        """Run one association on ``conn`` in pynetdicom and wait until it has ended."""
+        handler = TunedRequestHandler(conn, address, self)
+        if handler.association is not None:
+            handler.association.join()
+
 
 def serve_connections(settings: Settings, control: socket.socket) -> None:
     """Run associations for sockets received on ``control`` until the parent goes away."""
@@ -60,9 +79,16 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     audit_export.install(settings.audit_syslog_url)
     audit = DimseAudit(create_index_engine(settings))
     store = StoreHandler(ingest, policy, audit)
-    retrieve = RetrieveService(session_factory(ingest.engine), ingest.store)
+    retrieve = RetrieveService(
+        session_factory(ingest.engine),
+        ingest.store,
+        lambda title, host: peer_tls_args(settings, title, host),
+    )
     handlers = Handlers(store, policy, retrieve)
     handlers.audit = audit
+    tls = server_context(settings) if settings.dicom_tls else None
+    if settings.dicom_tls_match_ae:
+        handlers.certificate_aes = settings.dicom_tls_ae_certificates
     handlers.find = FindService(
         session_factory(create_index_engine(settings)), match_options(settings)
     )
@@ -94,16 +120,44 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         policy,
         store,
         settings.network_timeout,
-        settings.max_associations,
+        settings.max_pdu_size,
+        MemoryBudget(settings.scp_memory_budget),
     )
+    slots = AssociationSlots(settings.max_associations)
 
-    def serve(conn: socket.socket, host: str, port: int) -> None:
-        request = _peek_associate_rq(conn, settings.acse_timeout)
-        if request is not None and is_storage_request(request, STORAGE_SOP_CLASSES):
-            acceptor.serve(conn, host, on_closed)
-        else:
-            conn.settimeout(None)
-            server.process_request(conn, (host, port))
+    def serve(conn: socket.socket, host: str, port: int, secure: bool) -> None:
+        if not slots.acquire():
+            _refuse_busy(conn, min(settings.acse_timeout, _BUSY_READ_TIMEOUT), slots.limit)
+            on_closed()
+            return
+        try:
+            if secure:
+                assert tls is not None
+                try:
+                    conn.settimeout(settings.acse_timeout)
+                    conn = tls.wrap_socket(conn, server_side=True)
+                except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                    log.warning("DICOM TLS handshake with %s failed: %s", host, exc)
+                    conn.close()
+                    on_closed()
+                    return
+                conn.settimeout(None)
+                server.serve_association(conn, (host, port))
+                return
+            request = _peek_associate_rq(conn, settings.acse_timeout)
+            if request is None and _peer_closed(conn):
+                conn.close()
+                on_closed()
+            elif request is not None and is_storage_request(request, STORAGE_SOP_CLASSES):
+                acceptor.serve(conn, host, on_closed)
+            else:
+                conn.settimeout(None)
+                server.serve_association(conn, (host, port))
+        except Exception:  # pynetdicom's handler setup failing: drop this connection only
+            log.exception("association from %s failed", host)
+            conn.close()
+        finally:
+            slots.release()
 
     try:
         with send_lock:
@@ -118,17 +172,47 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         if not message:
             return  # parent closed the control socket: stop
         for fd in fds:
-            host, _, port = message.decode().partition("|")
+            host, port, secure = [*message.decode().split("|"), "", ""][:3]
             conn = socket.socket(fileno=fd)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             thread = threading.Thread(
-                target=serve, args=(conn, host, int(port or 0)), name="association", daemon=True
+                target=serve,
+                args=(conn, host, int(port or 0), secure == "tls"),
+                name="association",
+                daemon=True,
             )
             thread.start()
 
 
-_PEEK_LIMIT = 1024 * 1024
-"""A-ASSOCIATE-RQ PDUs longer than this are left to pynetdicom (which will refuse them)."""
+_PEEK_LIMIT = pdu.MAX_ASSOCIATE_RQ_LENGTH
+"""A-ASSOCIATE-RQ PDUs longer than this are left to pynetdicom (which aborts them)."""
+_BUSY_READ_TIMEOUT = 5.0
+"""Longest wait for the A-ASSOCIATE-RQ of a connection refused for want of a slot."""
+
+
+def _peer_closed(conn: socket.socket) -> bool:
+    """True when the peer has closed the connection (nothing left to read)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except OSError:  # nothing to read yet (BlockingIOError), or reset
+        return False
+
+
+def _refuse_busy(conn: socket.socket, timeout: float, limit: int) -> None:
+    """A-ASSOCIATE-RJ (transient, local limit exceeded): read what the peer sent first (at
+    most one A-ASSOCIATE-RQ), so that closing does not reset the connection before the peer
+    has read the answer."""
+    metrics.ASSOCIATIONS.labels("busy").inc()
+    log.warning("association refused: all %d association slots of this process are taken", limit)
+    with contextlib.suppress(OSError), conn:
+        conn.settimeout(timeout)
+        header = pdu.recv_exact(conn, 6)
+        length = int.from_bytes(header[2:6], "big")
+        if header[0] == pdu.A_ASSOCIATE_RQ and length <= _PEEK_LIMIT:
+            pdu.recv_exact(conn, length)
+        conn.sendall(pdu.a_associate_rj(*REJECT_BUSY))
+        conn.shutdown(socket.SHUT_WR)
+        conn.recv(1)  # until the peer closes (or the timeout)
 
 
 def _peek_associate_rq(conn: socket.socket, timeout: float) -> Any:

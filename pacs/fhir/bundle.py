@@ -6,6 +6,10 @@ every reference to them in the Bundle is rewritten; conditional references (``Pa
 ...``) resolve to their one match. A transaction runs in one database transaction: any failing
 entry fails it all (its status and OperationOutcome, with the entry's path). A batch runs each
 entry in its own transaction and reports each outcome in the response.
+
+Bounds: at most ``fhir_max_bundle_entries`` entries (413 before any runs), and the resources
+the reads and searches answer share one budget of ``fhir_max_response_resources`` for the
+whole response (an entry past it fails with 422 too-costly).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from pacs.fhir import search as fhir_search
 from pacs.fhir.errors import (
     FhirError,
     InvalidResource,
+    PayloadTooLarge,
     PreconditionFailed,
     UnprocessableResource,
 )
+from pacs.fhir.limits import ResourceBudget
 from pacs.fhir.resources import Bundle, BundleEntry, EntryResponse
 from pacs.fhir.searchparams import SEARCH_PARAMS
 from pacs.fhir.validation import validate
@@ -149,6 +155,7 @@ class _Run:
         self.base = base
         self.entries = entries
         self.ids: dict[str, str] = {}  # fullUrl -> Type/id
+        self.budget = ResourceBudget(store.max_resources)  # resources the response may carry
 
     def assign(self, conn: Connection, entry: Entry) -> None:
         """Choose the id an entry writes to and record its fullUrl."""
@@ -209,8 +216,11 @@ class _Run:
         if entry.method == "GET":
             ok: EntryResponse = {"status": _status(200)}
             if entry.resource_id is None:
-                searchset = store.tx_search(conn, rtype, entry.query or [], base_url=self.base)
+                searchset = store.tx_search(
+                    conn, rtype, entry.query or [], base_url=self.base, budget=self.budget
+                )
                 return {"resource": searchset, "response": ok}
+            self.budget.take(1)
             if entry.history is not None:
                 older = store.tx_vread(conn, rtype, entry.resource_id, entry.history)
                 return {"resource": older, "response": ok}
@@ -254,6 +264,12 @@ def process(store: FhirStore, bundle: Any, base: str) -> Bundle:
     raw_entries = bundle.get("entry", [])
     if not isinstance(raw_entries, list):
         raise InvalidResource("Bundle.entry is not a list", expression=["Bundle.entry"])
+    if len(raw_entries) > store.max_bundle_entries:
+        raise PayloadTooLarge(
+            f"the Bundle has {len(raw_entries)} entries; at most {store.max_bundle_entries} "
+            "(fhir_max_bundle_entries)",
+            expression=["Bundle.entry"],
+        )
     if kind == "transaction":
         entries = [_parse_entry(i, raw, base) for i, raw in enumerate(raw_entries)]
         return _transaction(store, base, entries)

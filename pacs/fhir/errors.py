@@ -111,6 +111,13 @@ class PayloadTooLarge(FhirError):
     code = "too-costly"
 
 
+class TooCostly(FhirError):
+    """The answer would carry more resources than ``fhir_max_response_resources`` (422)."""
+
+    status = 422
+    code = "too-costly"
+
+
 class NotAcceptable(FhirError):
     """The client accepts only a format the server does not produce (XML, RDF) (406)."""
 

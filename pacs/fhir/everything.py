@@ -15,6 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, select, tuple_
 
 from pacs.fhir.errors import InvalidSearch
+from pacs.fhir.limits import ResourceBudget
 from pacs.fhir.resources import Bundle, BundleEntry, Resource
 from pacs.fhir.schema import FhirReference, FhirResource
 from pacs.fhir.searchparams import SEARCH_PARAMS
@@ -88,6 +89,7 @@ def everything(
         (matched, "match"),
         (referenced, "include"),
     )
+    chosen: list[tuple[Any, Literal["match", "include"]]] = []
     for rows, mode in sections:
         for row in sorted(rows, key=lambda r: (r.resource_type, r.id)):
             if (row.resource_type, row.id) in seen:
@@ -95,7 +97,9 @@ def everything(
             if types is not None and row.resource_type not in types:
                 continue
             seen.add((row.resource_type, row.id))
-            entries.append(_entry(base, json.loads(row.content), mode))
+            chosen.append((row, mode))
+    ResourceBudget(store.max_resources).take(1 + len(chosen))  # before any is parsed
+    entries += [_entry(base, json.loads(row.content), mode) for row, mode in chosen]
     return {
         "resourceType": "Bundle",
         "type": "searchset",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -21,6 +22,7 @@ from sqlalchemy import (
 )
 
 from pacs.fhir.errors import InvalidSearch, operation_outcome
+from pacs.fhir.limits import MAX_INCLUDES, ResourceBudget
 from pacs.fhir.resources import Bundle, BundleEntry, BundleLink
 from pacs.fhir.schema import FhirDate, FhirReference, FhirResource, FhirString, FhirToken
 from pacs.fhir.searchparams import (
@@ -280,6 +282,8 @@ def parse(
     and listed in ``ignored``. A known parameter with a bad value always raises.
     """
     request = SearchRequest(rtype, count=default_count)
+    if sum(1 for key, _ in params if key.startswith(("_include", "_revinclude"))) > MAX_INCLUDES:
+        raise InvalidSearch(f"at most {MAX_INCLUDES} _include/_revinclude parameters")
 
     def unknown(key: str, why: str) -> None:
         if strict:
@@ -336,6 +340,11 @@ def _result_param(request: SearchRequest, key: str, value: str, unknown: Any) ->
                 unknown(key, f"cannot sort {rtype} by {name!r}")
                 return
             request.sort.append((name, desc))
+    elif key.startswith(("_include", "_revinclude")) and "*" in value:
+        raise InvalidSearch(
+            f"{key}={value}: wildcard includes are not supported; name the reference parameter",
+            expression=[key],
+        )
     elif key == "_include":
         parts = value.split(":")
         param = SEARCH_PARAMS[rtype].get(parts[1]) if len(parts) in (2, 3) else None
@@ -346,7 +355,8 @@ def _result_param(request: SearchRequest, key: str, value: str, unknown: Any) ->
         if target is not None and target not in SEARCH_PARAMS:
             unknown(key, f"_include={value}: unknown target type")
             return
-        request.includes.append((parts[1], target))
+        if (parts[1], target) not in request.includes:
+            request.includes.append((parts[1], target))
     elif key == "_revinclude":
         parts = value.split(":")
         source = SEARCH_PARAMS.get(parts[0], {}) if len(parts) in (2, 3) else {}
@@ -354,7 +364,8 @@ def _result_param(request: SearchRequest, key: str, value: str, unknown: Any) ->
         if param is None or param.type != REFERENCE:
             unknown(key, f"_revinclude={value} is not a reference parameter")
             return
-        request.revincludes.append((parts[0], parts[1]))
+        if (parts[0], parts[1]) not in request.revincludes:
+            request.revincludes.append((parts[0], parts[1]))
     else:
         unknown(key, f"{key} is not supported")
         return
@@ -405,8 +416,11 @@ def _link(base: str, rtype: str, kept: list[tuple[str, str]], **extra: int) -> s
     return f"{base}/{rtype}?{urlencode(query)}"
 
 
-def execute(conn: Connection, request: SearchRequest, base: str) -> Bundle:
-    """Run a parsed search: a ``searchset`` Bundle with total, links and entries."""
+def execute(conn: Connection, request: SearchRequest, base: str, budget: ResourceBudget) -> Bundle:
+    """Run a parsed search: a ``searchset`` Bundle with total, links and entries. Its matches
+    and includes are spent from ``budget``: a page is shortened to what is left (its ``next``
+    link goes on from there), includes beyond it are left out with a warning, and
+    ``TooCostly`` is raised when nothing is left."""
     rtype = request.resource_type
     where = [R.c.resource_type == rtype, R.c.deleted == false(), *request.where]
     bundle: Bundle = {"resourceType": "Bundle", "type": "searchset"}
@@ -418,6 +432,9 @@ def execute(conn: Connection, request: SearchRequest, base: str) -> Bundle:
         bundle["total"] = total()
         bundle["link"] = [{"relation": "self", "url": _link(base, rtype, request.kept)}]
         return bundle
+    if budget.left < 1:
+        budget.take(1)  # raises
+    request.count = min(request.count, budget.left)
     order = [_sort_key(rtype, n, d) for n, d in request.sort] + [R.c.pk.asc()]
     columns: list[Any] = [R.c.pk, R.c.id, R.c.content]
     if request.total:  # the count of all matches comes with the page (one round trip)
@@ -453,11 +470,17 @@ def execute(conn: Connection, request: SearchRequest, base: str) -> Bundle:
             }
         )
     bundle["link"] = links
+    budget.take(len(rows))
     entries = [_entry(base, rtype, row.id, row.content, "match") for row in rows]
     seen = {(rtype, row.id) for row in rows}
     pks = [row.pk for row in rows]
     if pks:
-        entries += _included(conn, request, base, pks, [row.id for row in rows], seen)
+        ids = [row.id for row in rows]
+        included, cut = _included(conn, request, base, pks, ids, seen, budget.left)
+        budget.take(len(included))
+        entries += included
+        if cut:
+            entries.append(_left_out())
     if request.ignored:
         ignored = ", ".join(request.ignored)
         entries.append(
@@ -476,6 +499,18 @@ def execute(conn: Connection, request: SearchRequest, base: str) -> Bundle:
     return bundle
 
 
+def _left_out() -> BundleEntry:
+    return {
+        "resource": operation_outcome(
+            "included resources left out: a response carries at most "
+            "fhir_max_response_resources resources",
+            code="too-costly",
+            severity="warning",
+        ),
+        "search": {"mode": "outcome"},
+    }
+
+
 def _included(
     conn: Connection,
     request: SearchRequest,
@@ -483,18 +518,31 @@ def _included(
     pks: list[int],
     ids: list[str],
     seen: set[tuple[str, str]],
-) -> list[BundleEntry]:
+    limit: int,
+) -> tuple[list[BundleEntry], bool]:
+    """The included resources, at most ``limit`` (read no further than one past it); True
+    when some were left out."""
     rtype = request.resource_type
     ref = FhirReference.__table__
     out: list[BundleEntry] = []
+
+    def add(rows: Iterable[Any]) -> bool:
+        for row in rows:
+            if (row.resource_type, row.id) not in seen:
+                if len(out) == limit:
+                    return False
+                seen.add((row.resource_type, row.id))
+                out.append(_entry(base, row.resource_type, row.id, row.content, "include"))
+        return True
+
     if request.includes:
         target = R.alias("target")
         wanted = [
             and_(ref.c.param == param, ref.c.target_type == kind) if kind else ref.c.param == param
             for param, kind in request.includes
         ]
-        rows = conn.execute(
-            select(target.c.resource_type, target.c.id, target.c.content)
+        targets = (
+            select(target.c.pk)
             .select_from(
                 ref.join(
                     target,
@@ -504,35 +552,32 @@ def _included(
                     ),
                 )
             )
-            .where(
-                ref.c.resource_pk.in_(pks),
-                ref.c.resource_type == rtype,
-                or_(*wanted),
-                target.c.deleted == false(),
-            )
-        ).all()
-        for row in sorted(rows, key=lambda r: (r.resource_type, r.id)):
-            if (row.resource_type, row.id) not in seen:
-                seen.add((row.resource_type, row.id))
-                out.append(_entry(base, row.resource_type, row.id, row.content, "include"))
-    for source, param in request.revincludes:
+            .where(ref.c.resource_pk.in_(pks), ref.c.resource_type == rtype, or_(*wanted))
+        )
         rows = conn.execute(
             select(R.c.resource_type, R.c.id, R.c.content)
-            .join(ref, ref.c.resource_pk == R.c.pk)
-            .where(
-                ref.c.resource_type == source,
-                ref.c.param == param,
-                ref.c.target_type == rtype,
-                ref.c.target_id.in_(ids),
-                R.c.deleted == false(),
-            )
-            .order_by(R.c.pk)
+            .where(R.c.pk.in_(targets), R.c.deleted == false())
+            .order_by(R.c.resource_type, R.c.id)
+            .limit(len(seen) + limit + 1)  # those already in, then one past the limit
         ).all()
-        for row in rows:
-            if (row.resource_type, row.id) not in seen:
-                seen.add((row.resource_type, row.id))
-                out.append(_entry(base, row.resource_type, row.id, row.content, "include"))
-    return out
+        if not add(sorted(rows, key=lambda r: (r.resource_type, r.id))):
+            return out, True
+    for source, param in request.revincludes:
+        sources = select(ref.c.resource_pk).where(
+            ref.c.resource_type == source,
+            ref.c.param == param,
+            ref.c.target_type == rtype,
+            ref.c.target_id.in_(ids),
+        )
+        rows = conn.execute(
+            select(R.c.resource_type, R.c.id, R.c.content)
+            .where(R.c.pk.in_(sources), R.c.deleted == false())
+            .order_by(R.c.pk)
+            .limit(len(seen) + limit + 1)
+        ).all()
+        if not add(rows):
+            return out, True
+    return out, False
 
 
 def matching_ids(

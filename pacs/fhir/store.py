@@ -45,6 +45,7 @@ from pacs.fhir.errors import (
     UnsupportedResourceType,
 )
 from pacs.fhir.indexer import extract, local_references
+from pacs.fhir.limits import DEFAULT_MAX_BUNDLE_ENTRIES, DEFAULT_MAX_RESOURCES, ResourceBudget
 from pacs.fhir.resources import Bundle
 from pacs.fhir.schema import (
     FhirReference,
@@ -112,9 +113,18 @@ def _content(resource: dict[str, Any]) -> dict[str, Any]:
 class FhirStore:
     """FHIR resources with versions, history and search, stored in the index database."""
 
-    def __init__(self, engine: Engine, base_url: str = "", default_count: int = 20) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        base_url: str = "",
+        default_count: int = 20,
+        max_resources: int = DEFAULT_MAX_RESOURCES,
+        max_bundle_entries: int = DEFAULT_MAX_BUNDLE_ENTRIES,
+    ) -> None:
         self.engine = engine
         self.default_count = default_count
+        self.max_resources = max_resources  # per response (search, batch, $everything)
+        self.max_bundle_entries = max_bundle_entries
         self.writer = engine.execution_options(**WRITE)
         self.base_url = base_url.rstrip("/")
 
@@ -242,12 +252,15 @@ class FhirStore:
         *,
         strict: bool = False,
         base_url: str | None = None,
+        budget: ResourceBudget | None = None,
     ) -> Bundle:
-        """``search`` on ``conn``."""
+        """``search`` on ``conn``; its resources are spent from ``budget`` (a batch's), or
+        from a budget of ``max_resources`` of its own."""
         check_type(resource_type)
         request = fhir_search.parse(resource_type, params, strict, self.default_count)
         base = self.base_url if base_url is None else base_url.rstrip("/")
-        return fhir_search.execute(conn, request, base)
+        spent = budget if budget is not None else ResourceBudget(self.max_resources)
+        return fhir_search.execute(conn, request, base, spent)
 
     def process_bundle(self, bundle: dict[str, Any], base_url: str | None = None) -> Bundle:
         """A ``transaction`` (atomic) or ``batch`` Bundle; its response Bundle."""

@@ -11,6 +11,11 @@ and reads the committed feed, so a slow or dead receiver never holds up ingest.
 
 Headers: ``X-PACS-Signature: sha256=<hex HMAC-SHA256 of the body with the secret>`` (when the
 receiver has a secret) and ``X-PACS-Delivery: <webhook id>:<first seq>-<last seq>``.
+
+Receiver URLs pass :mod:`pacs.net_guard` when registered and on every connection (no internal
+addresses unless allow-listed, no redirects followed). A receiver is created once per URL; its
+secret changes only through its id (:func:`update_webhook`), and it starts at the current end
+of the feed unless ``since`` is given.
 """
 
 from __future__ import annotations
@@ -24,19 +29,26 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import Engine, Table, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
-from pacs.changes import KINDS, ChangeEvent, last_seq, read_since
+from pacs.changes import KINDS, ChangeEvent, last_seq, publish, read_since
 from pacs.config import Settings
 from pacs.index.models import as_utc, utcnow
 from pacs.jobs import JobError
 from pacs.jobs import metrics as job_metrics
 from pacs.jobs.models import Webhook, WebhookDelivery
 from pacs.jobs.queue import Backoff, write
+from pacs.net_guard import (
+    SCHEMES,
+    DestinationGuard,
+    ForbiddenDestination,
+    guarded_client,
+    settings_guard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,49 +66,108 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def validate(url: str, kinds: list[str]) -> None:
-    """WebhookError unless ``url`` is an absolute http(s) URL and every kind is known."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc or len(url) > 1024:
+def validate(url: str, kinds: list[str], guard: DestinationGuard) -> None:
+    """WebhookError unless ``url`` is an absolute http(s) URL whose host ``guard`` allows and
+    every kind is known."""
+    parsed = urlsplit(url)
+    if parsed.scheme not in SCHEMES or not parsed.hostname or len(url) > 1024:
         raise WebhookError(f"webhook URL must be an absolute http(s) URL: {url!r}")
     unknown = sorted(set(kinds) - KINDS)
     if unknown:
         raise WebhookError(f"unknown event kind(s): {', '.join(unknown)}")
+    try:
+        guard.check_url(url)
+    except ForbiddenDestination as exc:
+        raise WebhookRefused(f"webhook URL refused: {exc}") from None
+
+
+class UnknownWebhook(WebhookError, LookupError):
+    """No receiver has this id."""
+
+
+class WebhookRefused(WebhookError):
+    """A receiver URL the SSRF guard refuses (an internal address, not allow-listed)."""
+
+
+class WebhookExists(WebhookError):
+    """A receiver with this URL is registered; ``pk`` is its id."""
+
+    def __init__(self, pk: int, url: str) -> None:
+        super().__init__(
+            f"a receiver for {url!r} is registered as webhook {pk}; "
+            f"change it with PUT /api/webhooks/{pk}"
+        )
+        self.pk = pk
 
 
 def add_webhook(
     engine: Engine,
     url: str,
+    guard: DestinationGuard,
     secret: str = "",
     kinds: list[str] | None = None,
     since: int | None = None,
 ) -> dict[str, Any]:
-    """Register a receiver (or update the one with this URL); it gets the events after
-    ``since`` (default: from now on)."""
+    """Register a new receiver; it gets the events after ``since`` (default: from now on).
+    WebhookExists when the URL is registered: its secret is changed only by id
+    (:func:`update_webhook`), never by registering the URL again."""
     kinds = kinds or []
-    validate(url, kinds)
-    with write(engine) as conn:
-        start = last_seq(conn) if since is None else since
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(WEBHOOK).values(
-            url=url,
-            secret=secret,
-            kinds=",".join(kinds),
-            enabled=True,
-            cursor_seq=start,
-            failures=0,
-            next_attempt_at=utcnow(),
-            last_error="",
-            created_at=utcnow(),
-        )
-        conn.execute(
-            insert.on_conflict_do_update(
-                index_elements=["url"],
-                set_={"secret": secret, "kinds": ",".join(kinds), "enabled": True},
-            )
-        )
-        pk = conn.scalar(select(WEBHOOK.c.pk).where(WEBHOOK.c.url == url))
+    validate(url, kinds, guard)
+    if since is None:  # "now" counts every committed event, numbered or not yet (PostgreSQL)
+        with engine.begin() as publisher:
+            publish(publisher)
+    try:
+        with write(engine) as conn:
+            existing = conn.scalar(select(WEBHOOK.c.pk).where(WEBHOOK.c.url == url))
+            if existing is not None:
+                raise WebhookExists(int(existing), url)
+            start = last_seq(conn) if since is None else since
+            pk = conn.execute(
+                WEBHOOK.insert().values(
+                    url=url,
+                    secret=secret,
+                    kinds=",".join(kinds),
+                    enabled=True,
+                    cursor_seq=start,
+                    failures=0,
+                    next_attempt_at=utcnow(),
+                    last_error="",
+                    created_at=utcnow(),
+                )
+            ).inserted_primary_key[0]
+    except IntegrityError:  # the same URL registered concurrently
+        with engine.connect() as conn:
+            winner = conn.scalar(select(WEBHOOK.c.pk).where(WEBHOOK.c.url == url))
+        raise WebhookExists(int(winner or 0), url) from None
     return get_webhook(engine, int(pk))
+
+
+def update_webhook(
+    engine: Engine,
+    pk: int,
+    secret: str | None = None,
+    kinds: list[str] | None = None,
+    enabled: bool | None = None,
+) -> dict[str, Any]:
+    """Change a receiver's secret, kinds or enabled flag (None: unchanged); WebhookError if
+    it is unknown or a kind is."""
+    values: dict[str, Any] = {}
+    if secret is not None:
+        values["secret"] = secret
+    if kinds is not None:
+        unknown = sorted(set(kinds) - KINDS)
+        if unknown:
+            raise WebhookError(f"unknown event kind(s): {', '.join(unknown)}")
+        values["kinds"] = ",".join(kinds)
+    if enabled is not None:
+        values["enabled"] = enabled
+    if values:
+        with write(engine) as conn:
+            if not conn.execute(
+                update(WEBHOOK).where(WEBHOOK.c.pk == pk).values(**values)
+            ).rowcount:
+                raise UnknownWebhook(f"no webhook {pk}")
+    return get_webhook(engine, pk)
 
 
 def remove_webhook(engine: Engine, pk: int) -> None:
@@ -104,7 +175,7 @@ def remove_webhook(engine: Engine, pk: int) -> None:
     with write(engine) as conn:
         conn.execute(delete(DELIVERY).where(DELIVERY.c.webhook_pk == pk))
         if conn.execute(delete(WEBHOOK).where(WEBHOOK.c.pk == pk)).rowcount != 1:
-            raise WebhookError(f"no webhook {pk}")
+            raise UnknownWebhook(f"no webhook {pk}")
 
 
 def _json(row: Any) -> dict[str, Any]:
@@ -126,7 +197,7 @@ def get_webhook(engine: Engine, pk: int) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(select(WEBHOOK).where(WEBHOOK.c.pk == pk)).fetchone()
     if row is None:
-        raise WebhookError(f"no webhook {pk}")
+        raise UnknownWebhook(f"no webhook {pk}")
     return _json(row)
 
 
@@ -171,18 +242,23 @@ class WebhookSender:
         self.backoff = Backoff(
             settings.webhook_retry_base_seconds, settings.webhook_retry_max_seconds
         )
-        self.client = httpx.Client(timeout=settings.webhook_timeout)
+        self.guard = settings_guard(settings)
+        self.client = guarded_client(self.guard, settings.webhook_timeout)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._in_flight: set[int] = set()
 
     def sync_configured(self) -> None:
-        """Register ``PACS_WEBHOOK_URLS`` (with ``PACS_WEBHOOK_SECRET``) if not yet known."""
+        """Register ``PACS_WEBHOOK_URLS`` (with ``PACS_WEBHOOK_SECRET``) if not yet known; a
+        URL the guard refuses is logged as an error and not registered."""
         for url in self.settings.webhook_urls:
             with self.engine.connect() as conn:
                 known = conn.scalar(select(WEBHOOK.c.pk).where(WEBHOOK.c.url == url))
             if known is None:
-                add_webhook(self.engine, url, self.settings.webhook_secret)
+                try:
+                    add_webhook(self.engine, url, self.guard, self.settings.webhook_secret)
+                except WebhookError as exc:
+                    log.error("PACS_WEBHOOK_URLS: %s", exc)
 
     def start(self) -> None:
         """Deliver in a background thread until ``stop()``."""
@@ -289,6 +365,9 @@ class WebhookSender:
             response = self.client.post(hook.url, content=body, headers=headers)
             status_code = response.status_code
             error = "" if response.is_success else f"HTTP {response.status_code}"
+            if response.is_redirect:  # never followed: a redirect could point inside
+                error += f" redirect to {response.headers.get('location', '')!r} not followed"
+            error = error[:500]
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         duration = (time.perf_counter() - started) * 1000

@@ -26,6 +26,7 @@ from viewer_api.deps import AuditDep, IngestDep, SettingsDep
 from viewer_api.multipart import (
     MultipartError,
     SpooledPart,
+    TooManyParts,
     boundary_of,
     spool_parts,
 )
@@ -113,7 +114,11 @@ async def _answer(
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
         try:
             boundary = boundary_of(params)
-            parts = await spool_parts(request.stream(), boundary, ingest.max_object_size, spool)
+            parts = await spool_parts(
+                request.stream(), boundary, ingest.max_object_size, spool, settings.stow_max_parts
+            )
+        except TooManyParts as exc:
+            return _error(413, f"{exc} in one request (stow_max_parts); send several requests")
         except MultipartError as exc:
             return _error(400, f"malformed multipart body: {exc}")
         except ClientDisconnect:
@@ -145,12 +150,23 @@ def _store_all(
     """Store the parts one after another (one part's bytes in memory at a time)."""
     results = []
     for number, part in enumerate(parts, start=1):
-        data = part.read(spool) if part.kept else None
-        result = store_part(ingest, data, _part_type(part), source, study)
+        result = _store_one(ingest, part, spool, source, study)
         if not result.stored and not result.ingested:
             log.warning("STOW-RS part %d refused: %s", number, result.reason)
         results.append(result)
     return results
+
+
+def _store_one(
+    ingest: IngestService,
+    part: SpooledPart,
+    spool: tempfile.SpooledTemporaryFile[bytes],
+    source: Source,
+    study: str | None,
+) -> PartResult:
+    """Store one part; its bytes are freed on return, before the next part is read."""
+    data = part.read(spool) if part.kept else None
+    return store_part(ingest, data, _part_type(part), source, study)
 
 
 def _part_type(part: SpooledPart) -> str:

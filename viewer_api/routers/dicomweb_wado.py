@@ -418,6 +418,8 @@ def _rendered(call: Call, row: MetadataRow, number: int, params: RenderParams) -
     try:
         ds = dcmread(BytesIO(data), stop_before_pixels=True)
         image = render(ds, frame_pixels(data, number), params)
+    except RenderError as exc:  # parameters that do not fit this image
+        call.fail(400, str(exc))
     except Exception as exc:
         log.warning("cannot render an instance: %s", type(exc).__name__)
         call.fail(406, f"the pixel data cannot be rendered ({type(exc).__name__})")

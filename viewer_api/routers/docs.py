@@ -19,6 +19,8 @@ from fastapi.openapi.docs import (
 )
 from fastapi.responses import FileResponse, HTMLResponse
 
+from viewer_api.security_headers import inline_script_policy
+
 router = APIRouter(include_in_schema=False)
 
 ASSETS_PATH = "/docs/assets"
@@ -42,7 +44,7 @@ def _base(request: Request) -> str:
 def swagger_ui(request: Request) -> HTMLResponse:
     """Swagger UI for ``/openapi.json``, with local assets."""
     base = _base(request)
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url=f"{base}{request.app.openapi_url}",
         title=f"{request.app.title} - Swagger UI",
         swagger_js_url=f"{base}{ASSETS_PATH}/swagger-ui-bundle.js",
@@ -50,25 +52,39 @@ def swagger_ui(request: Request) -> HTMLResponse:
         swagger_favicon_url=f"{base}{ASSETS_PATH}/favicon.png",
         oauth2_redirect_url=f"{base}{_OAUTH2_REDIRECT}",
     )
+    return _with_inline_scripts(request, page)
 
 
 @router.get(_OAUTH2_REDIRECT)
-def swagger_ui_oauth2_redirect() -> HTMLResponse:
+def swagger_ui_oauth2_redirect(request: Request) -> HTMLResponse:
     """The OAuth2 redirect page of Swagger UI (inline, no assets)."""
-    return get_swagger_ui_oauth2_redirect_html()
+    return _with_inline_scripts(request, get_swagger_ui_oauth2_redirect_html())
 
 
 @router.get("/redoc")
 def redoc(request: Request) -> HTMLResponse:
     """ReDoc for ``/openapi.json``, with local assets and no web fonts."""
     base = _base(request)
-    return get_redoc_html(
+    page = get_redoc_html(
         openapi_url=f"{base}{request.app.openapi_url}",
         title=f"{request.app.title} - ReDoc",
         redoc_js_url=f"{base}{ASSETS_PATH}/redoc.standalone.js",
         redoc_favicon_url=f"{base}{ASSETS_PATH}/favicon.png",
         with_google_fonts=False,
     )
+    return _with_inline_scripts(request, page)
+
+
+def _with_inline_scripts(request: Request, page: HTMLResponse) -> HTMLResponse:
+    """``page`` with the archive's Content-Security-Policy widened by exactly its own inline
+    scripts (by hash) and blob: workers (ReDoc)."""
+    policy = request.app.state.settings.content_security_policy
+    if policy:
+        html = bytes(page.body).decode()
+        page.headers["Content-Security-Policy"] = inline_script_policy(
+            html, f"{policy}; worker-src 'self' blob:"
+        )
+    return page
 
 
 @router.get(ASSETS_PATH + "/{name}")

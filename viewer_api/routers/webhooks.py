@@ -8,25 +8,40 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
 from pacs.jobs.webhooks import (
+    UnknownWebhook,
     WebhookError,
+    WebhookExists,
+    WebhookRefused,
     add_webhook,
     deliveries,
     get_webhook,
     list_webhooks,
     remove_webhook,
+    update_webhook,
 )
-from viewer_api.deps import AuditDep, CurrentUser, EngineDep
+from pacs.net_guard import settings_guard
+from viewer_api.deps import AuditDep, CurrentUser, EngineDep, SettingsDep
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
 
 
 class WebhookBody(BaseModel):
-    """A receiver to register (or update, by URL)."""
+    """A receiver to register (a URL already registered is changed by id, with PUT)."""
 
     url: str = Field(min_length=1, max_length=1024)
     secret: str = Field("", max_length=256, description="HMAC-SHA256 key of the signature.")
     kinds: list[str] = Field(default_factory=list, description="Event kinds; empty: all.")
-    since: int | None = Field(None, ge=0, description="Deliver events after this seq.")
+    since: int | None = Field(
+        None, ge=0, description="Deliver events after this seq (admin only); default: now."
+    )
+
+
+class WebhookChange(BaseModel):
+    """What to change of a registered receiver (fields left out stay as they are)."""
+
+    secret: str | None = Field(None, max_length=256, description="New HMAC-SHA256 key.")
+    kinds: list[str] | None = Field(None, description="Event kinds; empty: all.")
+    enabled: bool | None = None
 
 
 class Webhook(BaseModel):
@@ -64,14 +79,51 @@ def list_receivers(engine: EngineDep, user: CurrentUser) -> list[Webhook]:
 
 
 @router.post("", status_code=201)
-def add_receiver(body: WebhookBody, engine: EngineDep, audit: AuditDep) -> Webhook:
-    """Register a receiver; 422 for a bad URL or an unknown event kind."""
+def add_receiver(
+    body: WebhookBody,
+    engine: EngineDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+    audit: AuditDep,
+) -> Webhook:
+    """Register a receiver, delivered from the current end of the feed on; 400 for a URL the
+    SSRF guard refuses, 403 for ``since`` without the admin role, 409 for a URL already
+    registered (its secret is changed by id with PUT), 422 for an unknown event kind."""
+    if body.since is not None and not user.is_admin:
+        audit("create", 403)
+        raise HTTPException(403, "only an administrator may grant a receiver the feed history")
     try:
-        hook = add_webhook(engine, body.url, body.secret, body.kinds, body.since)
+        hook = add_webhook(
+            engine, body.url, settings_guard(settings), body.secret, body.kinds, body.since
+        )
+    except WebhookExists as exc:
+        audit("create", 409)
+        raise HTTPException(409, str(exc)) from None
+    except WebhookRefused as exc:
+        audit("create", 400)
+        raise HTTPException(400, str(exc)) from None
     except WebhookError as exc:
         audit("create", 422)
         raise HTTPException(422, str(exc)) from None
     audit("create", 201)
+    return Webhook.model_validate(hook)
+
+
+@router.put("/{webhook_id}")
+def change_receiver(
+    webhook_id: int, body: WebhookChange, engine: EngineDep, user: CurrentUser, audit: AuditDep
+) -> Webhook:
+    """Change a receiver's secret, kinds or enabled flag (admin role); 404 if unknown."""
+    if not user.is_admin:
+        audit("update", 403)
+        raise HTTPException(403, "changing a webhook receiver needs the admin role")
+    try:
+        hook = update_webhook(engine, webhook_id, body.secret, body.kinds, body.enabled)
+    except WebhookError as exc:
+        status = 404 if isinstance(exc, UnknownWebhook) else 422
+        audit("update", status)
+        raise HTTPException(status, str(exc)) from None
+    audit("update", 200)
     return Webhook.model_validate(hook)
 
 

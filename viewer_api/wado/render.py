@@ -10,6 +10,7 @@ scales to fit (vw, vh) keeping the aspect ratio; a negative sw or sh flips.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -57,9 +58,12 @@ class RenderParams:
 
 def _numbers(text: str, name: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")]
     except ValueError:
         raise RenderError(f"{name} must be comma-separated numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise RenderError(f"{name} must be finite numbers (no NaN or infinity)")
+    return values
 
 
 def parse_window(text: str | None) -> Window | None:
@@ -171,7 +175,16 @@ def _apply_viewport(image: Image.Image, viewport: Viewport | None) -> Image.Imag
         sx, sy, sw, sh = viewport.region
         left, right = sorted((sx, sx + sw))
         top, bottom = sorted((sy, sy + sh))
-        image = image.crop((int(left), int(top), int(right), int(bottom)))
+        # within the image: a region beyond it would allocate its whole (padded) size
+        box = (
+            max(0, int(left)),
+            max(0, int(top)),
+            min(image.width, int(right)),
+            min(image.height, int(bottom)),
+        )
+        if box[0] >= box[2] or box[1] >= box[3]:
+            raise RenderError("the viewport source region lies outside the image")
+        image = image.crop(box)
         if sw < 0:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if sh < 0:
