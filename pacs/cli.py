@@ -12,6 +12,7 @@ import typer
 
 from inference.models_cli import models_app
 from pacs.archive_location import Init, describe, open_archive
+from pacs.audit.cli import audit_app
 from pacs.config import Settings
 from pacs.jobs.cli import jobs_app, worker
 from pacs.quarantine_cli import quarantine_app
@@ -25,6 +26,7 @@ app.add_typer(ae_app, name="ae")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(audit_app, name="audit")
 app.add_typer(users_app, name="users")
 app.command("worker")(worker)
 app.command("token")(token)

@@ -465,6 +465,11 @@ class Settings(BaseSettings):
     webhook_retry_max_seconds: float = Field(600.0, ge=0, description="Longest webhook backoff.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_phi: bool = Field(False, description="Allow patient identifiers in logs (never default).")
+    audit_syslog_url: str = Field(
+        "",
+        description="Export every audit record as RFC 5424 syslog (ATNA): udp://host:514, "
+        "tcp://host:port or tls://host:6514; empty: no export.",
+    )
     models_dir: Path | None = Field(
         None, description="Root of the model registry; default the repository's models/."
     )

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from inference import records as inference_records  # noqa: F401  (ai_result)
 from pacs import changes  # noqa: F401  (change_event)
+from pacs.audit import tables as audit_tables  # noqa: F401  (audit_event, audit_chain)
 from pacs.emr import tables as emr_tables  # noqa: F401  (feed_position, ai_report, review)
 from pacs.fhir import schema as fhir_schema  # noqa: F401  (fhir_resource, search indexes)
-from pacs.index.models import Base  # patient, study, series, instance, audit_event, remote_ae
+from pacs.index.models import Base  # patient, study, series, instance, remote_ae
 from pacs.ingest import quarantine  # noqa: F401  (quarantine)
 from pacs.jobs import models as jobs_models  # noqa: F401  (study_state, job, webhook, ...)
 from pacs.metadata import records  # noqa: F401  (instance_metadata)

@@ -12,11 +12,11 @@ from sqlalchemy import inspect, select
 from typer.testing import CliRunner
 
 from pacs.aes import AESpec, InvalidAEError
+from pacs.audit.tables import AuditEvent
 from pacs.cli import app
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.migrate import alembic_config, current_revision, upgrade
-from pacs.index.models import AuditEvent
 from tests.conftest import Backend
 from tests.test_index import empty_database, schema_diff  # noqa: F401 (fixture)
 from viewer_api.app import create_app

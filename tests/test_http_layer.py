@@ -14,8 +14,8 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from pacs.audit.tables import AuditEvent
 from pacs.index.engine import session_factory
-from pacs.index.models import AuditEvent
 from pacs.security.subject import Role, Subject, SubjectKind
 from tests.conftest import make_backend
 from viewer_api.app import PUBLIC_ROUTERS, create_app

@@ -13,7 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from sqlalchemy import func, select
 
-from pacs.index.models import AuditEvent, Instance, Patient, Series, Study
+from pacs.audit.tables import AuditEvent
+from pacs.index.models import Instance, Patient, Series, Study
 from pacs.ingest import Source, StoreStatus
 from pacs.runtime import build_ingest
 from tests.conftest import Backend

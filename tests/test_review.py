@@ -16,12 +16,13 @@ from sqlalchemy.orm import Session
 
 from inference.records import AI_RESULT, ResultRecord, ResultSignedOffError, store_result
 from pacs import changes
+from pacs.audit.tables import AuditEvent
 from pacs.emr.feed import EmrFeed
 from pacs.emr.review import Decision, FindingDecision, ReviewConflict, review_view, sign_off
 from pacs.emr.tables import ReviewDecision
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine
-from pacs.index.models import AuditEvent, Instance
+from pacs.index.models import Instance
 from pacs.ingest.source import Source
 from pacs.jobs.rules import DEFAULT_RULES, RuleSet, parse_rules
 from pacs.runtime import build_ingest

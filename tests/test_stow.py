@@ -21,8 +21,8 @@ from pydicom.uid import generate_uid
 from requests import HTTPError
 from sqlalchemy import select
 
+from pacs.audit.tables import AuditEvent
 from pacs.index.engine import create_index_engine, session_factory
-from pacs.index.models import AuditEvent
 from testkit.dicom_factory import ct_slice, write_ct_series
 from tests.conftest import Backend, RunningArchive
 from tests.dimse_tools import archive_view

@@ -25,8 +25,8 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import create_engine, delete, func, select
 
+from pacs.audit.tables import AuditEvent
 from pacs.config import DuplicatePolicy
-from pacs.index.models import AuditEvent
 from pacs.ingest import Source, StoreStatus
 from pacs.metadata.records import METADATA
 from pacs.runtime import build_ingest

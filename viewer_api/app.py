@@ -10,6 +10,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
 
 from pacs import __version__
+from pacs.audit import export as audit_export
 from pacs.config import Settings
 from pacs.emr.feed import base_url
 from pacs.fhir.store import FhirStore
@@ -30,6 +31,7 @@ from viewer_api.routers import (
     dicomweb_wado,
     docs,
     fhir,
+    fhir_audit,
     health,
     jobs,
     login,
@@ -72,6 +74,7 @@ PROTECTED_ROUTERS = (
     dicomweb_stow.router,
     dicomweb_wado.router,
     dicomweb_qido.router,
+    fhir_audit.router,  # before fhir.router: its /fhir/{type} would take AuditEvent
     fhir.router,
     review.router,
     jobs.router,
@@ -101,6 +104,7 @@ def _build_services(app: FastAPI, settings: Settings, dicom_server: Any) -> None
     app.state.rules = RuleBook(settings.rules_file)
     app.state.authenticator = Authenticator(settings, app.state.sessions)
     app.state.dicom_server = dicom_server
+    audit_export.install(settings.audit_syslog_url)
 
 
 GZIP_MINIMUM_SIZE = 1024

@@ -89,7 +89,7 @@ DicomReadyDep = Annotated[bool | None, Depends(get_dicom_ready)]
 
 def get_audit(request: Request, session: SessionDep, user: CurrentUser) -> AuditTrail:
     """The audit trail of this request, as ``user``."""
-    return AuditTrail(session, request, user.name)
+    return AuditTrail(session, request, user)
 
 
 AuditDep = Annotated[AuditTrail, Depends(get_audit)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
@@ -32,12 +32,14 @@ _FORM = "application/x-www-form-urlencoded"
 
 @dataclass(frozen=True, slots=True)
 class FhirCall:
-    """One FHIR request: the store, the base URL clients see, the body limit, the audit."""
+    """One FHIR request: the store, the base URL clients see, the body limit, the audit
+    (``noted``: the patient / study / resource the endpoint found, for the audit record)."""
 
     request: Request
     store: FhirStore
     settings: Settings
     audit: AuditTrail
+    noted: dict[str, str] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -54,7 +56,7 @@ class FhirCall:
             response = await work()
         except FhirError as exc:
             response = fhir_response(exc.outcome, exc.status)
-        await run_in_threadpool(self.audit, action, response.status_code)
+        await run_in_threadpool(lambda: self.audit(action, response.status_code, **self.noted))
         return response
 
 

@@ -34,6 +34,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from pacs import metrics
+from pacs.audit.dimse import StudyTransfers
 from pacs.dimse import pdu
 from pacs.dimse.limits import MemoryBudget
 from pacs.dimse.part10 import (
@@ -135,12 +136,15 @@ class StorageAcceptor:
             return
         accepted = self._accept(sock, request)
         metrics.ASSOCIATIONS.labels("accepted").inc()
+        transfers = self.store.transfers(title, host)
         message: list[_Message] = []  # the one being received, for its memory reservation
         try:
-            self._data_phase(sock, accepted, title, host, message)
+            self._data_phase(sock, accepted, title, host, message, transfers)
         finally:
             for unfinished in message:
                 self.budget.release(unfinished.reserved)
+            if transfers is not None:
+                transfers.close()
 
     def _accept(self, sock: socket.socket, request: A_ASSOCIATE) -> dict[int, tuple[str, str]]:
         """Negotiate, send A-ASSOCIATE-AC; return context ID -> (abstract, transfer syntax)."""
@@ -181,6 +185,7 @@ class StorageAcceptor:
         title: str,
         host: str,
         current: list[_Message],
+        transfers: StudyTransfers | None = None,
     ) -> None:
         """Serve messages until release or abort; ``current`` holds the message in flight."""
         command_bytes = bytearray()
@@ -213,13 +218,13 @@ class StorageAcceptor:
                     command_bytes.clear()
                     current.append(message)
                     if message.command.get(pdu.COMMAND_DATA_SET_TYPE) == pdu.NO_DATA_SET:
-                        self._answer(sock, current, contexts, title, host)
+                        self._answer(sock, current, contexts, title, host, transfers)
                 elif not current or context_id != current[0].context_id:
                     raise pdu.ProtocolError("data set fragment without its command")
                 else:
                     self._receive(current[0], data)
                     if last:
-                        self._answer(sock, current, contexts, title, host)
+                        self._answer(sock, current, contexts, title, host, transfers)
 
     def _begin(
         self,
@@ -267,17 +272,23 @@ class StorageAcceptor:
         contexts: dict[int, tuple[str, str]],
         title: str,
         host: str,
+        transfers: StudyTransfers | None,
     ) -> None:
         message = current[0]
         try:
-            response = self._response(message, contexts, title, host)
+            response = self._response(message, contexts, title, host, transfers)
         finally:
             current.clear()
             self.budget.release(message.reserved)
         sock.sendall(pdu.p_data_command(message.context_id, response))
 
     def _response(
-        self, message: _Message, contexts: dict[int, tuple[str, str]], title: str, host: str
+        self,
+        message: _Message,
+        contexts: dict[int, tuple[str, str]],
+        title: str,
+        host: str,
+        transfers: StudyTransfers | None,
     ) -> bytes:
         command = message.command
         field_ = command.get(pdu.COMMAND_FIELD)
@@ -291,6 +302,8 @@ class StorageAcceptor:
             log.warning(
                 "C-STORE from %s refused (%d bytes): %s", title, message.size, message.refusal
             )
+            if transfers is not None:
+                transfers.add("", OUT_OF_RESOURCES)
             return pdu.encode_response(
                 pdu.C_STORE_RSP,
                 message_id,
@@ -302,7 +315,7 @@ class StorageAcceptor:
         if field_ == pdu.C_STORE_RQ and message.part10 is not None and message.size:
             data = message.part10.getvalue()  # the buffer itself, not a copy
             message.part10 = None
-            status, comment = self.store.store_part10(data, title, host)
+            status, comment = self.store.store_part10(data, title, host, transfers)
             return pdu.encode_response(
                 pdu.C_STORE_RSP, message_id, sop_class, status, sop_instance, comment
             )

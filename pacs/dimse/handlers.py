@@ -17,6 +17,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from pacs import metrics
+from pacs.audit.dimse import DimseAudit, Peer, StudyTransfers
 from pacs.dimse.find import FindService
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.retrieve import RetrieveService
@@ -44,8 +45,30 @@ class Handlers:
         self.find: FindService | None = None
         self.worklist: WorklistService | None = None
         self.retrieve = retrieve
+        self.audit: DimseAudit | None = None
+        self._transfers: dict[int, StudyTransfers] = {}  # association -> its C-STOREs
         self.certificate_aes: dict[str, str] | None = None
         """With ``dicom_tls_match_ae``: extra title -> certificate name pairs; None: no check."""
+
+    def _peer(self, event: Event) -> Peer:
+        title, host = _peer(event)
+        return Peer(title, host, self.policy.organisation(title, host))
+
+    def _audited(
+        self, service: str, event: Event, responses: Iterator[Any], action: str = "read"
+    ) -> Iterator[Any]:
+        """``responses``, recorded in the audit trail once they end."""
+        if self.audit is None:
+            return responses
+        return self.audit.responses(
+            service, self._peer(event), lambda: event.identifier, responses, action
+        )
+
+    def on_closed(self, event: Event) -> None:
+        """Write the C-STORE audit records of an association that ended."""
+        transfers = self._transfers.pop(id(event.assoc), None)
+        if transfers is not None:
+            transfers.close()
 
     def on_requested(self, event: Event) -> None:
         """On a TLS connection with ``dicom_tls_match_ae``: reject (A-ASSOCIATE-RJ, calling AE
@@ -87,6 +110,7 @@ class Handlers:
             str(event.context.transfer_syntax),
             title,
             host,
+            self._association_transfers(event),
         )
         status = Dataset()
         status.Status = code
@@ -94,16 +118,40 @@ class Handlers:
             status.ErrorComment = comment
         return status
 
+    def _association_transfers(self, event: Event) -> StudyTransfers | None:
+        if self.audit is None:
+            return None
+        key = id(event.assoc)
+        if key not in self._transfers:
+            self._transfers[key] = self.audit.transfers(self._peer(event))
+        return self._transfers[key]
+
     def on_c_find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
         """C-FIND: the Modality Worklist SCP or the Query/Retrieve SCP, by SOP class."""
         sop_class = str(event.request.AffectedSOPClassUID or "")
-        service = self.worklist if sop_class == MODALITY_WORKLIST_FIND else self.find
+        worklist = sop_class == MODALITY_WORKLIST_FIND
+        yield from self._audited(
+            "MWL C-FIND" if worklist else "C-FIND", event, self._find(event, worklist), "query"
+        )
+
+    def _find(self, event: Event, worklist: bool) -> Iterator[tuple[Any, Dataset | None]]:
+        service = self.worklist if worklist else self.find
         if service is None:
             status = Dataset()
             status.Status = UNABLE_TO_PROCESS  # this process serves no such C-FIND
             yield status, None
             return
         yield from service.on_c_find(event)
+
+    def on_c_move(self, event: Event) -> Iterator[Any]:
+        """C-MOVE, audited."""
+        assert self.retrieve is not None
+        yield from self._audited("C-MOVE", event, self.retrieve.on_c_move(event))
+
+    def on_c_get(self, event: Event) -> Iterator[Any]:
+        """C-GET, audited."""
+        assert self.retrieve is not None
+        yield from self._audited("C-GET", event, self.retrieve.on_c_get(event))
 
     def bindings(self) -> list[tuple[Any, Any]]:
         """The (event, handler) pairs to bind on the association server."""
@@ -112,6 +160,7 @@ class Handlers:
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_C_ECHO, self.on_c_echo),
             (evt.EVT_C_STORE, self.on_c_store),
+            (evt.EVT_CONN_CLOSE, self.on_closed),
             *([(evt.EVT_C_FIND, self.on_c_find)] if self.find or self.worklist else []),
             *self._retrieve_bindings(),
         ]
@@ -121,6 +170,6 @@ class Handlers:
         if self.retrieve is None:
             return []
         return [
-            (evt.EVT_C_MOVE, self.retrieve.on_c_move),
-            (evt.EVT_C_GET, self.retrieve.on_c_get),
+            (evt.EVT_C_MOVE, self.on_c_move),
+            (evt.EVT_C_GET, self.on_c_get),
         ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from pacs.audit.dimse import DimseAudit, Peer, StudyTransfers
 from pacs.dimse import status
 from pacs.dimse.part10 import part10
 from pacs.dimse.policy import AEPolicy
@@ -40,9 +41,19 @@ def error_comment(outcome: IngestOutcome) -> str:
 class StoreHandler:
     """Ingests C-STORE data sets of one worker process."""
 
-    def __init__(self, ingest: IngestService, policy: AEPolicy) -> None:
+    def __init__(
+        self, ingest: IngestService, policy: AEPolicy, audit: DimseAudit | None = None
+    ) -> None:
         self.ingest = ingest
         self.policy = policy
+        self.audit = audit
+
+    def transfers(self, calling_ae_title: str, host: str) -> StudyTransfers | None:
+        """The audit record of one association's stores (None without an audit)."""
+        if self.audit is None:
+            return None
+        organisation = self.policy.organisation(calling_ae_title, host)
+        return self.audit.transfers(Peer(calling_ae_title.strip(), host, organisation))
 
     def store(
         self,
@@ -52,20 +63,31 @@ class StoreHandler:
         transfer_syntax_uid: str,
         calling_ae_title: str,
         host: str,
+        transfers: StudyTransfers | None = None,
     ) -> tuple[int, str]:
-        """Ingest the data set exactly as received; return (status, error comment)."""
+        """Ingest the data set exactly as received; return (status, error comment), noted
+        in the association's ``transfers`` (audit) when given."""
         try:
             data = part10(
                 dataset, sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae_title
             )
         except Exception:
             log.exception("C-STORE failed")
+            if transfers is not None:
+                transfers.add("", status.OUT_OF_RESOURCES)
             return status.OUT_OF_RESOURCES, "internal error; nothing stored"
-        return self.store_part10(data, calling_ae_title, host)
+        return self.store_part10(data, calling_ae_title, host, transfers)
 
-    def store_part10(self, data: bytes, calling_ae_title: str, host: str) -> tuple[int, str]:
+    def store_part10(
+        self,
+        data: bytes,
+        calling_ae_title: str,
+        host: str,
+        transfers: StudyTransfers | None = None,
+    ) -> tuple[int, str]:
         """Ingest a received object already framed as Part 10 (the file meta from the
-        C-STORE-RQ); return (status, error comment)."""
+        C-STORE-RQ); return (status, error comment), noted in ``transfers`` when given."""
+        study = ""
         try:
             source = Source(
                 channel="dimse",
@@ -74,8 +96,11 @@ class StoreHandler:
                 organisation=self.policy.organisation(calling_ae_title, host),
             )
             outcome = self.ingest.store_part10(data, source)
-            code = C_STORE_STATUS[outcome.status]
-            return code, ("" if code == status.SUCCESS else error_comment(outcome))
+            code, study = C_STORE_STATUS[outcome.status], outcome.study_instance_uid
+            comment = "" if code == status.SUCCESS else error_comment(outcome)
         except Exception:
             log.exception("C-STORE failed")
-            return status.OUT_OF_RESOURCES, "internal error; nothing stored"
+            code, comment = status.OUT_OF_RESOURCES, "internal error; nothing stored"
+        if transfers is not None:
+            transfers.add(study, code)
+        return code, comment

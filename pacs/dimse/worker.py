@@ -20,6 +20,8 @@ from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs import metrics
+from pacs.audit import export as audit_export
+from pacs.audit.dimse import DimseAudit
 from pacs.config import Settings
 from pacs.dimse import pdu
 from pacs.dimse.acceptor import (
@@ -74,13 +76,16 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         quiet_identifier_logging()
     policy = AEPolicy(settings.allowed_aes, settings.accept_any_ae)
     ingest = build_ingest(settings)
-    store = StoreHandler(ingest, policy)
+    audit_export.install(settings.audit_syslog_url)
+    audit = DimseAudit(create_index_engine(settings))
+    store = StoreHandler(ingest, policy, audit)
     retrieve = RetrieveService(
         session_factory(ingest.engine),
         ingest.store,
         lambda title, host: peer_tls_args(settings, title, host),
     )
     handlers = Handlers(store, policy, retrieve)
+    handlers.audit = audit
     tls = server_context(settings) if settings.dicom_tls else None
     if settings.dicom_tls_match_ae:
         handlers.certificate_aes = settings.dicom_tls_ae_certificates

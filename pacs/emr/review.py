@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from inference import records as ai_records
 from pacs import changes
-from pacs.audit import Access, access_event
+from pacs.audit import Access, append
 from pacs.emr import EmrLinkError
 from pacs.emr.identifiers import USER, reference_id
 from pacs.emr.projection import dicomweb_endpoint, find_service_request
@@ -436,8 +436,11 @@ def _sign(
         )
         table = ai_records.AI_RESULT
         conn.execute(update(table).where(table.c.pk == result_pk).values(status=status))
-        access = Access(signer, "sign", f"api/review/{result_pk}", status, client_address)
-        conn.execute(access_event(access, at=signed_at))
+        study_uid = str(result["study_instance_uid"])
+        access = Access(
+            signer, "sign", f"api/review/{result_pk}", status, client_address, study=study_uid
+        )
+        append(conn, access, at=signed_at)
         changes.record(
             conn,
             "result.signed",

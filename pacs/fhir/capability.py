@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,12 +37,15 @@ def capability_statement(
     base_url: str,
     operations: dict[str, list[str]] | None = None,
     security: dict[str, Any] | None = None,
+    served: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The server's CapabilityStatement; ``operations`` maps a type ("" for the system) to the
     names of the operations the HTTP layer serves (e.g. ``{"Patient": ["everything"]}``);
-    ``security`` is the ``rest.security`` element (SMART on FHIR, ``pacs.security.smart``)."""
+    ``security`` is the ``rest.security`` element (SMART on FHIR, ``pacs.security.smart``);
+    ``served`` are the entries of types served outside the resource store (AuditEvent, from
+    the audit trail: read and search only)."""
     operations = operations or {}
-    resources = []
+    resources = list(served)
     for rtype in sorted(SEARCH_PARAMS):
         params = [
             {
@@ -75,6 +79,7 @@ def capability_statement(
                 for op in sorted(ops)
             ]
         resources.append(entry)
+    resources.sort(key=lambda entry: str(entry["type"]))
     rest: dict[str, Any] = {
         "mode": "server",
         "documentation": "Regional imaging archive: studies, AI results and their EMR context.",

@@ -123,23 +123,6 @@ class Instance(Base):
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
-class AuditEvent(Base):
-    """Who touched which patient data, when and from where (one row per access)."""
-
-    __tablename__ = "audit_event"
-
-    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    recorded_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, index=True
-    )
-    user_name: Mapped[str] = mapped_column(String(128))
-    action: Mapped[str] = mapped_column(String(16))  # read, create, update, delete, search
-    resource: Mapped[str] = mapped_column(String(255))  # e.g. "api/studies"
-    query: Mapped[str] = mapped_column(String(1024), default="")
-    client_address: Mapped[str] = mapped_column(String(64), default="")
-    outcome: Mapped[int] = mapped_column(Integer, default=200)  # HTTP status
-
-
 class RemoteAE(Base):
     """A known remote Application Entity: a destination for C-STORE (``pacs send``, C-MOVE)."""
 

@@ -111,7 +111,10 @@ def _endpoint(level: str, scope: SearchScope) -> Callable[..., Response]:
         # end the read transaction first: on SQLite, upgrading a read snapshot to a write
         # fails at once ("database is locked") when another process committed in between
         session.rollback()
-        audit("search", response.status_code)
+        params = request.query_params
+        patient = params.get("PatientID") or params.get("00100020") or ""
+        study = request.path_params.get("study") or params.get("StudyInstanceUID") or ""
+        audit("search", response.status_code, patient=patient, study=study)
         return response
 
     return search

@@ -94,7 +94,7 @@ async def _stow(
     study: str | None,
 ) -> JSONResponse:
     response = await _answer(request, ingest, settings, study)
-    await run_in_threadpool(audit, "create", response.status_code)
+    await run_in_threadpool(lambda: audit("create", response.status_code, study=study or ""))
     return response
 
 

@@ -9,12 +9,13 @@ recorded in the audit trail, refused ones with their status.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -22,6 +23,7 @@ from pydicom import dcmread
 from pydicom.uid import UID
 from sqlalchemy import Engine
 
+from pacs.audit.lookup import patient_of_study
 from pacs.config import Settings
 from pacs.errors import StorageError
 from pacs.metadata.dicom_json import dumps, element
@@ -63,6 +65,8 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
+T = TypeVar("T")
+
 CACHE_CONTROL = "private, no-cache"  # patient data: revalidate with the ETag every time
 
 
@@ -76,8 +80,25 @@ class Call:
     settings: Settings
     audit: AuditTrail
 
+    def record(self, status: int = 200) -> None:
+        """Record the read of this request's study with ``status``."""
+        self.audit("read", status, patient=self.patient, study=self.study)
+
+    def streamed(self, body: Iterator[T]) -> Iterator[T]:
+        """``body``, recorded with its real outcome once it has been sent (or failed)."""
+        return self.audit.streamed("read", body, patient=self.patient, study=self.study)
+
+    @property
+    def study(self) -> str:
+        return str(self.request.path_params.get("study", ""))
+
+    @functools.cached_property
+    def patient(self) -> str:
+        """The PatientID of the requested study, for the audit record."""
+        return patient_of_study(self.engine, self.study)
+
     def fail(self, status: int, detail: str) -> NoReturn:
-        self.audit("read", status)
+        self.record(status)
         raise HTTPException(status, detail)
 
     def select(self, target: Target, *, documents: bool = True) -> Selection:
@@ -161,11 +182,10 @@ def _retrieve(call: Call, target: Target) -> StreamingResponse:
             if explicit:
                 call.fail(406, str(exc))
             plan.append((row, stored))  # default syntax impossible: as stored (PS3.18 8.7.3.5.2)
-    call.audit("read")
     boundary = parts.new_boundary()
     store = call.store
     return StreamingResponse(
-        parts.body(boundary, _instances(store, plan)),
+        call.streamed(parts.body(boundary, _instances(store, plan))),
         media_type=parts.content_type(boundary, media.DICOM),
     )
 
@@ -212,13 +232,13 @@ def _metadata(call: Call, target: Target) -> Response:
     etag = f'"{content_tag(selection.rows)}"'
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
     if _matches(call.request.headers.get("if-none-match", ""), etag):
-        call.audit("read", 304)
+        call.record(304)
         return Response(status_code=304, headers=headers)
     selection = call.documents(selection)
     documents = [row.json() if row.document else _minimal(row, selection) for row in selection.rows]
     body = b"[" + b",".join(documents) + b"]"
     body = body.replace(BASE_PLACEHOLDER.encode(), call.base.encode())
-    call.audit("read")
+    call.record()
     return Response(body, media_type=media.DICOM_JSON, headers=headers)
 
 
@@ -314,10 +334,9 @@ def _frames_response(call: Call, row: MetadataRow, numbers: list[int]) -> Stream
         choice = media.frame_choice(call.accept(), stored, decodable(stored))
     except media.NotAcceptable as exc:
         call.fail(406, str(exc))
-    call.audit("read")
     boundary = parts.new_boundary()
     return StreamingResponse(
-        parts.body(boundary, _frames(call.store, row, numbers, choice)),
+        call.streamed(parts.body(boundary, _frames(call.store, row, numbers, choice))),
         media_type=parts.content_type(boundary, choice.media_type),
     )
 
@@ -364,7 +383,7 @@ def retrieve_bulkdata(
         call.fail(404, "no such bulk data element")
     if not isinstance(value, bytes | bytearray):
         call.fail(404, "the element is not bulk data")
-    call.audit("read")
+    call.record()
     boundary = parts.new_boundary()
     content = iter([(media.OCTET_STREAM, "", bytes(value))])
     return StreamingResponse(
@@ -404,7 +423,7 @@ def _rendered(call: Call, row: MetadataRow, number: int, params: RenderParams) -
     except Exception as exc:
         log.warning("cannot render an instance: %s", type(exc).__name__)
         call.fail(406, f"the pixel data cannot be rendered ({type(exc).__name__})")
-    call.audit("read")
+    call.record()
     return Response(image, media_type=params.media_type, headers={"Cache-Control": CACHE_CONTROL})
 
 

@@ -14,6 +14,8 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from pacs.audit.compartment import patient_by_id, patient_of
+from pacs.audit.search import CAPABILITY as AUDIT_CAPABILITY
 from pacs.fhir.capability import capability_statement
 from pacs.fhir.errors import InvalidResource, InvalidSearch
 from pacs.fhir.everything import everything
@@ -92,7 +94,8 @@ async def metadata(fhir: Fhir, authenticator: AuthenticatorDep) -> Response:
     element names the SMART endpoints."""
     smart = await run_in_threadpool(smart_document, fhir.request, fhir.settings, authenticator)
     security = capability_security(smart)
-    return fhir_response(capability_statement(fhir.base, _operations(), security))
+    statement = capability_statement(fhir.base, _operations(), security, [AUDIT_CAPABILITY])
+    return fhir_response(statement)
 
 
 @router.post("")
@@ -122,6 +125,10 @@ async def search_post(resource_type: str, fhir: Fhir) -> Response:
 
 
 async def _search(fhir: FhirCall, resource_type: str, params: list[tuple[str, str]]) -> Response:
+    named = [v for k, v in params if k in ("patient", "subject") and v.startswith("Patient/")]
+    if named:  # a search in one patient's compartment
+        patient_id = named[0].removeprefix("Patient/")
+        fhir.noted["patient"] = await run_in_threadpool(patient_by_id, fhir.store, patient_id)
     strict = strict_handling(fhir.request)
     bundle = await run_in_threadpool(
         lambda: fhir.store.search(resource_type, params, strict=strict, base_url=fhir.base)
@@ -179,6 +186,7 @@ async def patient_everything(patient_id: str, fhir: Fhir) -> Response:
     wanted = fhir.request.query_params.getlist("_type")
     types = {t for v in wanted for t in v.split(",") if t}
     bundle = await run_in_threadpool(everything, fhir.store, patient_id, types or None, fhir.base)
+    fhir.noted["patient"] = await run_in_threadpool(patient_by_id, fhir.store, patient_id)
     return fhir_response(bundle)
 
 
@@ -186,7 +194,9 @@ async def patient_everything(patient_id: str, fhir: Fhir) -> Response:
 @interaction("read")
 async def read(resource_type: str, resource_id: str, fhir: Fhir) -> Response:
     """Read the current version (404 unknown, 410 deleted)."""
-    return _read(fhir, await run_in_threadpool(fhir.store.read, resource_type, resource_id))
+    resource = await run_in_threadpool(fhir.store.read, resource_type, resource_id)
+    fhir.noted["patient"] = await run_in_threadpool(patient_of, fhir.store, resource)
+    return _read(fhir, resource)
 
 
 @router.put("/{resource_type}/{resource_id}")
@@ -226,4 +236,6 @@ async def history(resource_type: str, resource_id: str, fhir: Fhir) -> Response:
 async def vread(resource_type: str, resource_id: str, version_id: str, fhir: Fhir) -> Response:
     """One version (410 if that version is a deletion)."""
     store = fhir.store
-    return _read(fhir, await run_in_threadpool(store.vread, resource_type, resource_id, version_id))
+    resource = await run_in_threadpool(store.vread, resource_type, resource_id, version_id)
+    fhir.noted["patient"] = await run_in_threadpool(patient_of, store, resource)
+    return _read(fhir, resource)

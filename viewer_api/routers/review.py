@@ -14,10 +14,18 @@ from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from pacs.audit.lookup import patient_of_study
 from pacs.emr.feed import base_url
 from pacs.emr.review import Decision, FindingDecision, ReviewError, review_view, sign_off
 from pacs.fhir.errors import FhirError
-from viewer_api.deps import AuditDep, FhirStoreDep, IngestDep, SessionDep, SettingsDep
+from viewer_api.deps import (
+    AuditDep,
+    EngineDep,
+    FhirStoreDep,
+    IngestDep,
+    SessionDep,
+    SettingsDep,
+)
 
 router = APIRouter(prefix="/api/review", tags=["review"])
 
@@ -91,7 +99,12 @@ def _fail(exc: ReviewError | FhirError) -> HTTPException:
 
 @router.get("/{result}")
 def get_review(
-    result: int, session: SessionDep, audit: AuditDep, store: FhirStoreDep, settings: SettingsDep
+    result: int,
+    session: SessionDep,
+    audit: AuditDep,
+    store: FhirStoreDep,
+    settings: SettingsDep,
+    engine: EngineDep,
 ) -> Review:
     """The findings of AI result ``result`` and, once signed, the decision."""
     try:
@@ -100,7 +113,8 @@ def get_review(
         session.rollback()
         audit("read", exc.status)
         raise _fail(exc) from None
-    audit("read")
+    study = str(view.get("study_instance_uid", ""))
+    audit("read", study=study, patient=patient_of_study(engine, study))
     return Review.model_validate(view)
 
 

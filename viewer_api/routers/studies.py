@@ -66,11 +66,11 @@ def get_study(study_instance_uid: str, session: SessionDep, audit: AuditDep) -> 
     """One study with its series."""
     study = catalog.find_study(session, study_instance_uid)
     if study is None:
-        audit("read", 404)
+        audit("read", 404, study=study_instance_uid)
         raise HTTPException(404, f"study {study_instance_uid} not found")
     series = catalog.series_of(session, study_instance_uid)
     reconciliation = reconciliation_of(session, study_instance_uid)
-    audit("read")
+    audit("read", patient=study.patient_id, study=study_instance_uid)
     return StudyDetail.model_validate(
         {
             **study.model_dump(),
