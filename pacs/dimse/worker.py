@@ -17,7 +17,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.config import Settings
 from pacs.dimse.acceptor import StorageAcceptor, decode_associate_rq, is_storage_request
-from pacs.dimse.ae import STORAGE_SOP_CLASSES, build_ae
+from pacs.dimse.ae import build_ae
 from pacs.dimse.find import FindService, match_options
 from pacs.dimse.handlers import Handlers
 from pacs.dimse.policy import AEPolicy
@@ -31,6 +31,7 @@ from pacs.dimse.store import StoreHandler
 from pacs.dimse.worklist import WorklistService
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine, session_factory
+from pacs.ingest.acceptance import STORAGE_SOP_CLASSES
 from pacs.logging import configure_logging
 from pacs.runtime import build_ingest
 from pacs.worklist.source import WorklistSource
