@@ -24,9 +24,11 @@ from pacs.dimse.policy import AEPolicy
 from pacs.dimse.pynetdicom_internals import (
     SharedContexts,
     TunedRequestHandler,
+    choose_sending_syntaxes,
     quiet_identifier_logging,
 )
 from pacs.dimse.retrieve import RetrieveService
+from pacs.dimse.scu import sending_syntax
 from pacs.dimse.store import StoreHandler
 from pacs.dimse.worklist import WorklistService
 from pacs.fhir.store import FhirStore
@@ -54,6 +56,7 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     configure_logging(settings)
     if not settings.log_phi:  # pynetdicom's per-message log handlers print identifiers
         quiet_identifier_logging()
+    choose_sending_syntaxes(sending_syntax)  # C-GET: accept what the archive can serve
     policy = AEPolicy(settings.allowed_aes, settings.accept_any_ae)
     ingest = build_ingest(settings)
     store = StoreHandler(ingest, policy)

@@ -98,8 +98,8 @@ def check_sop_class(ds: Dataset) -> str:
         raise InvalidDicomError("the data set has no SOPClassUID")
     if uid not in STORAGE_SOP_CLASSES:
         name = _sop_class_name(uid)
-        what = f"{name} ({uid})" if name else f"{uid[:64]} (unknown)"
-        raise SOPClassNotSupportedError(f"SOP Class {what} is not a storage SOP class")
+        what = f"{uid[:64]} ({name})" if name else f"{uid[:64]} (unknown)"
+        raise SOPClassNotSupportedError(f"not a storage SOP class: {what}")
     return uid
 
 
