@@ -6,7 +6,8 @@ component separator, are pydicom's). The request's character set is kept when ev
 of the response fits it, judged with pydicom's own encoders (so ISO_IR 13, JIS X 0201, is
 not mistaken for Shift JIS); otherwise the response is in UTF-8 (ISO_IR 192). A code
 extension term that cannot be the default repertoire (ISO 2022 IR 87, 159, 149, 58) gets
-the empty first value PS3.3 C.12.1.1.2 requires (``\\ISO 2022 IR 87``).
+the empty first value PS3.3 C.12.1.1.2 requires (``\\ISO 2022 IR 87``). A request in
+ISO 2022 IR 58 (GB2312) is answered in UTF-8: pydicom does not write its escape sequence.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ _MULTI_BYTE_EXTENSIONS = frozenset(
     {"ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58"}
 )
 """Code extensions for G1 only: the default (first) value must come before them."""
+_NOT_WRITTEN = frozenset({"ISO 2022 IR 58"})
+"""Terms pydicom (3.0) cannot write: it encodes GB2312 without its escape sequence."""
 
 
 def requested_terms(raw: object) -> list[str]:
@@ -73,6 +76,6 @@ def response_character_set(requested: object, texts: Iterable[str]) -> list[str]
     terms = normalised(requested_terms(requested))
     if all(text.isascii() for text in values):
         return "" if terms else None
-    if terms and UTF8 not in terms and fits(values, terms):
+    if terms and UTF8 not in terms and not _NOT_WRITTEN & set(terms) and fits(values, terms):
         return terms if len(terms) > 1 else terms[0]
     return UTF8
