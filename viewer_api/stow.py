@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pacs.dimse import status
 from pacs.dimse.store import warning_status
 from pacs.ingest import IngestService, Source, StoreStatus
+from pacs.ingest.acceptance import as_part10
 from pacs.storage import is_valid_uid
 from viewer_api.negotiation import DICOM
 
@@ -110,6 +111,7 @@ def store_part(
         return PartResult(Identity(), status.CANNOT_UNDERSTAND, reason="part is not DICOM")
     if data is None:
         return PartResult(Identity(), status.OUT_OF_RESOURCES, reason="part too large")
+    data = as_part10(data)  # the acceptance rule's encodings, also for reading the UIDs
     identity = identify(data)
     if study_instance_uid is not None and identity.study_instance_uid != study_instance_uid:
         if not identity.readable:

@@ -10,8 +10,9 @@ presentation contexts for exactly :data:`STORAGE_SOP_CLASSES`. docs/conformance.
   included, except those of objects without a patient, which the index cannot file).
   An object without one (``InvalidDicomError``) or with another
   (``SOPClassNotSupportedError``) is refused.
-- Encoding: a Part-10 object, with or without its 128-byte preamble (a missing preamble is
-  supplied, :func:`as_part10`); a bare data set without File Meta Information is refused.
+- Encoding: a Part-10 object, with or without its 128-byte preamble and ``DICM`` prefix
+  (both are supplied, :func:`as_part10`); a bare data set without File Meta Information
+  is refused (its transfer syntax is unknown).
 - Pixel Data: optional. An image without it (anonymised, stripped, or with its pixels in
   private elements) is stored. Native (uncompressed) Pixel Data must be exactly as long as
   Rows x Columns x SamplesPerPixel x BitsAllocated x frames says (1-bit pixels packed,
@@ -84,9 +85,15 @@ class AcceptanceWarning(StrEnum):
 
 def as_part10(data: bytes) -> bytes:
     """``data`` with a zero preamble in front when it starts with the ``DICM`` prefix
-    itself (a Part-10 file written without its preamble); otherwise ``data`` unchanged."""
-    if data[:4] == DICM and data[128:132] != DICM:
+    itself (a Part-10 file written without its preamble), and with the prefix too when it
+    starts with the File Meta Information group (pydicom writes a data set without a
+    ``preamble`` so, as dicomweb-client sends it); otherwise ``data`` unchanged."""
+    if data[128:132] == DICM:
+        return data
+    if data[:4] == DICM:
         return PREAMBLE + data
+    if data[:2] == b"\x02\x00" and data[4:6].isalpha():  # a group 0002 element, explicit VR
+        return PREAMBLE + DICM + data
     return data
 
 
