@@ -14,10 +14,10 @@ presentation contexts for exactly :data:`STORAGE_SOP_CLASSES`. docs/conformance.
   (both are supplied, :func:`as_part10`); a bare data set without File Meta Information
   is refused (its transfer syntax is unknown).
 - Pixel Data: optional. An image without it (anonymised, stripped, or with its pixels in
-  private elements) is stored. Native (uncompressed) Pixel Data must be exactly as long as
-  Rows x Columns x SamplesPerPixel x BitsAllocated x frames says (1-bit pixels packed,
-  YBR_FULL_422 subsampled, one trailing pad byte to an even length), else the object is
-  refused: it could not be served.
+  private elements) is stored. Native (uncompressed) Pixel Data shorter than Rows x Columns
+  x SamplesPerPixel x BitsAllocated x frames says (1-bit pixels packed, YBR_FULL_422
+  subsampled) is refused: its frames could not be served. Longer (trailing padding) is
+  accepted, as pydicom and DCMTK read it.
 - File Meta Information naming another SOP Instance or SOP Class than the data set: stored,
   under the data set's UIDs, with a warning (:class:`AcceptanceWarning`).
 """
@@ -123,49 +123,56 @@ def meta_warnings(ds: Dataset) -> tuple[AcceptanceWarning, ...]:
     return tuple(warnings)
 
 
-def _positive(ds: Dataset, keyword: str, default: int | None = None) -> int:
+def _positive(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
+    """A positive integer attribute (``default`` when absent); None when absent without a
+    default, or malformed."""
     value = ds.get(keyword)
     if value is None or value == "":
-        if default is None:
-            raise InvalidDicomError(f"Pixel Data without {keyword}")
         return default
     try:
         number = int(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidDicomError(f"Pixel Data with a malformed {keyword}") from exc
-    if number < 1 and not (keyword == "NumberOfFrames" and number == 0):
-        raise InvalidDicomError(f"Pixel Data with {keyword} {number}")
-    return number
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
 
 
-def expected_pixel_bytes(ds: Dataset) -> int:
+def expected_pixel_bytes(ds: Dataset) -> int | None:
     """The length of native Pixel Data that the Image Pixel module of ``ds`` describes,
-    without the pad byte of an odd length (PS3.5 8.1.1, 8.2; PS3.3 C.7.6.3.1.2)."""
-    samples = (
-        _positive(ds, "Rows")
-        * _positive(ds, "Columns")
-        * _positive(ds, "SamplesPerPixel", 1)
-        * _positive(ds, "NumberOfFrames", 1)
-    )
-    bits = _positive(ds, "BitsAllocated")
+    without the pad byte of an odd length (PS3.5 8.1.1, 8.2; PS3.3 C.7.6.3.1.2); None when
+    its attributes are missing or malformed."""
+    values = [
+        _positive(ds, "Rows"),
+        _positive(ds, "Columns"),
+        _positive(ds, "SamplesPerPixel", 1),
+        _positive(ds, "NumberOfFrames", 1),
+        _positive(ds, "BitsAllocated"),
+    ]
+    if any(value is None for value in values):
+        return None
+    rows, columns, samples, frames, bits = (int(value or 0) for value in values)
+    count = rows * columns * samples * frames
     if bits == 1:
-        length = (samples + 7) // 8
+        length = (count + 7) // 8
     elif bits % 8:
-        raise InvalidDicomError(f"Pixel Data with BitsAllocated {bits}")
+        return None
     else:
-        length = samples * (bits // 8)
+        length = count * (bits // 8)
     if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
         length = length // 3 * 2
     return length
 
 
 def check_pixel_data(ds: Dataset, pixel_data_length: int | None) -> None:
-    """Raise ``InvalidDicomError`` when native Pixel Data of ``pixel_data_length`` bytes
-    contradicts the Image Pixel module of ``ds``; None: no (native) Pixel Data."""
+    """Raise ``InvalidDicomError`` when native Pixel Data of ``pixel_data_length`` bytes is
+    shorter than the Image Pixel module of ``ds`` says; None: no (native) Pixel Data.
+
+    Longer Pixel Data is accepted: readers (pydicom, DCMTK) ignore trailing padding, and
+    real objects carry it. Image Pixel attributes that are missing or malformed are not
+    checked here (the object is stored; WADO-RS cannot decode its pixels)."""
     if pixel_data_length is None:
         return
     expected = expected_pixel_bytes(ds)
-    if pixel_data_length not in (expected, expected + expected % 2):
+    if expected is not None and pixel_data_length < expected:
         raise InvalidDicomError(
             f"Pixel Data is {pixel_data_length} bytes; Rows, Columns, SamplesPerPixel,"
             f" BitsAllocated and frames make {expected}"

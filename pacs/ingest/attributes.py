@@ -130,7 +130,6 @@ def extract(ds: Dataset) -> InstanceAttributes:
     """
     try:
         meta = ds.file_meta
-        sop_class = check_sop_class(ds)
         attributes = InstanceAttributes(
             patient_id=_text(ds, "PatientID", 64),
             issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
@@ -155,7 +154,7 @@ def extract(ds: Dataset) -> InstanceAttributes:
             series_time=_text(ds, "SeriesTime", 16),
             station_name=_text(ds, "StationName", 16),
             sop_instance_uid=require_uid("SOPInstanceUID", ds.get("SOPInstanceUID")),
-            sop_class_uid=require_uid("SOPClassUID", sop_class),
+            sop_class_uid=require_uid("SOPClassUID", ds.get("SOPClassUID")),
             instance_number=_int(ds, "InstanceNumber"),
             transfer_syntax_uid=require_uid("TransferSyntaxUID", meta.get("TransferSyntaxUID")),
             rows=_int(ds, "Rows"),
@@ -170,4 +169,5 @@ def extract(ds: Dataset) -> InstanceAttributes:
         raise
     except Exception as exc:  # a value pydicom cannot decode
         raise InvalidDicomError(f"cannot read attributes: {type(exc).__name__}: {exc}") from exc
+    check_sop_class(ds)
     return attributes
