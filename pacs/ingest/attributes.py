@@ -91,8 +91,8 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 def parse_part10(data: bytes) -> Dataset:
     """Read the header of a Part-10 object (pixel data is skipped, not decoded); raise
-    ``InvalidDicomError`` unless it is whole and its native Pixel Data (if any) has the
-    length its Image Pixel module says (``pacs.ingest.acceptance``)."""
+    ``InvalidDicomError`` unless it is whole and its native Pixel Data (if any) is as long
+    as its Image Pixel module says (``pacs.ingest.acceptance``)."""
     if len(data) < 132 or data[128:132] != b"DICM":
         raise InvalidDicomError("not a DICOM Part-10 object (no 'DICM' prefix after the preamble)")
     try:
