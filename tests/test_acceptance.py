@@ -83,6 +83,7 @@ def one_bit(rows: int, columns: int, frames: int, extra: int = 0) -> Dataset:
 
 def test_storage_sop_classes_include_retired_ones_and_match_the_association() -> None:
     assert US_RETIRED in STORAGE_SOP_CLASSES
+    assert "1.2.840.10008.5.1.4.1.1.88.70" in STORAGE_SOP_CLASSES  # Implantation Plan SR
     assert "1.2.840.10008.5.1.4.1.1.3" in STORAGE_SOP_CLASSES  # US Multi-frame (Retired)
     assert CTImageStorage in STORAGE_SOP_CLASSES
     for not_storage in ("1.2.840.10008.1.20.1", "1.2.840.10008.1.3.10", "1.2.840.10008.5.1.4.38.1"):

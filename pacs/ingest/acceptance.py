@@ -43,7 +43,8 @@ _NON_PATIENT = (
     # objects without a patient or study (PS3.3 non-patient IODs): nothing to file them under
     "Hanging Protocol",
     "Color Palette",
-    "Implant",  # Generic Implant Template, Implant Assembly Template, Implant Template Group
+    "Implant Template",  # Generic Implant Template, Implant Template Group
+    "Implant Assembly Template",
     "Protocol Approval",
     "Defined Procedure Protocol",
     "Inventory",
