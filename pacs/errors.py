@@ -18,8 +18,8 @@ class InvalidDicomError(PacsError, ValueError):
     """The data is not a DICOM object the archive can store (bad bytes, missing or bad UIDs)."""
 
 
-class SOPClassMismatchError(InvalidDicomError):
-    """The data set's SOP Class UID differs from the one the object was sent or filed as."""
+class SOPClassNotSupportedError(InvalidDicomError):
+    """The data set's SOP Class UID is not a storage SOP class of the archive."""
 
 
 class StorageError(PacsError):

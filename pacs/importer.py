@@ -65,12 +65,14 @@ def is_dicom_dataset(path: Path) -> bool:
 
 def import_file(ingest: IngestService, path: Path) -> IngestOutcome | Skipped:
     """Ingest one file, or say why it is skipped: a DICOMDIR, or not DICOM at all (no
-    ``DICM`` prefix and not parseable as a data set)."""
+    ``DICM`` prefix, after the preamble or without one, and not parseable as a data set).
+    Ingest applies the acceptance rule (``pacs.ingest.acceptance``) as for C-STORE."""
     with path.open("rb") as file:
         head = file.read(_HEAD_SIZE)
         if is_dicomdir(path, head):
             return Skipped.DICOMDIR
-        if head[128:132] != DICM_PREFIX and not is_dicom_dataset(path):
+        prefixed = DICM_PREFIX in (head[128:132], head[:4])
+        if not prefixed and not is_dicom_dataset(path):
             return Skipped.NOT_DICOM
         data = head + file.read()
     return ingest.store_part10(data, Source(channel="import", host="localhost"))

@@ -34,6 +34,7 @@ from sqlalchemy import Engine, select
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.models import Instance, Series, Study
+from pacs.ingest.acceptance import STORAGE_SOP_CLASSES
 from pacs.storage import is_valid_uid, open_store
 from pacs.storage.base import ObjectStore
 from tests.conftest import data_file
@@ -67,15 +68,16 @@ class CorpusFile:
     part10: bool  # 'DICM' prefix and file meta with a Transfer Syntax UID
     uids_valid: bool  # SOP Class/Instance, Study, Series Instance UIDs all valid
     complete: bool  # every top-level element as long as its header says (not truncated)
-    meta_agrees: bool  # the meta's Media Storage SOP Class/Instance UIDs equal the data set's
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str  # from the meta; Implicit VR LE for a bare data set
 
     @property
     def valid(self) -> bool:
-        """A storable Part-10 object: what ``pacs import`` must store."""
-        return self.part10 and self.uids_valid and self.complete and self.meta_agrees
+        """A storable Part-10 object of a storage SOP class: what ``pacs import`` must store
+        (pacs/ingest/acceptance.py)."""
+        storage = self.sop_class_uid in STORAGE_SOP_CLASSES
+        return self.part10 and self.uids_valid and self.complete and storage
 
 
 def _whole(ds: pydicom.Dataset) -> bool:
@@ -103,16 +105,12 @@ def classify(path: Path) -> CorpusFile:
         keywords = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
         uids_valid = all(is_valid_uid(str(ds.get(k, ""))) for k in keywords)
         sop_uid, sop_class = str(ds.get("SOPInstanceUID", "")), str(ds.get("SOPClassUID", ""))
-        complete = _whole(ds)
-        meta_agrees = meta is None or (
-            meta.get("MediaStorageSOPInstanceUID", sop_uid) == sop_uid
-            and meta.get("MediaStorageSOPClassUID", sop_class) == sop_class
-        )
+        complete = _whole(ds)  # a File Meta naming other UIDs does not matter (stored, warned)
     except Exception:
-        return CorpusFile(path, False, False, False, False, "", "", "")
+        return CorpusFile(path, False, False, False, "", "", "")
     part10 = part10 and is_valid_uid(ts)
     ts = ts or "1.2.840.10008.1.2"
-    return CorpusFile(path, part10, uids_valid, complete, meta_agrees, sop_uid, sop_class, ts)
+    return CorpusFile(path, part10, uids_valid, complete, sop_uid, sop_class, ts)
 
 
 def corpus_paths() -> list[Path]:

@@ -18,6 +18,7 @@ from pacs.index.models import Instance, Study
 from pacs.storage import open_store
 from testkit.dicom_factory import write_ct_series
 from tests.conftest import ROOT, Backend
+from tests.dimse_tools import dataset_part
 
 DICOMDIR_TESTS = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests"
 PATIENT = {"patient_id": "IMPORT-SECRET-ID", "patient_name": "Secretname^Patient"}
@@ -77,14 +78,18 @@ def test_import_of_a_mixed_tree(backend: Backend, tmp_path: Path) -> None:
     (tree / "manifest.json").write_text('{"files": ["ct/1.dcm"]}')
     part10 = series[1].read_bytes()
     (tree / "truncated.dcm").write_bytes(part10[:400])  # DICOM, cut short: refused
-    (tree / "bare-dataset").write_bytes(part10[132:])  # DICOM without the DICM prefix: refused
+    (tree / "bare-dataset").write_bytes(dataset_part(part10))  # no File Meta: refused
+    # Part-10 without its preamble, or without preamble and DICM prefix: stored (acceptance
+    # rule), here as duplicates of series[1] (the same data set)
+    (tree / "no-preamble.dcm").write_bytes(part10[128:])
+    (tree / "meta-first.dcm").write_bytes(part10[132:])
 
     code, output, summary = pacs_import(backend, DICOMDIR_TESTS, tree)
 
     assert code == 1, output  # DICOM objects were rejected
     assert summary == {
         "stored": len(images) + 3,
-        "duplicate": 1,
+        "duplicate": 3,
         "rejected": 2,
         "skipped (DICOMDIR)": len(dicomdirs),
         "skipped (not DICOM)": len(readmes) + 3,

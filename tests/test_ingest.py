@@ -24,6 +24,7 @@ from pacs.index.engine import create_index_engine, session_factory
 from pacs.index.models import Instance, Patient, Series, Study
 from pacs.index.prepared import Prepared
 from pacs.ingest import IngestOutcome, IngestService, Source, StoreStatus
+from pacs.ingest.acceptance import AcceptanceWarning
 from pacs.runtime import build_ingest
 from pacs.storage import instance_key, open_store
 from testkit.dicom_factory import ct_slice
@@ -212,12 +213,6 @@ def encode_as_is(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _bad_meta_sop() -> bytes:
-    ds = ct(generate_uid(), generate_uid())
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    return encode_as_is(ds)
-
-
 INVALID: dict[str, Callable[[], bytes]] = {
     "empty": lambda: b"",
     "garbage": lambda: os.urandom(4096),
@@ -233,7 +228,6 @@ INVALID: dict[str, Callable[[], bytes]] = {
     "leading zero in a UID": _with(SeriesInstanceUID="1.02.3"),
     "UID over 64 characters": _with(StudyInstanceUID="1." + "2" * 63),
     "path in a UID": _with(SeriesInstanceUID="1.2.3/../../x"),
-    "meta SOP Instance UID differs": _bad_meta_sop,
 }
 
 
@@ -255,13 +249,14 @@ def test_invalid_objects_are_refused_and_leave_nothing(backend: Backend) -> None
     assert stored_names(open_store(backend.settings)) == set()
 
 
-def test_sop_class_mismatch_is_refused(backend: Backend) -> None:
+def test_sop_class_mismatch_is_stored_under_the_data_sets_class(backend: Backend) -> None:
     ds = ct(generate_uid(), generate_uid())
     ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
     outcome = ingest_for(backend).store_part10(encode_as_is(ds), SOURCE)
-    assert outcome.status is StoreStatus.SOP_CLASS_MISMATCH
-    assert not outcome.status.ok
-    assert_index_empty(backend.settings)
+    assert outcome.status is StoreStatus.STORED
+    assert outcome.warnings == (AcceptanceWarning.SOP_CLASS_UID_DIFFERS,)
+    [instance] = rows(backend.settings, Instance)
+    assert instance.sop_class_uid == ds.SOPClassUID
 
 
 def test_object_truncated_in_pixel_data_is_refused(backend: Backend) -> None:

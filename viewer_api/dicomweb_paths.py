@@ -3,10 +3,11 @@ one instance. One dependency per path shape, so one endpoint serves each shape."
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Path
+from fastapi import Path, Request
 
 StudyUID = Annotated[str, Path(description="Study Instance UID")]
 SeriesUID = Annotated[str, Path(description="Series Instance UID")]
@@ -49,3 +50,29 @@ def one_series(study: StudyUID, series: SeriesUID) -> Target:
 def one_instance(study: StudyUID, series: SeriesUID, instance: InstanceUID) -> Target:
     """``/studies/{study}/series/{series}/instances/{instance}...``."""
     return Target(study, series, instance)
+
+
+def dicomweb_base(request: Request, public_base_url: str | None) -> str:
+    """The absolute DICOMweb root (``.../dicomweb``) for URLs in responses (RetrieveURL,
+    BulkDataURI): ``PACS_PUBLIC_BASE_URL`` when set, else the request's own URL.
+
+    dicomweb-client sends ``Host`` without the port; when that host is the address this
+    server listens on (or ``localhost`` and a loopback address), the port the request
+    reached is put back. Behind a proxy, set ``PACS_PUBLIC_BASE_URL``.
+    """
+    if public_base_url:
+        return public_base_url.rstrip("/") + "/dicomweb"
+    url = request.base_url
+    server = request.scope.get("server")
+    if url.port is None and server and server[1] and _same_host(url.hostname, str(server[0])):
+        url = url.replace(port=int(server[1]))
+    return str(url).rstrip("/") + "/dicomweb"
+
+
+def _same_host(hostname: str | None, address: str) -> bool:
+    if hostname == address:
+        return True
+    try:
+        return hostname == "localhost" and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

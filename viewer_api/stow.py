@@ -18,7 +18,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from pacs.dimse import status
+from pacs.dimse.store import warning_status
 from pacs.ingest import IngestService, Source, StoreStatus
+from pacs.ingest.acceptance import as_part10
 from pacs.storage import is_valid_uid
 from viewer_api.negotiation import DICOM
 
@@ -38,7 +40,7 @@ OUTCOME_REASONS: dict[StoreStatus, tuple[int | None, int | None]] = {
     StoreStatus.IDENTITY_CONFLICT: (status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, None),
     StoreStatus.QUARANTINED: (None, status.COERCION_OF_DATA_ELEMENTS),
     StoreStatus.INVALID: (status.CANNOT_UNDERSTAND, None),
-    StoreStatus.SOP_CLASS_MISMATCH: (status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, None),
+    StoreStatus.SOP_CLASS_NOT_SUPPORTED: (status.SOP_CLASS_NOT_SUPPORTED, None),
     StoreStatus.TOO_LARGE: (status.OUT_OF_RESOURCES, None),
     StoreStatus.FAILED: (status.OUT_OF_RESOURCES, None),
 }
@@ -109,6 +111,7 @@ def store_part(
         return PartResult(Identity(), status.CANNOT_UNDERSTAND, reason="part is not DICOM")
     if data is None:
         return PartResult(Identity(), status.OUT_OF_RESOURCES, reason="part too large")
+    data = as_part10(data)  # the acceptance rule's encodings, also for reading the UIDs
     identity = identify(data)
     if study_instance_uid is not None and identity.study_instance_uid != study_instance_uid:
         if not identity.readable:
@@ -124,6 +127,9 @@ def store_part(
     failure, warning = OUTCOME_REASONS[outcome.status]
     quarantined = outcome.status is StoreStatus.QUARANTINED
     reason = f"{outcome.status}: {outcome.reason}"
+    if outcome.warnings and warning is None:
+        warning = warning_status(outcome.warnings)
+        reason = f"{outcome.status}: {'; '.join(outcome.warnings)}"
     return PartResult(identity, failure, warning, reason, True, quarantined)
 
 

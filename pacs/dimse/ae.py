@@ -1,4 +1,8 @@
-"""The archive's Application Entity: every storage SOP class, every transfer syntax as sent."""
+"""The archive's Application Entity: every storage SOP class, every transfer syntax as sent.
+
+The storage SOP classes are those of the acceptance rule (``pacs.ingest.acceptance``), so
+an association accepts exactly what ingest stores, retired SOP classes included.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs.config import Settings
@@ -21,6 +25,7 @@ from pacs.dimse.find import FIND_SOP_CLASSES
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.scu import archive_ae
 from pacs.dimse.worklist import MODALITY_WORKLIST_FIND
+from pacs.ingest.acceptance import STORAGE_SOP_CLASSES
 
 _LOSSLESS_COMPRESSED = [
     JPEGLSLossless,
@@ -43,12 +48,6 @@ ACCEPTED_TRANSFER_SYNTAXES: list[str] = [
 """Every transfer syntax pydicom knows, in the order the acceptor prefers when a requestor
 offers several in one presentation context: lossless compressed (keeps the modality's
 encoding and saves space), then native, then lossy (never chosen over a lossless offer)."""
-
-
-STORAGE_SOP_CLASSES = frozenset(
-    str(cx.abstract_syntax) for cx in AllStoragePresentationContexts if cx.abstract_syntax
-)
-"""Abstract syntaxes the Storage SCP serves (every storage SOP class pynetdicom knows)."""
 
 
 RETRIEVE_SOP_CLASSES = (

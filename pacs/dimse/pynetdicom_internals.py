@@ -19,6 +19,9 @@ each function below (and then raising ``WRITTEN_FOR``).
   sub-operations send stored bytes and a refused identifier gets its own final status.
 - ``TunedRequestHandler`` and ``SharedContexts``: the association server of a worker.
 - ``quiet_identifier_logging``: pynetdicom's per-message logs print identifiers.
+- ``choose_sending_syntaxes``: the transfer syntax of a context in which the acceptor sends
+  (C-GET's role-reversed storage contexts) is chosen by what it can serve, not by the
+  preference for receiving.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pynetdicom
+import pynetdicom.acse
 from pydicom.dataset import Dataset
 from pynetdicom import _config
 from pynetdicom.association import Association
@@ -149,6 +153,38 @@ def quiet_identifier_logging() -> None:
     """Stop pynetdicom's per-message log handlers, which print C-FIND/MOVE/GET identifiers."""
     _config.LOG_HANDLER_LEVEL = "none"
     _config.LOG_REQUEST_IDENTIFIERS = False
+
+
+Chooser = Callable[[list[str], list[str]], str | None]
+"""(offered transfer syntaxes, supported ones) -> the one to accept."""
+
+
+def choose_sending_syntaxes(choose: Chooser) -> None:
+    """Make pynetdicom's acceptor negotiation (in this process) pick the transfer syntax of
+    each accepted context in which the acceptor is the Storage SCU (SCP/SCU role selection,
+    as a C-GET requestor proposes) with ``choose``; pynetdicom picks the first of the
+    acceptor's own list, the order of preference for receiving objects."""
+    original = pynetdicom.acse.negotiate_as_acceptor  # type: ignore[attr-defined]
+    if getattr(original, "chooses_sending_syntaxes", False):
+        return
+
+    def negotiate(rq_contexts: Any, ac_contexts: Any, roles: Any = None) -> Any:
+        results, replies = original(rq_contexts, ac_contexts, roles)
+        offered = {cx.context_id: [str(ts) for ts in cx.transfer_syntax] for cx in rq_contexts}
+        supported = {
+            str(cx.abstract_syntax): [str(ts) for ts in cx.transfer_syntax] for cx in ac_contexts
+        }
+        for cx in results:
+            if cx.result == 0x00 and cx.as_scu:
+                syntax = choose(
+                    offered.get(cx.context_id, []), supported.get(str(cx.abstract_syntax), [])
+                )
+                if syntax is not None:
+                    cx.transfer_syntax = [syntax]
+        return results, replies
+
+    negotiate.chooses_sending_syntaxes = True  # type: ignore[attr-defined]
+    pynetdicom.acse.negotiate_as_acceptor = negotiate  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- DIMSE exchanges

@@ -36,6 +36,7 @@ from pacs.dimse.scu import (
     choose_syntax,
     requested_contexts,
     send_dataset,
+    sends_as_stored,
     split_part10,
     transcode,
 )
@@ -254,7 +255,7 @@ def _prepare(item: StoreItem, accepted: dict[str, list[str]]) -> StoredDataset:
         return StoredDataset(item, "", reason="no accepted presentation context")
     try:
         data = item.load()
-        if syntax == item.transfer_syntax_uid:
+        if sends_as_stored(syntax, item.transfer_syntax_uid):
             return StoredDataset(item, syntax, split_part10(data))
         return StoredDataset(item, syntax, transcode(data, syntax))
     except Exception as exc:

@@ -17,6 +17,7 @@ from io import BytesIO
 from typing import Protocol, cast
 
 from pydicom import dcmread
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
 from pynetdicom.association import Association
@@ -34,6 +35,17 @@ from pacs.errors import PacsError
 logger = logging.getLogger(__name__)
 
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+CARRIERS: dict[str, tuple[str, ...]] = {
+    "1.2.840.10008.1.2.4.90": ("1.2.840.10008.1.2.4.91",),  # J2K lossless in J2K
+    "1.2.840.10008.1.2.4.92": ("1.2.840.10008.1.2.4.93",),  # J2K Part 2 likewise
+    "1.2.840.10008.1.2.4.201": ("1.2.840.10008.1.2.4.203",),  # HTJ2K lossless in HTJ2K
+    "1.2.840.10008.1.2.4.202": ("1.2.840.10008.1.2.4.203",),  # HTJ2K RPCL in HTJ2K
+    "1.2.840.10008.1.2.4.80": ("1.2.840.10008.1.2.4.81",),  # JPEG-LS lossless in near-lossless
+    "1.2.840.10008.1.2.4.70": ("1.2.840.10008.1.2.4.57",),  # JPEG process 14 SV1 in process 14
+}
+"""Transfer syntaxes whose encoding also carries the stored bytes of another unchanged (a
+lossless bitstream is a valid one of the syntax that allows lossless or lossy): an object
+stored in a key is sent as it is on a context of one of its carriers."""
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
 
 
@@ -126,17 +138,37 @@ def split_part10(data: bytes) -> bytes:
     return data[pos:]
 
 
+def decodable(transfer_syntax: str) -> bool:
+    """True when an object stored in ``transfer_syntax`` can be re-encoded in a native
+    syntax: it is not encapsulated, or pydicom has a working decoder for it."""
+    try:
+        uid = UID(transfer_syntax)
+        return not uid.is_compressed or bool(get_decoder(uid).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def sends_as_stored(syntax: str, stored: str) -> bool:
+    """True when an object stored in ``stored`` goes out in ``syntax`` byte for byte."""
+    return syntax == stored or syntax in CARRIERS.get(stored, ())
+
+
 def requested_contexts(items: Iterable[StoreItem]) -> list[PresentationContext]:
     """Per SOP class: one context per stored transfer syntax, then Explicit and Implicit VR
-    Little Endian each alone (so the peer can accept any of them independently)."""
+    Little Endian each alone (so the peer can accept any of them independently) when an
+    object of the class can be sent in them (none is proposed that could not be served)."""
     wanted: dict[str, list[str]] = {}
+    native: set[str] = set()
     for item in items:
         syntaxes = wanted.setdefault(item.sop_class_uid, [])
         if item.transfer_syntax_uid not in syntaxes:
             syntaxes.append(item.transfer_syntax_uid)
+            if decodable(item.transfer_syntax_uid):
+                native.add(item.sop_class_uid)
     contexts = []
     for sop_class, syntaxes in wanted.items():
-        for syntax in [*syntaxes, *(s for s in NATIVE_SYNTAXES if s not in syntaxes)]:
+        extra = [s for s in NATIVE_SYNTAXES if s not in syntaxes] if sop_class in native else []
+        for syntax in [*syntaxes, *extra]:
             contexts.append(build_context(sop_class, [syntax]))
     if len(contexts) > MAX_CONTEXTS:
         raise SendError(
@@ -146,13 +178,35 @@ def requested_contexts(items: Iterable[StoreItem]) -> list[PresentationContext]:
 
 
 def choose_syntax(accepted: dict[str, list[str]], item: StoreItem) -> str:
-    """The accepted transfer syntax to send ``item`` in: the stored one if the peer accepted
-    it for the SOP class, else Explicit, else Implicit VR Little Endian; "" if none."""
+    """The accepted transfer syntax to send ``item`` in: the stored one (or one of its
+    :data:`CARRIERS`) if the peer accepted it for the SOP class, else Explicit, else
+    Implicit VR Little Endian when the object can be decoded; "" if none."""
     syntaxes = accepted.get(item.sop_class_uid, [])
-    for syntax in (item.transfer_syntax_uid, *NATIVE_SYNTAXES):
+    stored = item.transfer_syntax_uid
+    for syntax in (stored, *CARRIERS.get(stored, ())):
         if syntax in syntaxes:
             return syntax
+    if decodable(stored):
+        for syntax in NATIVE_SYNTAXES:
+            if syntax in syntaxes:
+                return syntax
     return ""
+
+
+SENDING_PREFERENCE = (*NATIVE_SYNTAXES, *(c for carried in CARRIERS.values() for c in carried))
+"""Transfer syntaxes the archive prefers, in this order, for a presentation context in which
+it sends (C-GET with SCP/SCU role selection) and the requestor offers several: any object
+can be sent natively (decoded when needed), and a carrier serves more stored objects as
+they are than the syntax it carries."""
+
+
+def sending_syntax(offered: Sequence[str], supported: Sequence[str]) -> str | None:
+    """The transfer syntax to accept for a context in which the archive sends: the first of
+    :data:`SENDING_PREFERENCE` offered, else the first offered it supports."""
+    for syntax in (*SENDING_PREFERENCE, *offered):
+        if syntax in offered and syntax in supported:
+            return syntax
+    return None
 
 
 def transcode(data: bytes, syntax: str) -> bytes:
@@ -215,7 +269,7 @@ def _send_one(
         return ItemResult(uid, Outcome.FAILED, -1, reason="no accepted presentation context")
     try:
         data = item.load()
-        transcoded = syntax != item.transfer_syntax_uid
+        transcoded = not sends_as_stored(syntax, item.transfer_syntax_uid)
         dataset = transcode(data, syntax) if transcoded else split_part10(data)
     except Exception as exc:  # a decoder or store failure fails this object only
         logger.warning("cannot prepare instance %s: %s", uid, type(exc).__name__)

@@ -58,6 +58,9 @@ PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP_INSTANCE = 0x0111
 """PS3.7 C.5: Duplicate SOP Instance (stored already, with other content)."""
 
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+"""PS3.7 C.5 / PS3.4 B.2.3: Refused, SOP Class not supported."""
+
 OUT_OF_RESOURCES = 0xA700
 """PS3.4 B.2.3 / C.4: refused, out of resources."""
 

@@ -12,6 +12,7 @@ from pacs.dimse import status
 from pacs.dimse.part10 import part10
 from pacs.dimse.policy import AEPolicy
 from pacs.ingest import IngestOutcome, IngestService, Source, StoreStatus
+from pacs.ingest.acceptance import AcceptanceWarning
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,27 @@ C_STORE_STATUS = {
     StoreStatus.IDENTITY_CONFLICT: status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     StoreStatus.QUARANTINED: status.COERCION_OF_DATA_ELEMENTS,
     StoreStatus.INVALID: status.CANNOT_UNDERSTAND,
-    StoreStatus.SOP_CLASS_MISMATCH: status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    StoreStatus.SOP_CLASS_NOT_SUPPORTED: status.SOP_CLASS_NOT_SUPPORTED,
     StoreStatus.TOO_LARGE: status.OUT_OF_RESOURCES,
     StoreStatus.FAILED: status.OUT_OF_RESOURCES,
 }
+
+
+def warning_status(warnings: tuple[AcceptanceWarning, ...]) -> int:
+    """The warning status of an object stored with acceptance warnings: 0xB007 when the
+    data set is of another SOP Class than it was sent as, else 0xB000 (it is filed under
+    its own SOP Instance UID, not the one it was sent as)."""
+    if AcceptanceWarning.SOP_CLASS_UID_DIFFERS in warnings:
+        return status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING
+    return status.COERCION_OF_DATA_ELEMENTS
+
+
+def store_status(outcome: IngestOutcome) -> tuple[int, str]:
+    """The C-STORE status of an ingest outcome and its ErrorComment ("" on success)."""
+    code = C_STORE_STATUS[outcome.status]
+    if code == status.SUCCESS and outcome.warnings:
+        return warning_status(outcome.warnings), "; ".join(outcome.warnings)[:64]
+    return code, ("" if code == status.SUCCESS else error_comment(outcome))
 
 
 def error_comment(outcome: IngestOutcome) -> str:
@@ -96,8 +114,8 @@ class StoreHandler:
                 organisation=self.policy.organisation(calling_ae_title, host),
             )
             outcome = self.ingest.store_part10(data, source)
-            code, study = C_STORE_STATUS[outcome.status], outcome.study_instance_uid
-            comment = "" if code == status.SUCCESS else error_comment(outcome)
+            study = outcome.study_instance_uid
+            code, comment = store_status(outcome)
         except Exception:
             log.exception("C-STORE failed")
             code, comment = status.OUT_OF_RESOURCES, "internal error; nothing stored"

@@ -30,7 +30,7 @@ from pacs.dimse.acceptor import (
     decode_associate_rq,
     is_storage_request,
 )
-from pacs.dimse.ae import STORAGE_SOP_CLASSES, build_ae
+from pacs.dimse.ae import build_ae
 from pacs.dimse.find import FindService, match_options
 from pacs.dimse.handlers import Handlers
 from pacs.dimse.limits import AssociationSlots, MemoryBudget
@@ -38,14 +38,17 @@ from pacs.dimse.policy import AEPolicy
 from pacs.dimse.pynetdicom_internals import (
     SharedContexts,
     TunedRequestHandler,
+    choose_sending_syntaxes,
     quiet_identifier_logging,
 )
 from pacs.dimse.retrieve import RetrieveService
+from pacs.dimse.scu import sending_syntax
 from pacs.dimse.store import StoreHandler
 from pacs.dimse.tls import peer_tls_args, server_context
 from pacs.dimse.worklist import WorklistService
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine, session_factory
+from pacs.ingest.acceptance import STORAGE_SOP_CLASSES
 from pacs.logging import configure_logging
 from pacs.runtime import build_ingest
 from pacs.worklist.source import WorklistSource
@@ -74,6 +77,7 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     configure_logging(settings)
     if not settings.log_phi:  # pynetdicom's per-message log handlers print identifiers
         quiet_identifier_logging()
+    choose_sending_syntaxes(sending_syntax)  # C-GET: accept what the archive can serve
     policy = AEPolicy(settings.allowed_aes, settings.accept_any_ae)
     ingest = build_ingest(settings)
     audit_export.install(settings.audit_syslog_url)

@@ -17,7 +17,8 @@ from pydicom.errors import InvalidDicomError as PydicomInvalid
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from pacs.errors import InvalidDicomError, SOPClassMismatchError
+from pacs.errors import InvalidDicomError
+from pacs.ingest.acceptance import check_pixel_data, check_sop_class
 from pacs.ingest.structure import check_complete, dataset_offset
 from pacs.storage.keys import require_uid
 
@@ -89,7 +90,9 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def parse_part10(data: bytes) -> Dataset:
-    """Read the header of a Part-10 object (pixel data is skipped, not decoded)."""
+    """Read the header of a Part-10 object (pixel data is skipped, not decoded); raise
+    ``InvalidDicomError`` unless it is whole and its native Pixel Data (if any) is as long
+    as its Image Pixel module says (``pacs.ingest.acceptance``)."""
     if len(data) < 132 or data[128:132] != b"DICM":
         raise InvalidDicomError("not a DICOM Part-10 object (no 'DICM' prefix after the preamble)")
     try:
@@ -100,14 +103,13 @@ def parse_part10(data: bytes) -> Dataset:
         raise InvalidDicomError(f"cannot parse DICOM object: {type(exc).__name__}: {exc}") from exc
     # pydicom accepts a truncated object silently: check that every element is whole
     implicit, little_endian = ds.original_encoding
-    has_pixels = check_complete(
+    pixel_data_length = check_complete(
         memoryview(data)[dataset_offset(data) :],
         implicit=bool(implicit),
         little_endian=little_endian is not False,
         deflated=_is_deflated(ds.file_meta.get("TransferSyntaxUID")),
     )
-    if "Rows" in ds and "Columns" in ds and not has_pixels:
-        raise InvalidDicomError("incomplete image: Rows and Columns but no Pixel Data")
+    check_pixel_data(ds, pixel_data_length)
     return ds
 
 
@@ -119,14 +121,15 @@ def _is_deflated(transfer_syntax: UID | None) -> bool:
 
 
 def extract(ds: Dataset) -> InstanceAttributes:
-    """Validate the UIDs of ``ds`` and return its index attributes.
+    """Validate the UIDs of ``ds`` and return its index attributes (the data set's own
+    UIDs, whatever its File Meta Information says).
 
-    Raises ``InvalidDicomError`` naming the first bad attribute; element values that pydicom
+    Raises ``SOPClassNotSupportedError`` for a data set of no storage SOP class and
+    ``InvalidDicomError`` naming the first bad attribute; element values that pydicom
     cannot decode are reported the same way.
     """
     try:
         meta = ds.file_meta
-        sop_class = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
         attributes = InstanceAttributes(
             patient_id=_text(ds, "PatientID", 64),
             issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
@@ -151,7 +154,7 @@ def extract(ds: Dataset) -> InstanceAttributes:
             series_time=_text(ds, "SeriesTime", 16),
             station_name=_text(ds, "StationName", 16),
             sop_instance_uid=require_uid("SOPInstanceUID", ds.get("SOPInstanceUID")),
-            sop_class_uid=require_uid("SOPClassUID", sop_class),
+            sop_class_uid=require_uid("SOPClassUID", ds.get("SOPClassUID")),
             instance_number=_int(ds, "InstanceNumber"),
             transfer_syntax_uid=require_uid("TransferSyntaxUID", meta.get("TransferSyntaxUID")),
             rows=_int(ds, "Rows"),
@@ -166,14 +169,5 @@ def extract(ds: Dataset) -> InstanceAttributes:
         raise
     except Exception as exc:  # a value pydicom cannot decode
         raise InvalidDicomError(f"cannot read attributes: {type(exc).__name__}: {exc}") from exc
-    meta_class = meta.get("MediaStorageSOPClassUID")
-    if meta_class and meta_class != attributes.sop_class_uid:
-        raise SOPClassMismatchError(
-            f"SOPClassUID {attributes.sop_class_uid} does not match {meta_class} it was sent as"
-        )
-    meta_sop = meta.get("MediaStorageSOPInstanceUID")
-    if meta_sop and meta_sop != attributes.sop_instance_uid:
-        raise InvalidDicomError(
-            "MediaStorageSOPInstanceUID in the file meta does not match SOPInstanceUID"
-        )
+    check_sop_class(ds)
     return attributes

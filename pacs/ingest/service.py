@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from sqlalchemy import Connection, Engine, select
@@ -32,10 +32,11 @@ from pacs.config import DuplicatePolicy, IdentityConflictPolicy
 from pacs.errors import (
     IdentityConflictError,
     InvalidDicomError,
-    SOPClassMismatchError,
+    SOPClassNotSupportedError,
     StorageError,
 )
 from pacs.index.engine import WRITE, wal_group_commit, writer_turn
+from pacs.ingest.acceptance import AcceptanceWarning, as_part10, meta_warnings
 from pacs.ingest.attributes import InstanceAttributes, extract, parse_part10
 from pacs.ingest.events import IngestEvents
 from pacs.ingest.indexer import (
@@ -68,7 +69,7 @@ class StoreStatus(StrEnum):
     IDENTITY_CONFLICT = "identity_conflict"  # a UID held for another patient/study: refused
     QUARANTINED = "quarantined"  # identity conflict, held durably out of the archive
     INVALID = "invalid"  # not a storable DICOM object
-    SOP_CLASS_MISMATCH = "sop_class_mismatch"  # data set is not of the SOP Class it was sent as
+    SOP_CLASS_NOT_SUPPORTED = "sop_class_not_supported"  # no storage SOP class (acceptance)
     TOO_LARGE = "too_large"  # larger than max_object_size
     FAILED = "failed"  # storage or database failure: nothing stored
 
@@ -80,12 +81,14 @@ class StoreStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class IngestOutcome:
-    """Result of one ingest call; ``reason`` is safe to log (no patient identifiers)."""
+    """Result of one ingest call; ``reason`` is safe to log (no patient identifiers);
+    ``warnings``: what a stored object's sender should be told (``pacs.ingest.acceptance``)."""
 
     status: StoreStatus
     sop_instance_uid: str = ""
     study_instance_uid: str = ""
     reason: str = ""
+    warnings: tuple[AcceptanceWarning, ...] = ()
 
 
 class IngestService:
@@ -114,7 +117,8 @@ class IngestService:
     def store_part10(
         self, data: bytes, source: Source, quarantine: bool | None = None
     ) -> IngestOutcome:
-        """Ingest one complete Part-10 object (preamble, file meta, dataset), byte-exact.
+        """Ingest one complete Part-10 object (preamble, file meta, dataset), byte-exact; a
+        missing preamble is supplied. What is accepted: ``pacs.ingest.acceptance``.
 
         ``quarantine`` overrides the identity conflict policy (False: refuse, as a release
         from the quarantine does).
@@ -122,7 +126,7 @@ class IngestService:
         started = time.perf_counter()
         if quarantine is None:
             quarantine = self.identity_conflict == IdentityConflictPolicy.QUARANTINE
-        outcome = self._store(data, source, quarantine)
+        outcome = self._store(as_part10(data), source, quarantine)
         metrics.record_ingest(source.channel, outcome.status, len(data), started)
         if not outcome.status.ok:
             log.warning(
@@ -132,6 +136,13 @@ class IngestService:
                 outcome.status,
                 outcome.reason,
             )
+        elif outcome.warnings:
+            log.warning(
+                "%s from %s stored with a warning: %s",
+                outcome.sop_instance_uid,
+                source.ae_title or source.channel,
+                "; ".join(outcome.warnings),
+            )
         return outcome
 
     def _store(self, data: bytes, source: Source, quarantine: bool) -> IngestOutcome:
@@ -140,20 +151,23 @@ class IngestService:
                 StoreStatus.TOO_LARGE, reason=f"{len(data)} bytes > {self.max_object_size}"
             )
         try:
-            attrs = extract(parse_part10(data))
-        except SOPClassMismatchError as exc:
-            return IngestOutcome(StoreStatus.SOP_CLASS_MISMATCH, reason=str(exc))
+            dataset = parse_part10(data)
+            attrs = extract(dataset)
+        except SOPClassNotSupportedError as exc:
+            return IngestOutcome(StoreStatus.SOP_CLASS_NOT_SUPPORTED, reason=str(exc))
         except InvalidDicomError as exc:
             return IngestOutcome(StoreStatus.INVALID, reason=str(exc))
         sha256 = hashlib.sha256(data).hexdigest()
         try:
             # one pooled connection for the duplicate check and the write transaction
             with self.writer.connect() as conn:
-                return self._store_new(conn, attrs, data, sha256, source, quarantine)
+                outcome = self._store_new(conn, attrs, data, sha256, source, quarantine)
         except SQLAlchemyError as exc:
             return IngestOutcome(
                 StoreStatus.FAILED, *_uids(attrs), reason=f"index: {type(exc).__name__}"
             )
+        warnings = meta_warnings(dataset)
+        return replace(outcome, warnings=warnings) if warnings and outcome.status.ok else outcome
 
     def _store_new(
         self,

@@ -24,7 +24,7 @@ _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
 _MAX_DEPTH = 64
-_PIXEL_DATA = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float, Double Float, Pixel Data
+_PIXEL_DATA = 0x7FE00010
 
 
 class _Walker:
@@ -35,7 +35,7 @@ class _Walker:
         self.end = len(data)
         self.u16 = struct.Struct("<H" if little_endian else ">H").unpack_from
         self.u32 = struct.Struct("<I" if little_endian else ">I").unpack_from
-        self.pixel_data = False  # a top-level pixel data element was seen
+        self.pixel_data_length: int | None = None  # of a top-level native Pixel Data
 
     def _need(self, pos: int, size: int, what: str) -> None:
         if pos + size > self.end:
@@ -65,8 +65,6 @@ class _Walker:
             tag = self._tag(pos)
             if tag == _ITEM_END and in_item:
                 return pos + 8
-            if depth == 0 and tag in _PIXEL_DATA:
-                self.pixel_data = True
             vr = b""
             if implicit or tag >> 16 == 0xFFFE:
                 length, pos = int(self.u32(self.data, pos + 4)[0]), pos + 8
@@ -77,6 +75,8 @@ class _Walker:
                     length, pos = int(self.u32(self.data, pos + 8)[0]), pos + 12
                 else:
                     length, pos = int(self.u16(self.data, pos + 6)[0]), pos + 8
+            if depth == 0 and tag == _PIXEL_DATA and length != _UNDEFINED:
+                self.pixel_data_length = length
             if length == _UNDEFINED:
                 # CP-246: an undefined-length UN is a sequence encoded in implicit VR
                 pos = self.items(pos, implicit or vr == b"UN", depth + 1)
@@ -109,10 +109,11 @@ class _Walker:
 
 def check_complete(
     dataset: bytes | memoryview, implicit: bool, little_endian: bool, deflated: bool = False
-) -> bool:
+) -> int | None:
     """Raise ``InvalidDicomError`` unless ``dataset`` (encoded, no meta) is structurally whole.
 
-    Returns True when the data set has a top-level pixel data element.
+    Returns the value length of its top-level native Pixel Data (7FE0,0010); None when it
+    has none, or encapsulated (compressed) Pixel Data.
     """
     if deflated:
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
@@ -126,7 +127,7 @@ def check_complete(
         implicit = True  # implicit VR despite the transfer syntax: pydicom reads it so too
     walker = _Walker(dataset, little_endian)
     walker.elements(0, implicit, in_item=False, depth=0)
-    return walker.pixel_data
+    return walker.pixel_data_length
 
 
 def _looks_like_vr(value: bytes) -> bool:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import config
-from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -17,6 +16,7 @@ from sqlalchemy import Select, distinct, func, select
 from sqlalchemy.orm import Session
 
 from pacs.index.models import Instance, Patient, Series, Study
+from pacs.query.charset import response_character_set
 from pacs.query.errors import QueryError
 from pacs.query.keys import COMPUTED, ENTITIES, KEYS, LEVELS, UNIQUE_KEYS, QueryModel
 from pacs.query.matching import DEFAULT_OPTIONS, MatchOptions, condition, values_of
@@ -170,27 +170,11 @@ def response(identifier: Dataset, level: str, match: Match) -> Dataset:
             value = int(value) if key.vr in _BINARY_INTS else value
             out.add(DataElement(key.tag, key.vr, value, validation_mode=config.IGNORE))
     out.QueryRetrieveLevel = level
-    if any(is_non_ascii(value) for _, value in match):
-        out.SpecificCharacterSet = response_character_set(identifier, out)
-    elif "SpecificCharacterSet" in identifier:
-        out.SpecificCharacterSet = ""
+    texts = [text for _, value in match for text in values_of(value)]
+    charset = response_character_set(identifier.get("SpecificCharacterSet"), texts)
+    if charset is not None:
+        out.SpecificCharacterSet = charset
     return out
-
-
-def response_character_set(identifier: Dataset, out: Dataset) -> str:
-    """The request's own single-byte character set when it can encode every value of the
-    response (a workstation asking in ISO_IR 144 gets ISO_IR 144 back), else UTF-8."""
-    requested = [str(v).strip() for v in values_of(identifier.get("SpecificCharacterSet"))]
-    codec = python_encoding.get(requested[0]) if len(requested) == 1 else None
-    if codec is None or requested[0] == "ISO_IR 192":
-        return "ISO_IR 192"
-    try:
-        for element in out:
-            for item in values_of(element.value):
-                item.encode(codec)
-    except UnicodeEncodeError:
-        return "ISO_IR 192"
-    return requested[0]
 
 
 def _value(session: Session, keyword: str, found: dict[str, Any]) -> Any:

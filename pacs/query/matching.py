@@ -139,10 +139,23 @@ def person_name(
     if options.pn_matching == PnMatching.COMPONENTS and value.strip("^"):
         components = value.rstrip("^").split("^")
         pattern = "^".join(like_pattern(part) if part else "%" for part in components)
-        return or_(name.like(pattern, escape=ESCAPE), name.like(pattern + "^%", escape=ESCAPE))
+        return _any_group(name, [pattern, pattern + "^%"], "=" in value)
     if has_wildcard(value):
-        return name.like(like_pattern(value), escape=ESCAPE)
-    return name == value
+        return _any_group(name, [like_pattern(value)], "=" in value)
+    if "=" in value:
+        return name == value
+    return or_(name == value, name.like(like_pattern(value) + "=%", escape=ESCAPE))
+
+
+def _any_group(
+    name: SQLColumnExpression[str], patterns: list[str], whole_only: bool
+) -> ColumnElement[bool]:
+    """The name matches one of ``patterns`` as a whole; unless ``whole_only`` (the key
+    names several component groups), also when its alphabetic component group (before the
+    first ``=``, PS3.5 6.2.1) does. Both are prefix patterns, which an index serves."""
+    tails = ("",) if whole_only else ("", "=%")
+    likes = [name.like(pattern + tail, escape=ESCAPE) for pattern in patterns for tail in tails]
+    return or_(*likes)
 
 
 def _word_prefix(name: SQLColumnExpression[str], pattern: str) -> ColumnElement[bool]:

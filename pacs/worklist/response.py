@@ -1,10 +1,9 @@
 """The C-FIND response identifier of a worklist item: the requested keys, in the right
 character set.
 
-Character set (docs/conformance.md): values are held as Unicode. A request whose
-SpecificCharacterSet names ISO_IR 144 (Latin/Cyrillic) is answered in ISO_IR 144 when every
-value fits it; otherwise any response with non-ASCII values is answered in ISO_IR 192
-(UTF-8). A request naming ISO_IR 192 is answered in ISO_IR 192.
+Character set (docs/conformance.md, ``pacs.query.charset``): values are held as Unicode; the
+response keeps the request's SpecificCharacterSet when every value fits it, else it is in
+ISO_IR 192 (UTF-8).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from pacs.query.charset import response_character_set
 from pacs.query.matching import values_of
 from pacs.worklist.items import WorklistItem
 from pacs.worklist.matching import STEP_KEYS, TOP_KEYS, step_of
@@ -70,22 +70,6 @@ def _full_step() -> Dataset:
     return step
 
 
-def _charset(requested: list[str], values: list[str]) -> str | None:
-    """The SpecificCharacterSet of the response (None: leave it out)."""
-    non_ascii = any(not value.isascii() for value in values)
-    wants_cyrillic = any(term.endswith("IR 144") for term in requested)
-    if wants_cyrillic:
-        try:
-            for value in values:
-                value.encode("iso8859_5")
-            return "ISO_IR 144"
-        except UnicodeEncodeError:
-            return "ISO_IR 192"
-    if non_ascii or "ISO_IR 192" in requested:
-        return "ISO_IR 192"
-    return "" if requested else None
-
-
 def response(identifier: Dataset, item: WorklistItem) -> Dataset:
     """The response identifier of ``item`` for the request ``identifier``."""
     out = Dataset()
@@ -104,7 +88,7 @@ def response(identifier: Dataset, item: WorklistItem) -> Dataset:
         if element.VR in ("PN", "LO", "SH", "LT", "ST", "UT", "UC")
         for text in values_of(element.value)
     ]
-    charset = _charset(values_of(identifier.get("SpecificCharacterSet")), texts)
+    charset = response_character_set(identifier.get("SpecificCharacterSet"), texts)
     if charset is not None:
         out.SpecificCharacterSet = charset
     return out

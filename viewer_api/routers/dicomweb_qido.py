@@ -24,7 +24,7 @@ from pacs.query.catalog import missing_level
 from pacs.query.find import Match, find_values
 from pacs.query.matching import MatchOptions
 from viewer_api.deps import AuditDep, SessionDep, SettingsDep
-from viewer_api.dicomweb_paths import Target, everything, one_series, one_study
+from viewer_api.dicomweb_paths import Target, dicomweb_base, everything, one_series, one_study
 from viewer_api.negotiation import DICOM_JSON, accepts
 from viewer_api.qido import QidoError, QidoQuery, parse, to_json
 
@@ -149,7 +149,7 @@ def _answer(
             "There are additional results that can be requested with offset="
             f"{query.offset + query.limit}"
         )
-    base = (settings.public_base_url or str(request.base_url)).rstrip("/") + "/dicomweb"
+    base = dicomweb_base(request, settings.public_base_url)
     body = [to_json(match, level, base) for match in matches]
     headers = {"Warning": ", ".join(f'{_WARN_AGENT} "{w}"' for w in query.warnings)}
     log.info("QIDO-RS %s: %d matches", level, len(body))

@@ -23,6 +23,7 @@ from pacs.ingest import IngestService, Source
 from pacs.storage import is_valid_uid
 from viewer_api.audit import AuditTrail
 from viewer_api.deps import AuditDep, IngestDep, SettingsDep
+from viewer_api.dicomweb_paths import dicomweb_base
 from viewer_api.multipart import (
     MultipartError,
     SpooledPart,
@@ -128,8 +129,7 @@ async def _answer(
     status = http_status(results)
     stored = sum(1 for r in results if r.stored)
     log.info("STOW-RS from %s: %d of %d stored", source.host, stored, len(results))
-    public = settings.public_base_url
-    base = (public or str(request.base_url)).rstrip("/") + "/dicomweb"
+    base = dicomweb_base(request, settings.public_base_url)
     body = response_json(response_dataset(results, base, study))
     warning = warning_header(results)
     return JSONResponse(

@@ -39,12 +39,19 @@ from pacs.metadata.selection import (
 from pacs.storage.base import ObjectStore
 from viewer_api.audit import AuditTrail
 from viewer_api.deps import AuditDep, EngineDep, SettingsDep, StoreDep
-from viewer_api.dicomweb_paths import Target, one_instance, one_series, one_study
+from viewer_api.dicomweb_paths import (
+    Target,
+    dicomweb_base,
+    one_instance,
+    one_series,
+    one_study,
+)
 from viewer_api.negotiation import accepts
 from viewer_api.wado import media, parts
 from viewer_api.wado.pixels import (
     decodable,
     decoded_frame,
+    frame_array,
     frame_from_object,
     stored_frame,
     transcode_part10,
@@ -54,7 +61,6 @@ from viewer_api.wado.render import (
     RenderError,
     RenderParams,
     Viewport,
-    frame_pixels,
     parse_quality,
     parse_viewport,
     parse_window,
@@ -128,16 +134,7 @@ class Call:
     @property
     def base(self) -> str:
         """The DICOMweb base URL for BulkDataURIs (absolute, as clients need them)."""
-        public = self.settings.public_base_url
-        if public:
-            return public.rstrip("/") + "/dicomweb"
-        url = self.request.base_url
-        server = self.request.scope.get("server")
-        # dicomweb-client sends Host without the port; when the host is the address this
-        # server listens on, the port it was reached at is the one to put back
-        if url.port is None and server and server[0] == url.hostname and server[1]:
-            url = url.replace(port=int(server[1]))
-        return str(url).rstrip("/") + "/dicomweb"
+        return dicomweb_base(self.request, self.settings.public_base_url)
 
 
 def _call(
@@ -417,7 +414,7 @@ def _rendered(call: Call, row: MetadataRow, number: int, params: RenderParams) -
     data = call.read(row.object_key)
     try:
         ds = dcmread(BytesIO(data), stop_before_pixels=True)
-        image = render(ds, frame_pixels(data, number), params)
+        image = render(ds, frame_array(data, number), params)
     except RenderError as exc:  # parameters that do not fit this image
         call.fail(400, str(exc))
     except Exception as exc:

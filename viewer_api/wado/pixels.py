@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from pacs.metadata.document import FrameIndex
 from pacs.storage.base import ObjectStore
@@ -49,15 +49,45 @@ def frame_from_object(data: bytes, number: int) -> bytes:
             if k == number:
                 return bytes(frame)
         raise IndexError(number)
-    # native; pydicom handles 1-bit packing and byte order via the decoded array
-    return decoded_frame(ds, number)
+    if int(ds.get("BitsAllocated", 0) or 0) == 1:
+        return packed_frame(ds, number)
+    # native; pydicom handles byte order via the decoded array
+    return decoded_frame(data, number)
 
 
-def decoded_frame(src: Dataset | bytes, number: int) -> bytes:
+def packed_frame(ds: Dataset, number: int) -> bytes:
+    """Frame ``number`` of 1-bit native pixel data as stored: its bits packed from the first
+    bit of the first byte (PS3.5 8.1.1), though frames need not start on a byte boundary."""
+    bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+    start = (number - 1) * bits
+    if start % 8 == 0 and bits % 8 == 0:
+        return bytes(ds.PixelData[start // 8 : (start + bits) // 8])
+    window = np.frombuffer(ds.PixelData[start // 8 : (start + bits + 7) // 8 + 1], np.uint8)
+    unpacked = np.unpackbits(window, bitorder="little")[start % 8 : start % 8 + bits]
+    return np.packbits(unpacked, bitorder="little").tobytes()
+
+
+def frame_array(data: bytes, number: int) -> np.ndarray:
+    """Frame ``number`` (1-based) of a Part-10 object decoded (colour as RGB); a deflated
+    data set is inflated first (pydicom's file reader of frames does not inflate)."""
+    if not _is_deflated(data):
+        return pixel_array(BytesIO(data), index=number - 1)
+    ds = dcmread(BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # inflated: native in memory
+    array, _ = get_decoder(ExplicitVRLittleEndian).as_array(ds, index=number - 1)
+    return array
+
+
+def _is_deflated(data: bytes) -> bool:
+    meta = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=[]).file_meta
+    syntax = meta.get("TransferSyntaxUID")
+    return bool(syntax is not None and syntax.is_deflated)
+
+
+def decoded_frame(data: bytes, number: int) -> bytes:
     """Frame ``number`` decoded to native little-endian pixel bytes (as in Explicit VR
     Little Endian); colour data planar configuration 0 (interleaved)."""
-    source = BytesIO(src) if isinstance(src, bytes) else src
-    array = pixel_array(source, index=number - 1)
+    array = frame_array(data, number)
     return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
 
 

@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels.utils import pixel_array
 
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 THUMBNAIL_SIZE = 128
@@ -109,11 +108,6 @@ def parse_quality(text: str | None) -> int:
     if not 1 <= quality <= 100:
         raise RenderError("quality must be an integer 1..100")
     return quality
-
-
-def frame_pixels(data: bytes, number: int) -> np.ndarray:
-    """Decoded frame ``number`` (1-based) of a Part-10 object (colour as RGB)."""
-    return pixel_array(BytesIO(data), index=number - 1)
 
 
 def _first(ds: Dataset, keyword: str) -> float | None:
