@@ -15,6 +15,7 @@ from pacs.archive_location import Init, describe, open_archive
 from pacs.config import Settings
 from pacs.jobs.cli import jobs_app, worker
 from pacs.quarantine_cli import quarantine_app
+from pacs.worklist_cli import worklist_app
 
 app = typer.Typer(help="Regional imaging archive.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Index database.", no_args_is_help=True)
@@ -24,6 +25,7 @@ app.add_typer(ae_app, name="ae")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(worklist_app, name="worklist")
 app.command("worker")(worker)
 
 DataDir = Annotated[

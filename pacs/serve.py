@@ -44,6 +44,8 @@ def run_serve(settings: Settings, http: bool) -> None:
         background.start()  # sweeper, job reaper, webhooks (and a worker)
         running.callback(background.stop)
         banner = f"DICOM: AE title {settings.ae_title} on {settings.host}:{dicom.port}"
+        if settings.hl7_port:
+            running.callback(_start_hl7_listener(settings))
         if http:
             running.callback(_start_emr_feed(settings))
             banner += f"  |  Web UI and API: http://{settings.host}:{settings.http_port}/"
@@ -79,6 +81,12 @@ def _start_emr_feed(settings: Settings) -> Callable[[], None]:
     from pacs.emr.feed import start_emr_feed
 
     return start_emr_feed(settings)
+
+
+def _start_hl7_listener(settings: Settings) -> Callable[[], None]:
+    from pacs.hl7.receiver import start_hl7_listener
+
+    return start_hl7_listener(settings)
 
 
 def _announce(banner: str, started: float, ready: Callable[[], bool]) -> None:

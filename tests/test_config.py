@@ -45,6 +45,10 @@ COMMA_SEPARATED: dict[str, tuple[str, Any]] = {
     ),
     "stable_after_seconds_by_ae": (" SLOWCT=120, MR1=0.5 ", {"SLOWCT": 120.0, "MR1": 0.5}),
     "worker_analysis_limits": ("ct-chest=1, test=4", {"ct-chest": 1, "test": 4}),
+    "worklist_station_organisations": (
+        "CT01=Clinic A| Clinic B, MR02=Clinic C",
+        {"CT01": ("Clinic A", "Clinic B"), "MR02": ("Clinic C",)},
+    ),
 }
 """The settings written as comma-separated strings in the environment, parsed once."""
 

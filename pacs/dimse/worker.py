@@ -64,7 +64,10 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     worklist_engine = create_index_engine(settings)
     handlers.worklist = WorklistService(
         WorklistSource(
-            FhirStore(worklist_engine), worklist_engine, settings.worklist_remove_on_arrival
+            FhirStore(worklist_engine),
+            worklist_engine,
+            settings.worklist_remove_on_arrival,
+            settings.worklist_station_organisations,
         )
     )
     ae = build_ae(settings, policy)

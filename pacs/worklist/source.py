@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import date, timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 PAGE = 500
 """ServiceRequests read per store search."""
 _PREFETCHED = frozenset(
-    {"Patient", "Practitioner", "PractitionerRole", "Organization", "Encounter"}
+    {"Patient", "Practitioner", "PractitionerRole", "Organization", "Encounter", "Device"}
 )
 
 
@@ -71,10 +71,20 @@ def prefilter(identifier: Dataset) -> list[tuple[str, str]]:
 class WorklistSource:
     """Reads worklist items for MWL C-FIND requests."""
 
-    def __init__(self, store: FhirStore, engine: Engine, remove_on_arrival: bool = False) -> None:
+    def __init__(
+        self,
+        store: FhirStore,
+        engine: Engine,
+        remove_on_arrival: bool = False,
+        station_organisations: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """``station_organisations``: AE title -> further organisations whose items that AE
+        is scheduled for (``PACS_WORKLIST_STATION_ORGANISATIONS``), besides its registry
+        entry's organisation."""
         self.store = store
         self.engine = engine
         self.remove_on_arrival = remove_on_arrival
+        self.station_organisations = dict(station_organisations or {})
 
     def __call__(self, identifier: Dataset) -> Iterator[WorklistItem]:
         """Items of the active ServiceRequests that pass the store's pre-filter."""
@@ -99,6 +109,11 @@ class WorklistSource:
                         .order_by(RemoteAE.title)
                     )
                     titles[organisation] = list(rows)
+                titles[organisation] += sorted(
+                    title
+                    for title, organisations in self.station_organisations.items()
+                    if organisation in organisations and title not in titles[organisation]
+                )
             return titles[organisation]
 
         params = [*prefilter(identifier), ("_count", str(PAGE))]  # _sort costs more than it gives
@@ -135,7 +150,8 @@ class WorklistSource:
         wanted: set[tuple[str, str]] = set()
         for request in requests:
             refs = [request.get("subject"), request.get("requester"), request.get("encounter")]
-            for ref in [*refs, *(request.get("performer") or [])]:
+            refs += request.get("performer") or []
+            for ref in refs:
                 kind, _, rid = str((ref or {}).get("reference") or "").partition("/")
                 if kind in _PREFETCHED and rid and (kind, rid) not in cache:
                     wanted.add((kind, rid))
