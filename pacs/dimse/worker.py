@@ -18,8 +18,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pacs.config import Settings
 from pacs.dimse.acceptor import StorageAcceptor, decode_associate_rq, is_storage_request
 from pacs.dimse.ae import STORAGE_SOP_CLASSES, build_ae
+from pacs.dimse.commitment import CommitmentHandler
 from pacs.dimse.find import FindService, match_options
 from pacs.dimse.handlers import Handlers
+from pacs.dimse.mpps import MppsHandler
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.pynetdicom_internals import (
     SharedContexts,
@@ -32,6 +34,7 @@ from pacs.dimse.worklist import WorklistService
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.logging import configure_logging
+from pacs.mpps.service import MppsService
 from pacs.runtime import build_ingest
 from pacs.worklist.source import WorklistSource
 
@@ -70,6 +73,8 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
             settings.worklist_station_organisations,
         )
     )
+    handlers.mpps = MppsHandler(MppsService(worklist_engine))
+    handlers.commitment = CommitmentHandler(settings, ingest.engine, ingest.store)
     ae = build_ae(settings, policy)
     send_lock = threading.Lock()
 

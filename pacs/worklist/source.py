@@ -2,9 +2,9 @@
 
 The store pre-filters by status, accession number and (widened by a day, since DICOM dates
 are wall-clock) the scheduled date; ``pacs.worklist.matching`` then decides every key.
-A referral leaves the worklist when its report is signed (``completed``, see
-``pacs.emr.review``), or, with ``remove_on_arrival``, as soon as a study with its accession
-number is in the archive.
+A referral leaves the worklist when a modality reports performing it (MPPS, see
+``pacs.mpps``), when its report is signed (``completed``, see ``pacs.emr.review``), or, with
+``remove_on_arrival``, as soon as a study with its accession number is in the archive.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pacs.fhir.resources import found
 from pacs.fhir.schema import FhirResource
 from pacs.fhir.store import FhirStore
 from pacs.index.models import RemoteAE, Study
+from pacs.mpps.tables import PerformedProcedureStep
 from pacs.query.matching import values_of
 from pacs.worklist.items import WorklistItem, item_from_service_request
 from pacs.worklist.matching import step_of
@@ -124,12 +125,30 @@ class WorklistSource:
             self._prefetch(entries, cache)
             items = [item_from_service_request(r, resolve, ae_titles_of) for r in entries]
             arrived = self._arrived([i.accession_number for i in items if i is not None])
+            held = self._performed([i.service_request_id for i in items if i is not None])
             for item in items:
-                if item is not None and item.accession_number not in arrived:
+                if (
+                    item is not None
+                    and item.accession_number not in arrived
+                    and item.service_request_id not in held
+                ):
                     yield item
             if not any(link.get("relation") == "next" for link in bundle.get("link") or []):
                 return
             offset += PAGE
+
+    def _performed(self, service_request_ids: list[str]) -> set[str]:
+        """The requests a modality has reported performing (MPPS in progress or completed)."""
+        if not service_request_ids:
+            return set()
+        with self.engine.connect() as conn:
+            rows = conn.scalars(
+                select(PerformedProcedureStep.service_request_id).where(
+                    PerformedProcedureStep.service_request_id.in_(sorted(set(service_request_ids))),
+                    PerformedProcedureStep.holds_step.is_(True),
+                )
+            )
+            return set(rows)
 
     def _arrived(self, accession_numbers: list[str]) -> set[str]:
         """The accession numbers that already have a study (with ``remove_on_arrival``)."""
