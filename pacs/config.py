@@ -129,6 +129,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "stable_after_seconds_by_ae": parse_ae_periods,
     "worker_analysis_limits": parse_limits,
     "worklist_station_organisations": parse_station_organisations,
+    "ian_destinations": lambda text: tuple(_entries(text)),
 }
 
 
@@ -236,6 +237,11 @@ class Settings(BaseSettings):
         le=65535,
         description="HL7 v2 MLLP listener port of `pacs serve` (orders ORM^O01 / OMI^O23 "
         "into the worklist); 0 = off.",
+    )
+    ian_destinations: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Registered AE titles (pacs ae add) that get an Instance Availability "
+        "Notification (N-CREATE) when a study becomes stable; empty: none.",
     )
     study_lifecycle: bool = Field(
         True, description="Track study stability, record the change feed, run the sweeper."

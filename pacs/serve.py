@@ -46,6 +46,7 @@ def run_serve(settings: Settings, http: bool) -> None:
         banner = f"DICOM: AE title {settings.ae_title} on {settings.host}:{dicom.port}"
         if settings.hl7_port:
             running.callback(_start_hl7_listener(settings))
+        running.callback(_start_ian(settings))
         if http:
             running.callback(_start_emr_feed(settings))
             banner += f"  |  Web UI and API: http://{settings.host}:{settings.http_port}/"
@@ -81,6 +82,12 @@ def _start_emr_feed(settings: Settings) -> Callable[[], None]:
     from pacs.emr.feed import start_emr_feed
 
     return start_emr_feed(settings)
+
+
+def _start_ian(settings: Settings) -> Callable[[], None]:
+    from pacs.ian import start_ian
+
+    return start_ian(settings)
 
 
 def _start_hl7_listener(settings: Settings) -> Callable[[], None]:

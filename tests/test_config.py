@@ -45,6 +45,7 @@ COMMA_SEPARATED: dict[str, tuple[str, Any]] = {
     ),
     "stable_after_seconds_by_ae": (" SLOWCT=120, MR1=0.5 ", {"SLOWCT": 120.0, "MR1": 0.5}),
     "worker_analysis_limits": ("ct-chest=1, test=4", {"ct-chest": 1, "test": 4}),
+    "ian_destinations": ("RIS1, ,WS2", ("RIS1", "WS2")),
     "worklist_station_organisations": (
         "CT01=Clinic A| Clinic B, MR02=Clinic C",
         {"CT01": ("Clinic A", "Clinic B"), "MR02": ("Clinic C",)},
