@@ -52,7 +52,12 @@ def import_items(
     from pacs.worklist.files import WorklistFileError, item_from_dataset, read_dataset
     from pacs.worklist.orders import OrderError, StoredOrder, store_order
 
-    settings = open_archive(Settings.load(**({"data_dir": data_dir} if data_dir else {})), init)
+    try:
+        settings = Settings.load(**({"data_dir": data_dir} if data_dir is not None else {}))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    settings = open_archive(settings, init)
     engine = create_index_engine(settings)
     upgrade(engine)
     store = FhirStore(engine)

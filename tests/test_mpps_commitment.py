@@ -128,7 +128,23 @@ def test_order_worklist_mpps_and_commitment_end_to_end(
         "Chest arterial",
     )
     assert step.ScheduledProtocolCodeSequence[0].CodeValue == "P-CHEST-ART"
-    study_uid = str(item.StudyInstanceUID) if "StudyInstanceUID" in item else generate_uid()
+    study_uid = "1.2.826.0.1.3680043.8.498.2001"  # ZDS-1 of the order
+    # the same item for a pynetdicom MWL C-FIND, by the step's station and ID keys
+    finder = AE(ae_title="CT01")
+    finder.add_requested_context(MWL)
+    assoc = finder.associate("127.0.0.1", archive.dicom_port, ae_title="PACS")
+    assert assoc.is_established
+    query = Dataset()
+    query.StudyInstanceUID = ""
+    query.Allergies = ""
+    step_keys = Dataset()
+    step_keys.ScheduledProcedureStepID = "SPS-2001"
+    step_keys.Modality = "CT"
+    step_keys.ScheduledProcedureStepStartDate = "20261126"
+    query.ScheduledProcedureStepSequence = Sequence([step_keys])
+    answers = [i for s, i in assoc.send_c_find(query, MWL) if s and s.Status == 0xFF00]
+    assoc.release()
+    assert [(a.StudyInstanceUID, a.Allergies) for a in answers] == [(study_uid, "Iodine")]
 
     # 2. MPPS N-CREATE IN PROGRESS (pynetdicom) -> the step leaves the worklist
     engine = create_index_engine(archive.backend.settings)
