@@ -69,6 +69,10 @@ def _role(uid: str) -> str:
         return f"SCP (Query/Retrieve {name.rsplit(' - ', 1)[-1]})"
     if "Worklist" in name:
         return "SCP (Modality Worklist)"
+    if "Performed Procedure Step" in name:
+        return "SCP (MPPS)"
+    if "Storage Commitment" in name:
+        return "SCP (Storage Commitment)"
     return "SCP (Storage)"
 
 
@@ -81,10 +85,12 @@ def sop_classes(ae: AE) -> str:
     rows.append("")
     storage = sum(_role(uid) == "SCP (Storage)" for uid in uids)
     worklist = sum(_role(uid) == "SCP (Modality Worklist)" for uid in uids)
-    others = len(uids) - storage - worklist - 1
+    normalized = sum(_role(uid) in ("SCP (MPPS)", "SCP (Storage Commitment)") for uid in uids)
+    others = len(uids) - storage - worklist - normalized - 1
     rows.append(
         f"{storage} Storage SOP Classes, {others} Query/Retrieve SOP Classes,"
-        f" {worklist} Modality Worklist SOP Class and the Verification SOP Class."
+        f" {worklist} Modality Worklist SOP Class, the Modality Performed Procedure Step and"
+        " Storage Commitment Push Model SOP Classes and the Verification SOP Class."
     )
     return "\n".join(rows)
 

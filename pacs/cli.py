@@ -17,6 +17,7 @@ from pacs.config import Settings
 from pacs.jobs.cli import jobs_app, worker
 from pacs.quarantine_cli import quarantine_app
 from pacs.users_cli import token, users_app
+from pacs.worklist_cli import worklist_app
 
 app = typer.Typer(help="Regional imaging archive.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Index database.", no_args_is_help=True)
@@ -28,6 +29,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(audit_app, name="audit")
 app.add_typer(users_app, name="users")
+app.add_typer(worklist_app, name="worklist")
 app.command("worker")(worker)
 app.command("token")(token)
 

@@ -123,6 +123,19 @@ def parse_ae_periods(text: str) -> dict[str, float]:
     return periods
 
 
+def parse_station_organisations(text: str) -> dict[str, tuple[str, ...]]:
+    """``"CT01=Clinic A|Clinic B,MR02=Clinic C"`` -> ``{"CT01": ("Clinic A", "Clinic B"), ...}``;
+    ValueError on bad entries."""
+    mapping: dict[str, tuple[str, ...]] = {}
+    for entry in _entries(text):
+        title, sep, names = entry.partition("=")
+        organisations = tuple(n.strip() for n in names.split("|") if n.strip())
+        if not sep or not 0 < len(title.strip()) <= 16 or not organisations:
+            raise ValueError(f"bad entry {entry!r}: expected AE_TITLE=Organisation[|Organisation]")
+        mapping[title.strip()] = organisations
+    return mapping
+
+
 def parse_limits(text: str) -> dict[str, int]:
     """``"ct-chest=1,test=4"`` -> ``{"ct-chest": 1, "test": 4}``; ValueError on bad entries."""
     limits: dict[str, int] = {}
@@ -174,6 +187,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "webhook_allowed_networks": parse_networks,
     "dicom_tls_ae_certificates": parse_pairs,
     "dicom_tls_peers": lambda text: tuple(_entries(text)),
+    "worklist_station_organisations": parse_station_organisations,
+    "ian_destinations": lambda text: tuple(_entries(text)),
 }
 
 
@@ -412,6 +427,23 @@ class Settings(BaseSettings):
         False,
         description="Drop a worklist step once a study with its accession number arrives "
         "(default: once its referral is completed by a signed report).",
+    )
+    worklist_station_organisations: Annotated[dict[str, tuple[str, ...]], NoDecode] = Field(
+        default_factory=dict,
+        description="AEs that also serve other organisations' worklist items, "
+        "'CT01=Clinic A|Clinic B,MR02=Clinic C' (besides their registered organisation).",
+    )
+    hl7_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="HL7 v2 MLLP listener port of `pacs serve` (orders ORM^O01 / OMI^O23 "
+        "into the worklist); 0 = off.",
+    )
+    ian_destinations: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Registered AE titles (pacs ae add) that get an Instance Availability "
+        "Notification (N-CREATE) when a study becomes stable; empty: none.",
     )
     study_lifecycle: bool = Field(
         True, description="Track study stability, record the change feed, run the sweeper."

@@ -16,6 +16,7 @@ from pacs.index.models import Base  # patient, study, series, instance, remote_a
 from pacs.ingest import quarantine  # noqa: F401  (quarantine)
 from pacs.jobs import models as jobs_models  # noqa: F401  (study_state, job, webhook, ...)
 from pacs.metadata import records  # noqa: F401  (instance_metadata)
+from pacs.mpps import tables as mpps_tables  # noqa: F401  (mpps)
 from pacs.query import indexes as query_indexes  # noqa: F401  (ix_patient_name_lower)
 from pacs.security import tables as security_tables  # noqa: F401  (user_account)
 

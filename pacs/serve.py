@@ -50,6 +50,9 @@ def run_serve(settings: Settings, http: bool) -> None:
         banner = f"DICOM: AE title {settings.ae_title} on {settings.host}:{dicom.port}"
         if dicom.tls_port:
             banner += f" (TLS {dicom.tls_port})"
+        if settings.hl7_port:
+            running.callback(_start_hl7_listener(settings))
+        running.callback(_start_ian(settings))
         if http:
             running.callback(_start_emr_feed(settings))
             scheme = "https" if settings.tls_certificate else "http"
@@ -93,6 +96,18 @@ def _start_emr_feed(settings: Settings) -> Callable[[], None]:
     from pacs.emr.feed import start_emr_feed
 
     return start_emr_feed(settings)
+
+
+def _start_ian(settings: Settings) -> Callable[[], None]:
+    from pacs.ian import start_ian
+
+    return start_ian(settings)
+
+
+def _start_hl7_listener(settings: Settings) -> Callable[[], None]:
+    from pacs.hl7.receiver import start_hl7_listener
+
+    return start_hl7_listener(settings)
 
 
 def _announce(banner: str, started: float, ready: Callable[[], bool]) -> None:

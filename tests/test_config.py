@@ -59,6 +59,11 @@ COMMA_SEPARATED: dict[str, tuple[str, Any]] = {
         {"CT1": "ct1.example.org", "MR2": "mr2"},
     ),
     "dicom_tls_peers": ("REMOTE1, REMOTE2", ("REMOTE1", "REMOTE2")),
+    "ian_destinations": ("RIS1, ,WS2", ("RIS1", "WS2")),
+    "worklist_station_organisations": (
+        "CT01=Clinic A| Clinic B, MR02=Clinic C",
+        {"CT01": ("Clinic A", "Clinic B"), "MR02": ("Clinic C",)},
+    ),
 }
 """The settings written as comma-separated strings in the environment, parsed once."""
 

@@ -21,7 +21,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs.config import Settings
+from pacs.dimse.commitment import STORAGE_COMMITMENT_PUSH_MODEL
 from pacs.dimse.find import FIND_SOP_CLASSES
+from pacs.dimse.mpps import MODALITY_PERFORMED_PROCEDURE_STEP
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.scu import archive_ae
 from pacs.dimse.worklist import MODALITY_WORKLIST_FIND
@@ -82,7 +84,10 @@ def build_ae(settings: Settings, policy: AEPolicy) -> AE:
         )
     for sop_class in RETRIEVE_SOP_CLASSES:
         ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    ae.add_supported_context(
-        MODALITY_WORKLIST_FIND, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-    )
+    for sop_class in (
+        MODALITY_WORKLIST_FIND,
+        MODALITY_PERFORMED_PROCEDURE_STEP,
+        STORAGE_COMMITMENT_PUSH_MODEL,
+    ):
+        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     return ae

@@ -18,7 +18,9 @@ from pynetdicom.events import Event
 
 from pacs import metrics
 from pacs.audit.dimse import DimseAudit, Peer, StudyTransfers
+from pacs.dimse.commitment import CommitmentHandler
 from pacs.dimse.find import FindService
+from pacs.dimse.mpps import MppsHandler
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.retrieve import RetrieveService
 from pacs.dimse.status import SUCCESS, UNABLE_TO_PROCESS
@@ -84,6 +86,8 @@ class Handlers:
         log.warning("association from %s refused: not the AE of its TLS certificate", title)
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.kill()  # as pynetdicom's own rejection: returns once the RJ is sent
+        self.mpps: MppsHandler | None = None
+        self.commitment: CommitmentHandler | None = None
 
     def on_accepted(self, event: Event) -> None:
         """Abort an association whose (title, address) pair is not on the allow-list."""
@@ -163,7 +167,20 @@ class Handlers:
             (evt.EVT_CONN_CLOSE, self.on_closed),
             *([(evt.EVT_C_FIND, self.on_c_find)] if self.find or self.worklist else []),
             *self._retrieve_bindings(),
+            *self._normalized_bindings(),
         ]
+
+    def _normalized_bindings(self) -> list[tuple[Any, Any]]:
+        """MPPS (N-CREATE, N-SET) and Storage Commitment (N-ACTION), when served."""
+        bindings: list[tuple[Any, Any]] = []
+        if self.mpps is not None:
+            bindings += [
+                (evt.EVT_N_CREATE, self.mpps.on_n_create),
+                (evt.EVT_N_SET, self.mpps.on_n_set),
+            ]
+        if self.commitment is not None:
+            bindings.append((evt.EVT_N_ACTION, self.commitment.on_n_action))
+        return bindings
 
     def _retrieve_bindings(self) -> list[tuple[Any, Any]]:
         """C-MOVE and C-GET, when this process serves retrieves."""

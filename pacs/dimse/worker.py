@@ -31,9 +31,11 @@ from pacs.dimse.acceptor import (
     is_storage_request,
 )
 from pacs.dimse.ae import build_ae
+from pacs.dimse.commitment import CommitmentHandler
 from pacs.dimse.find import FindService, match_options
 from pacs.dimse.handlers import Handlers
 from pacs.dimse.limits import AssociationSlots, MemoryBudget
+from pacs.dimse.mpps import MppsHandler
 from pacs.dimse.policy import AEPolicy
 from pacs.dimse.pynetdicom_internals import (
     SharedContexts,
@@ -50,6 +52,7 @@ from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.ingest.acceptance import STORAGE_SOP_CLASSES
 from pacs.logging import configure_logging
+from pacs.mpps.service import MppsService
 from pacs.runtime import build_ingest
 from pacs.worklist.source import WorklistSource
 
@@ -99,9 +102,14 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     worklist_engine = create_index_engine(settings)
     handlers.worklist = WorklistService(
         WorklistSource(
-            FhirStore(worklist_engine), worklist_engine, settings.worklist_remove_on_arrival
+            FhirStore(worklist_engine),
+            worklist_engine,
+            settings.worklist_remove_on_arrival,
+            settings.worklist_station_organisations,
         )
     )
+    handlers.mpps = MppsHandler(MppsService(worklist_engine))
+    handlers.commitment = CommitmentHandler(settings, ingest.engine, ingest.store)
     ae = build_ae(settings, policy)
     send_lock = threading.Lock()
 

@@ -85,6 +85,16 @@ _SPEC: dict[str, dict[str, tuple[str, ...]]] = {
         "part-of": (REFERENCE, "partOf", "Encounter"),
         "reason-code": (TOKEN, "reasonCode"),
     },
+    "Procedure": {
+        "identifier": (TOKEN, "identifier"),
+        "patient": (REFERENCE, "subject", "Patient"),
+        "subject": (REFERENCE, "subject"),
+        "status": (TOKEN, "status"),
+        "code": (TOKEN, "code"),
+        "date": (DATE, "performedDateTime|performedPeriod"),
+        "based-on": (REFERENCE, "basedOn"),
+        "encounter": (REFERENCE, "encounter", "Encounter"),
+    },
     "ServiceRequest": {
         "identifier": (TOKEN, "identifier"),
         "patient": (REFERENCE, "subject", "Patient"),

@@ -1,23 +1,13 @@
 """A Modality Worklist item (one Scheduled Procedure Step) made from a FHIR ServiceRequest.
 
-Mapping (docs/conformance.md, Modality Worklist SCP):
-
-- AccessionNumber, RequestedProcedureID, ScheduledProcedureStepID: the ServiceRequest's
-  accession number (identifier of type ACSN); one requested procedure with one step.
-- RequestedProcedureDescription, ScheduledProcedureStepDescription: ``code.text`` (or the
-  first coding's display); RequestedProcedureCodeSequence: the first coding of ``code`` that
-  is not a modality.
-- Modality: a coding in the DICOM system (DCM) in ``code``, ``category`` or ``orderDetail``.
-- ScheduledProcedureStepStartDate/Time: ``occurrenceDateTime`` (or ``occurrencePeriod.start``),
-  as the wall-clock date and time written there.
-- ScheduledStationAETitle: the registered remote AEs (``pacs ae``) of the performer
-  Organization (matched by name); ScheduledPerformingPhysicianName: the performer Practitioner
-  (directly or through a PractitionerRole).
-- ReferringPhysicianName, RequestingPhysician: the requester Practitioner.
-- StudyInstanceUID: an identifier in ``urn:dicom:uid`` if the request has one, else a UID
-  derived from the request's id (stable across queries).
-- Patient: PatientName, PatientID / IssuerOfPatientID (the MR identifier, else the first),
-  PatientBirthDate, PatientSex; AdmissionID: the Encounter's first identifier.
+One ServiceRequest is one Requested Procedure with one Scheduled Procedure Step. The mapping
+of every attribute is the table in docs/conformance.md (Modality Worklist SCP); in short:
+standard ServiceRequest elements where FHIR has one (identifier, code, priority, occurrence,
+performer, requester, locationCode, orderDetail, note, supportingInfo), contained resources
+for what belongs to another resource type (a Device as the scheduled station, Flag and
+AllergyIntolerance as medical alerts and allergies), and an extension named after the DICOM
+keyword (``urn:pacs:worklist:<Keyword>``, ``valueString``) for the rest.
+``pacs.worklist.orders`` writes the inverse mapping (importing items into ServiceRequests).
 """
 
 from __future__ import annotations
@@ -39,6 +29,9 @@ from pacs.emr.identifiers import (
 
 Resolver = Callable[[str, str], dict[str, Any] | None]
 """``resolve(resource_type, id)``: the current resource, or None if it does not exist."""
+
+Code = tuple[str, str, str]
+"""A coded entry: (CodeValue, CodingSchemeDesignator, CodeMeaning)."""
 
 MODALITIES = frozenset(
     [
@@ -69,13 +62,25 @@ MODALITIES = frozenset(
 )
 """Acquisition modality codes (DCM) accepted as the requested Modality."""
 
-_SCHEMES = {
+WORKLIST_EXTENSION = "urn:pacs:worklist:"
+"""Extension URL prefix: ``urn:pacs:worklist:<DICOM keyword>`` with a ``valueString``."""
+REQUESTED_PROCEDURE_ID = "urn:pacs:requested-procedure-id"
+"""ServiceRequest.identifier system of the RequestedProcedureID."""
+SCHEDULED_PROCEDURE_STEP_ID = "urn:pacs:scheduled-procedure-step-id"
+"""ServiceRequest.identifier system of the ScheduledProcedureStepID."""
+
+SCHEMES = {
     "http://loinc.org": "LN",
     "http://snomed.info/sct": "SCT",
     DCM: "DCM",
     "http://www.radlex.org": "RADLEX",
 }
-_PRIORITY = {"routine": "ROUTINE", "urgent": "HIGH", "asap": "HIGH", "stat": "STAT"}
+"""FHIR code systems and their DICOM Coding Scheme Designators."""
+CODING_SCHEME = "urn:pacs:coding-scheme:"
+"""Code system of any other DICOM Coding Scheme Designator: ``urn:pacs:coding-scheme:<CSD>``;
+a code in a system that is neither this nor in ``SCHEMES`` is given as ``99LOCAL``."""
+PRIORITIES = {"routine": "ROUTINE", "urgent": "HIGH", "asap": "HIGH", "stat": "STAT"}
+"""ServiceRequest.priority -> RequestedProcedurePriority."""
 _SEX = {"male": "M", "female": "F", "other": "O", "unknown": "O"}
 
 
@@ -87,7 +92,7 @@ class WorklistItem:
     accession_number: str
     requested_procedure_id: str
     requested_procedure_description: str
-    requested_procedure_code: tuple[str, str, str] | None  # (value, scheme, meaning)
+    requested_procedure_code: Code | None
     requested_procedure_priority: str
     study_instance_uid: str
     modality: str
@@ -106,6 +111,15 @@ class WorklistItem:
     patient_sex: str
     admission_id: str = ""
     scheduled_procedure_step_status: str = "SCHEDULED"
+    scheduled_station_names: tuple[str, ...] = ()
+    scheduled_procedure_step_location: str = ""
+    scheduled_protocol_codes: tuple[Code, ...] = ()
+    medical_alerts: tuple[str, ...] = ()
+    allergies: tuple[str, ...] = ()
+    requested_contrast_agent: str = ""
+    pre_medication: str = ""
+    requested_procedure_comments: str = ""
+    comments_on_the_scheduled_procedure_step: str = ""
 
 
 def person_name(resource: dict[str, Any] | None) -> str:
@@ -136,47 +150,95 @@ def _date_time(value: str) -> tuple[str, str]:
     return date.replace("-", ""), time.replace(":", "")
 
 
+def _is_modality(coding: dict[str, Any]) -> bool:
+    return coding.get("system") == DCM and coding.get("code") in MODALITIES
+
+
 def _modality(service_request: dict[str, Any]) -> str:
     concepts = [service_request.get("code") or {}]
     concepts += service_request.get("category") or []
     concepts += service_request.get("orderDetail") or []
     for concept in concepts:
         for coding in concept.get("coding") or []:
-            if coding.get("system") == DCM and coding.get("code") in MODALITIES:
+            if _is_modality(coding):
                 return str(coding["code"])
     return ""
 
 
-def _procedure_code(code: dict[str, Any]) -> tuple[str, str, str] | None:
-    for coding in code.get("coding") or []:
-        if coding.get("system") == DCM and coding.get("code") in MODALITIES:
-            continue
-        if coding.get("code"):
-            scheme = _SCHEMES.get(str(coding.get("system") or ""), "99LOCAL")
-            return str(coding["code"]), scheme, str(coding.get("display") or code.get("text") or "")
-    return None
+def _scheme(system: str) -> str:
+    if system.startswith(CODING_SCHEME):
+        return system.removeprefix(CODING_SCHEME)
+    return SCHEMES.get(system, "99LOCAL")
 
 
-def _description(code: dict[str, Any]) -> str:
-    if code.get("text"):
-        return str(code["text"])
-    for coding in code.get("coding") or []:
+def _codes(concept: dict[str, Any]) -> list[Code]:
+    """The codings of a CodeableConcept that are not modalities, as DICOM codes."""
+    return [
+        (
+            str(coding["code"]),
+            _scheme(str(coding.get("system") or "")),
+            str(coding.get("display") or concept.get("text") or ""),
+        )
+        for coding in concept.get("coding") or []
+        if coding.get("code") and not _is_modality(coding)
+    ]
+
+
+def _text(concept: dict[str, Any]) -> str:
+    """A CodeableConcept's text, else its first coding's display."""
+    if concept.get("text"):
+        return str(concept["text"])
+    for coding in concept.get("coding") or []:
         if coding.get("display"):
             return str(coding["display"])
     return ""
 
 
-def _practitioner(reference: dict[str, Any], resolve: Resolver) -> dict[str, Any] | None:
-    """The Practitioner of a reference to a Practitioner or a PractitionerRole."""
-    practitioner_id = reference_id(reference, "Practitioner")
-    if practitioner_id:
-        return resolve("Practitioner", practitioner_id)
-    role_id = reference_id(reference, "PractitionerRole")
-    role = resolve("PractitionerRole", role_id) if role_id else None
-    if role is None:
+def extension_values(resource: dict[str, Any], keyword: str) -> list[str]:
+    """The ``valueString`` of every ``urn:pacs:worklist:<keyword>`` extension."""
+    url = WORKLIST_EXTENSION + keyword
+    return [
+        str(e["valueString"])
+        for e in resource.get("extension") or []
+        if e.get("url") == url and e.get("valueString")
+    ]
+
+
+def _extension(resource: dict[str, Any], keyword: str) -> str:
+    values = extension_values(resource, keyword)
+    return values[0] if values else ""
+
+
+def _identifier(service_request: dict[str, Any], system: str) -> str:
+    for identifier in service_request.get("identifier") or []:
+        if identifier.get("system") == system and identifier.get("value"):
+            return str(identifier["value"])
+    return ""
+
+
+def _referenced(
+    service_request: dict[str, Any], reference: dict[str, Any] | None, resolve: Resolver
+) -> dict[str, Any] | None:
+    """The resource a reference points to: a contained one (``#id``) or a stored one."""
+    text = str((reference or {}).get("reference") or "")
+    if text.startswith("#"):
+        return next(
+            (r for r in service_request.get("contained") or [] if r.get("id") == text[1:]), None
+        )
+    kind, _, rest = text.partition("/")
+    if not kind or not rest:
         return None
-    inner = reference_id(role.get("practitioner"), "Practitioner")
-    return resolve("Practitioner", inner) if inner else None
+    return resolve(kind, rest.split("/_history/")[0])
+
+
+def _practitioner(
+    service_request: dict[str, Any], reference: dict[str, Any], resolve: Resolver
+) -> dict[str, Any] | None:
+    """The Practitioner of a reference to a Practitioner or a PractitionerRole."""
+    target = _referenced(service_request, reference, resolve) or {}
+    if target.get("resourceType") == "PractitionerRole":
+        target = _referenced(service_request, target.get("practitioner"), resolve) or {}
+    return target if target.get("resourceType") == "Practitioner" else None
 
 
 def _organisation_name(reference: dict[str, Any], resolve: Resolver) -> str:
@@ -190,12 +252,50 @@ def _organisation_name(reference: dict[str, Any], resolve: Resolver) -> str:
     return str((organisation or {}).get("name") or "")
 
 
+def _station_names(service_request: dict[str, Any], resolve: Resolver) -> tuple[str, ...]:
+    """The names of the performer Devices (contained or stored)."""
+    names: list[str] = []
+    for ref in service_request.get("performer") or []:
+        target = _referenced(service_request, ref, resolve) or {}
+        if target.get("resourceType") != "Device":
+            continue
+        for device_name in target.get("deviceName") or []:
+            if device_name.get("name") and device_name["name"] not in names:
+                names.append(str(device_name["name"]))
+    return tuple(names)
+
+
+def _supporting(
+    service_request: dict[str, Any], resolve: Resolver, resource_type: str
+) -> tuple[str, ...]:
+    """The code texts of the supportingInfo resources of ``resource_type`` (Flag: medical
+    alerts, AllergyIntolerance: allergies)."""
+    texts: list[str] = []
+    for ref in service_request.get("supportingInfo") or []:
+        target = _referenced(service_request, ref, resolve) or {}
+        if target.get("resourceType") == resource_type:
+            text = _text(target.get("code") or {})
+            if text:
+                texts.append(text)
+    return tuple(texts)
+
+
 def _study_instance_uid(service_request: dict[str, Any]) -> str:
-    for identifier in service_request.get("identifier") or []:
-        value = str(identifier.get("value") or "")
-        if identifier.get("system") == DICOM_UID and value:
-            return value.removeprefix("urn:oid:")
+    value = _identifier(service_request, DICOM_UID)
+    if value:
+        return value.removeprefix("urn:oid:")
     return str(generate_uid(entropy_srcs=["ServiceRequest", str(service_request.get("id"))]))
+
+
+def _location(service_request: dict[str, Any]) -> str:
+    for concept in service_request.get("locationCode") or []:
+        if _text(concept):
+            return _text(concept)
+    return ""
+
+
+def _notes(service_request: dict[str, Any]) -> str:
+    return "\n".join(str(n["text"]) for n in service_request.get("note") or [] if n.get("text"))
 
 
 def item_from_service_request(
@@ -222,41 +322,51 @@ def item_from_service_request(
     start_date, start_time = _date_time(occurrence) if occurrence else ("", "")
     performers = service_request.get("performer") or []
     performing = next(
-        (p for p in (_practitioner(ref, resolve) for ref in performers) if p is not None), None
+        (
+            p
+            for p in (_practitioner(service_request, ref, resolve) for ref in performers)
+            if p is not None
+        ),
+        None,
     )
-    titles: list[str] = []
+    titles = extension_values(service_request, "ScheduledStationAETitle")
     for ref in performers:
         name = _organisation_name(ref, resolve)
         if name:
             titles += [t for t in ae_titles_of(name) if t not in titles]
     requester = (
-        _practitioner(service_request["requester"], resolve)
+        _practitioner(service_request, service_request["requester"], resolve)
         if service_request.get("requester")
         else None
     )
-    encounter_id = reference_id(service_request.get("encounter"), "Encounter")
-    encounter = resolve("Encounter", encounter_id) if encounter_id else None
+    encounter = _referenced(service_request, service_request.get("encounter"), resolve)
     admission = next(
         (str(i["value"]) for i in (encounter or {}).get("identifier") or [] if i.get("value")),
         "",
     )
     code = service_request.get("code") or {}
-    description = _description(code)
+    description = _text(code)
+    codes = _codes(code)
     return WorklistItem(
         service_request_id=str(service_request.get("id") or ""),
         accession_number=accession,
-        requested_procedure_id=accession,
+        requested_procedure_id=_identifier(service_request, REQUESTED_PROCEDURE_ID) or accession,
         requested_procedure_description=description,
-        requested_procedure_code=_procedure_code(code),
-        requested_procedure_priority=_PRIORITY.get(str(service_request.get("priority")), ""),
+        requested_procedure_code=codes[0] if codes else None,
+        requested_procedure_priority=_extension(service_request, "RequestedProcedurePriority")
+        or PRIORITIES.get(str(service_request.get("priority")), ""),
         study_instance_uid=_study_instance_uid(service_request),
         modality=modality,
         scheduled_station_ae_titles=tuple(titles),
         start_date=start_date,
         start_time=start_time,
         scheduled_performing_physician_name=person_name(performing),
-        scheduled_procedure_step_id=accession,
-        scheduled_procedure_step_description=description,
+        scheduled_procedure_step_id=_identifier(service_request, SCHEDULED_PROCEDURE_STEP_ID)
+        or accession,
+        scheduled_procedure_step_description=_extension(
+            service_request, "ScheduledProcedureStepDescription"
+        )
+        or description,
         referring_physician_name=person_name(requester),
         requesting_physician=person_name(requester),
         patient_name=person_name(patient),
@@ -265,4 +375,17 @@ def item_from_service_request(
         patient_birth_date=str(patient.get("birthDate") or "").replace("-", ""),
         patient_sex=_SEX.get(str(patient.get("gender")), ""),
         admission_id=admission,
+        scheduled_station_names=_station_names(service_request, resolve),
+        scheduled_procedure_step_location=_location(service_request),
+        scheduled_protocol_codes=tuple(
+            c for detail in service_request.get("orderDetail") or [] for c in _codes(detail)
+        ),
+        medical_alerts=_supporting(service_request, resolve, "Flag"),
+        allergies=_supporting(service_request, resolve, "AllergyIntolerance"),
+        requested_contrast_agent=_extension(service_request, "RequestedContrastAgent"),
+        pre_medication=_extension(service_request, "PreMedication"),
+        requested_procedure_comments=_notes(service_request),
+        comments_on_the_scheduled_procedure_step=_extension(
+            service_request, "CommentsOnTheScheduledProcedureStep"
+        ),
     )

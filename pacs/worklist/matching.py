@@ -47,6 +47,9 @@ TOP_KEYS: dict[str, Key] = {
     "ReferringPhysicianName": Key("referring_physician_name", "pn"),
     "RequestingPhysician": Key("requesting_physician", "pn"),
     "AdmissionID": Key("admission_id"),
+    "MedicalAlerts": Key("medical_alerts", "list"),
+    "Allergies": Key("allergies", "list"),
+    "RequestedProcedureComments": Key("requested_procedure_comments"),
 }
 """Matching keys at the top level of the identifier."""
 
@@ -59,6 +62,11 @@ STEP_KEYS: dict[str, Key] = {
     "ScheduledProcedureStepID": Key("scheduled_procedure_step_id"),
     "ScheduledProcedureStepDescription": Key("scheduled_procedure_step_description"),
     "ScheduledProcedureStepStatus": Key("scheduled_procedure_step_status"),
+    "ScheduledStationName": Key("scheduled_station_names", "list"),
+    "ScheduledProcedureStepLocation": Key("scheduled_procedure_step_location"),
+    "RequestedContrastAgent": Key("requested_contrast_agent"),
+    "PreMedication": Key("pre_medication"),
+    "CommentsOnTheScheduledProcedureStep": Key("comments_on_the_scheduled_procedure_step"),
 }
 """Matching keys inside ScheduledProcedureStepSequence."""
 

@@ -8,6 +8,7 @@ ISO_IR 192 (UTF-8).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -17,23 +18,33 @@ from pydicom.sequence import Sequence
 
 from pacs.query.charset import response_character_set
 from pacs.query.matching import values_of
-from pacs.worklist.items import WorklistItem
+from pacs.worklist.items import Code, WorklistItem
 from pacs.worklist.matching import STEP_KEYS, TOP_KEYS, step_of
 
 _SKIP = {"SpecificCharacterSet", "QueryRetrieveLevel"}
 _STEP = "ScheduledProcedureStepSequence"
-_CODE = "RequestedProcedureCodeSequence"
 
 
-def _code_sequence(item: WorklistItem) -> Sequence:
-    if item.requested_procedure_code is None:
-        return Sequence()
-    value, scheme, meaning = item.requested_procedure_code
-    code = Dataset()
-    code.CodeValue = value[:16]
-    code.CodingSchemeDesignator = scheme
-    code.CodeMeaning = meaning[:64]
-    return Sequence([code])
+def code_sequence(codes: Iterable[Code | None]) -> Sequence:
+    """Code Sequence items (CodeValue, CodingSchemeDesignator, CodeMeaning)."""
+    items = []
+    for entry in codes:
+        if entry is None:
+            continue
+        value, scheme, meaning = entry
+        code = Dataset()
+        code.CodeValue = value[:16]
+        code.CodingSchemeDesignator = scheme
+        code.CodeMeaning = meaning[:64]
+        items.append(code)
+    return Sequence(items)
+
+
+CODE_SEQUENCES: dict[str, Callable[[WorklistItem], Sequence]] = {
+    "RequestedProcedureCodeSequence": lambda i: code_sequence([i.requested_procedure_code]),
+    "ScheduledProtocolCodeSequence": lambda i: code_sequence(i.scheduled_protocol_codes),
+}
+"""The code sequences an identifier may ask for (at the top level or in the step)."""
 
 
 def _value(keys: dict[str, Any], item: WorklistItem, keyword: str) -> Any:
@@ -51,8 +62,8 @@ def _fill(out: Dataset, requested: Dataset, keys: dict[str, Any], item: Worklist
         keyword = element.keyword or keyword_for_tag(element.tag)
         if keyword in _SKIP or element.tag.group == 0x0000 or keyword == _STEP:
             continue
-        if keyword == _CODE:
-            out.add(DataElement(element.tag, "SQ", _code_sequence(item)))
+        if keyword in CODE_SEQUENCES:
+            out.add(DataElement(element.tag, "SQ", CODE_SEQUENCES[keyword](item)))
             continue
         value = _value(keys, item, keyword)
         if value is None:
@@ -67,6 +78,7 @@ def _full_step() -> Dataset:
     step = Dataset()
     for keyword in STEP_KEYS:
         setattr(step, keyword, None)
+    step.ScheduledProtocolCodeSequence = Sequence()
     return step
 
 

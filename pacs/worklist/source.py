@@ -2,16 +2,16 @@
 
 The store pre-filters by status, accession number and (widened by a day, since DICOM dates
 are wall-clock) the scheduled date; ``pacs.worklist.matching`` then decides every key.
-A referral leaves the worklist when its report is signed (``completed``, see
-``pacs.emr.review``), or, with ``remove_on_arrival``, as soon as a study with its accession
-number is in the archive.
+A referral leaves the worklist when a modality reports performing it (MPPS, see
+``pacs.mpps``), when its report is signed (``completed``, see ``pacs.emr.review``), or, with
+``remove_on_arrival``, as soon as a study with its accession number is in the archive.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import date, timedelta
 from typing import Any
 
@@ -24,6 +24,7 @@ from pacs.fhir.resources import found
 from pacs.fhir.schema import FhirResource
 from pacs.fhir.store import FhirStore
 from pacs.index.models import RemoteAE, Study
+from pacs.mpps.tables import PerformedProcedureStep
 from pacs.query.matching import values_of
 from pacs.worklist.items import WorklistItem, item_from_service_request
 from pacs.worklist.matching import step_of
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 PAGE = 500
 """ServiceRequests read per store search."""
 _PREFETCHED = frozenset(
-    {"Patient", "Practitioner", "PractitionerRole", "Organization", "Encounter"}
+    {"Patient", "Practitioner", "PractitionerRole", "Organization", "Encounter", "Device"}
 )
 
 
@@ -71,10 +72,20 @@ def prefilter(identifier: Dataset) -> list[tuple[str, str]]:
 class WorklistSource:
     """Reads worklist items for MWL C-FIND requests."""
 
-    def __init__(self, store: FhirStore, engine: Engine, remove_on_arrival: bool = False) -> None:
+    def __init__(
+        self,
+        store: FhirStore,
+        engine: Engine,
+        remove_on_arrival: bool = False,
+        station_organisations: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """``station_organisations``: AE title -> further organisations whose items that AE
+        is scheduled for (``PACS_WORKLIST_STATION_ORGANISATIONS``), besides its registry
+        entry's organisation."""
         self.store = store
         self.engine = engine
         self.remove_on_arrival = remove_on_arrival
+        self.station_organisations = dict(station_organisations or {})
 
     def __call__(self, identifier: Dataset) -> Iterator[WorklistItem]:
         """Items of the active ServiceRequests that pass the store's pre-filter."""
@@ -99,6 +110,11 @@ class WorklistSource:
                         .order_by(RemoteAE.title)
                     )
                     titles[organisation] = list(rows)
+                titles[organisation] += sorted(
+                    title
+                    for title, organisations in self.station_organisations.items()
+                    if organisation in organisations and title not in titles[organisation]
+                )
             return titles[organisation]
 
         params = [*prefilter(identifier), ("_count", str(PAGE))]  # _sort costs more than it gives
@@ -109,12 +125,30 @@ class WorklistSource:
             self._prefetch(entries, cache)
             items = [item_from_service_request(r, resolve, ae_titles_of) for r in entries]
             arrived = self._arrived([i.accession_number for i in items if i is not None])
+            held = self._performed([i.service_request_id for i in items if i is not None])
             for item in items:
-                if item is not None and item.accession_number not in arrived:
+                if (
+                    item is not None
+                    and item.accession_number not in arrived
+                    and item.service_request_id not in held
+                ):
                     yield item
             if not any(link.get("relation") == "next" for link in bundle.get("link") or []):
                 return
             offset += PAGE
+
+    def _performed(self, service_request_ids: list[str]) -> set[str]:
+        """The requests a modality has reported performing (MPPS in progress or completed)."""
+        if not service_request_ids:
+            return set()
+        with self.engine.connect() as conn:
+            rows = conn.scalars(
+                select(PerformedProcedureStep.service_request_id).where(
+                    PerformedProcedureStep.service_request_id.in_(sorted(set(service_request_ids))),
+                    PerformedProcedureStep.holds_step.is_(True),
+                )
+            )
+            return set(rows)
 
     def _arrived(self, accession_numbers: list[str]) -> set[str]:
         """The accession numbers that already have a study (with ``remove_on_arrival``)."""
@@ -135,7 +169,8 @@ class WorklistSource:
         wanted: set[tuple[str, str]] = set()
         for request in requests:
             refs = [request.get("subject"), request.get("requester"), request.get("encounter")]
-            for ref in [*refs, *(request.get("performer") or [])]:
+            refs += request.get("performer") or []
+            for ref in refs:
                 kind, _, rid = str((ref or {}).get("reference") or "").partition("/")
                 if kind in _PREFETCHED and rid and (kind, rid) not in cache:
                     wanted.add((kind, rid))
