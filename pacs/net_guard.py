@@ -112,7 +112,12 @@ class GuardedBackend(httpcore.SyncBackend):
             addresses = self.guard.resolve(host, port)
         except ForbiddenDestination as exc:
             raise httpcore.ConnectError(str(exc)) from None
-        return super().connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+        for address in addresses[:-1]:  # every checked address in turn, as a browser would
+            try:
+                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError:
+                continue
+        return super().connect_tcp(addresses[-1], port, timeout, local_address, socket_options)
 
 
 def guarded_client(guard: DestinationGuard, timeout: float) -> httpx.Client:

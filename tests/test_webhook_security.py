@@ -5,18 +5,20 @@ new receiver starts at the current end of the feed unless an admin grants histor
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from pacs.config import Settings
 from pacs.jobs.webhooks import WebhookSender, deliveries, signature
-from pacs.net_guard import DestinationGuard, ForbiddenDestination
+from pacs.net_guard import DestinationGuard, ForbiddenDestination, guarded_client
 from pacs.security.subject import Role, Subject, SubjectKind
 from tests.conftest import Backend, free_port
 from tests.test_webhooks import emit
@@ -260,3 +262,29 @@ def test_a_configured_internal_url_is_logged_not_registered(
         sender.stop()
         app.state.engine.dispose()
         app.state.ingest.engine.dispose()
+
+
+def test_a_host_with_several_addresses_is_tried_address_by_address(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name resolving to several addresses: all are checked, then tried in turn (the first,
+    127.0.0.2, has no listener); one refused address refuses the name."""
+    port = server.server.server_address[1]
+    answers = {"receiver.test": ["127.0.0.2", "127.0.0.1"], "mixed.test": ["127.0.0.1", "10.0.0.1"]}
+    resolve = socket.getaddrinfo
+
+    def fake(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host in answers:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers[host]]
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    guard = DestinationGuard([ipaddress.ip_network("127.0.0.0/8")])
+    client = guarded_client(guard, timeout=5)
+    try:
+        assert client.post(f"http://receiver.test:{port}/hook", content=b"{}").status_code == 200
+        with pytest.raises(httpx.ConnectError, match=r"10\.0\.0\.1 is a private address"):
+            client.post(f"http://mixed.test:{port}/hook", content=b"{}")
+    finally:
+        client.close()
+    assert len(server.requests) == 1
