@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 class _HandedOverServer(ThreadedAssociationServer):
     """An association server that never listens: connections arrive by fd passing."""
 
+    max_object_size: int | None = None  # read by TunedRequestHandler
+
     def server_bind(self) -> None:
         pass
 
@@ -99,6 +101,7 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         request_handler=TunedRequestHandler,
     )
     server.daemon_threads = True
+    server.max_object_size = settings.max_object_size
     acceptor = StorageAcceptor(
         settings.ae_title,
         ae.supported_contexts,
