@@ -112,10 +112,18 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         MemoryBudget(settings.scp_memory_budget),
     )
     slots = AssociationSlots(settings.max_associations)
+    refusals = AssociationSlots(settings.max_associations)  # connections being answered RJ
 
     def serve(conn: socket.socket, host: str, port: int) -> None:
         if not slots.acquire():
-            _refuse_busy(conn, min(settings.acse_timeout, _BUSY_READ_TIMEOUT), slots.limit)
+            if refusals.acquire():  # an orderly A-ASSOCIATE-RJ, waiting for the request
+                try:
+                    wait = min(settings.acse_timeout, _BUSY_READ_TIMEOUT)
+                    _refuse_busy(conn, wait, slots.limit)
+                finally:
+                    refusals.release()
+            else:  # a flood: no thread waits on it
+                conn.close()
             on_closed()
             return
         try:
