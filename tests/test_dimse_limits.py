@@ -5,6 +5,7 @@ by both acceptors (A-ASSOCIATE-RJ beyond them, never an out-of-memory)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -179,6 +180,38 @@ def test_association_beyond_the_slots_is_rejected_on_both_paths(
     assert pdu_type == A_ASSOCIATE_AC_TYPE
     lean.close()
     mixed.close()
+
+
+def test_an_oversized_data_set_on_a_pynetdicom_association_is_aborted(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """pynetdicom holds a data set until its last fragment: past max_object_size the
+    association is aborted instead of growing; the next association is served."""
+    backend = make_backend(request, tmp_path, "sqlite", "file")
+    running = start_archive(
+        backend,
+        tmp_path / "serve.log",
+        PACS_SCP_PROCESSES="1",
+        PACS_MAX_OBJECT_SIZE="1048576",
+        PACS_MAX_ASSOCIATIONS="1",
+    )
+    try:
+        sock, pdu_type, _ = _associate(running.dicom_port, MIXED)
+        assert pdu_type == A_ASSOCIATE_AC_TYPE
+        command = c_store_rq(str(CTImageStorage), generate_uid())
+        with sock:
+            with contextlib.suppress(OSError):  # the archive aborts while we still send
+                item = pdv(1, True, True, len(command)) + command
+                sock.sendall(p_data_header(len(item)) + item)
+                send_data(sock, 1, b"\x00" * (4 * MiB), 256 * 1024, last=False)
+            with contextlib.suppress(OSError):
+                assert read_peer_pdu(sock)[0] in (A_ABORT_TYPE, 0)  # A-ABORT, or closed
+        again, pdu_type, _ = _associate_when_free(running.dicom_port, MIXED)
+        again.close()
+        assert pdu_type == A_ASSOCIATE_AC_TYPE
+        assert "data set over 1048576 bytes" in running.log()
+    finally:
+        stop_archive(running)
 
 
 # ---------------------------------------------------------------- C-STORE memory, in process

@@ -144,3 +144,16 @@ def test_http_bundle_entries_and_wildcards(api: TestClient) -> None:
         assert "wildcard" in response.json()["issue"][0]["diagnostics"]
     many = "&".join(f"_revinclude=Observation:subject{i}" for i in range(11))
     assert api.get(f"/fhir/Patient?{many}").status_code == 400
+
+
+def test_history_carries_at_most_the_budget(db_backend: Backend) -> None:
+    engine = create_index_engine(db_backend.settings)
+    fhir = FhirStore(engine, max_resources=10)
+    patient = fhir.create({"resourceType": "Patient", "active": True})
+    for _ in range(14):
+        fhir.update("Patient", patient["id"], {**patient, "active": False})
+    history = fhir.history("Patient", patient["id"])
+    assert history["total"] == 15
+    assert [e["response"]["etag"] for e in history["entry"]][:2] == ['W/"15"', 'W/"14"']
+    assert len(history["entry"]) == 10
+    engine.dispose()

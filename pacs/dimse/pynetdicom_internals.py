@@ -117,22 +117,50 @@ def read_whole_pdus(assoc: Association, max_length: int) -> None:
     transport.recv = recv  # type: ignore[method-assign]
 
 
-def tune_acceptor(assoc: Association) -> None:
-    """Apply every speed-up (and the PDU length limit) to a new acceptor association."""
+def limit_data_sets(assoc: Association, max_size: int) -> None:
+    """A-ABORT an association whose incoming DIMSE data set grows past ``max_size``:
+    pynetdicom holds a message's data set in memory until its last fragment (the lean
+    storage acceptor answers ``0xA700`` instead; this path serves mixed associations)."""
+    dimse = assoc.dimse
+    original = dimse.receive_primitive
+    refused = False
+
+    def receive_primitive(primitive: Any) -> None:
+        nonlocal refused
+        if refused:
+            return  # fragments still arriving before the abort: dropped
+        original(primitive)
+        message = dimse.message
+        data_set = getattr(message, "data_set", None)
+        if data_set is not None and data_set.tell() > max_size:
+            refused = True
+            dimse.message = None
+            log.warning("data set over %d bytes on a pynetdicom association; aborting", max_size)
+            assoc.abort(block=False)
+
+    dimse.receive_primitive = receive_primitive  # type: ignore[method-assign]
+
+
+def tune_acceptor(assoc: Association, max_object_size: int | None = None) -> None:
+    """Apply every speed-up, the PDU length limit and (when given) the data set limit to a
+    new acceptor association."""
     wake_on_message(assoc)
     limit = assoc.ae.maximum_pdu_size or MAX_ASSOCIATE_RQ_LENGTH
     read_whole_pdus(assoc, max(limit, MAX_ASSOCIATE_RQ_LENGTH))
+    if max_object_size is not None:
+        limit_data_sets(assoc, max_object_size)
 
 
 class TunedRequestHandler(RequestHandler):
-    """pynetdicom's request handler whose associations get :func:`tune_acceptor`; the
-    association it started is kept in ``association`` (the caller joins it)."""
+    """pynetdicom's request handler whose associations get :func:`tune_acceptor` (with the
+    server's ``max_object_size`` attribute, when it has one); the association it started is
+    kept in ``association`` (the caller joins it)."""
 
     association: Association | None = None
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        tune_acceptor(assoc)
+        tune_acceptor(assoc, getattr(self.server, "max_object_size", None))
         self.association = assoc
         return assoc
 

@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 class _HandedOverServer(ThreadedAssociationServer):
     """An association server that never listens: connections arrive by fd passing."""
 
+    max_object_size: int | None = None  # read by TunedRequestHandler
+
     def server_bind(self) -> None:
         pass
 
@@ -126,6 +128,7 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         request_handler=TunedRequestHandler,
     )
     server.daemon_threads = True
+    server.max_object_size = settings.max_object_size
     acceptor = StorageAcceptor(
         settings.ae_title,
         ae.supported_contexts,
@@ -136,10 +139,18 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         MemoryBudget(settings.scp_memory_budget),
     )
     slots = AssociationSlots(settings.max_associations)
+    refusals = AssociationSlots(settings.max_associations)  # connections being answered RJ
 
     def serve(conn: socket.socket, host: str, port: int, secure: bool) -> None:
         if not slots.acquire():
-            _refuse_busy(conn, min(settings.acse_timeout, _BUSY_READ_TIMEOUT), slots.limit)
+            if refusals.acquire():  # an orderly A-ASSOCIATE-RJ, waiting for the request
+                try:
+                    wait = min(settings.acse_timeout, _BUSY_READ_TIMEOUT)
+                    _refuse_busy(conn, wait, slots.limit)
+                finally:
+                    refusals.release()
+            else:  # a flood: no thread waits on it
+                conn.close()
             on_closed()
             return
         try:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Row,
     delete,
     false,
+    func,
     insert,
     select,
     text,
@@ -189,15 +190,23 @@ class FhirStore:
     def history(
         self, resource_type: str, resource_id: str, base_url: str | None = None
     ) -> dict[str, Any]:
-        """The instance history: a ``history`` Bundle, newest version first."""
+        """The instance history: a ``history`` Bundle, newest version first; at most
+        ``max_resources`` versions (``total`` counts them all)."""
         check_type(resource_type)
         base = self.base_url if base_url is None else base_url.rstrip("/")
+        versions = (H.c.resource_type == resource_type, H.c.id == resource_id)
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(H.c.version_id, H.c.last_updated, H.c.deleted, H.c.method, H.c.content)
-                .where(H.c.resource_type == resource_type, H.c.id == resource_id)
+                .where(*versions)
                 .order_by(H.c.version_id.desc())
+                .limit(self.max_resources)
             ).all()
+            total = len(rows)
+            if total == self.max_resources:
+                total = conn.execute(
+                    select(func.count()).select_from(H).where(*versions)
+                ).scalar_one()
         if not rows:
             raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
         entries = []
@@ -227,7 +236,7 @@ class FhirStore:
         return {
             "resourceType": "Bundle",
             "type": "history",
-            "total": len(entries),
+            "total": total,
             "link": [{"relation": "self", "url": f"{base}/{resource_type}/{resource_id}/_history"}],
             "entry": entries,
         }
