@@ -93,6 +93,19 @@ def parse_ae_periods(text: str) -> dict[str, float]:
     return periods
 
 
+def parse_organisation_map(text: str) -> dict[str, tuple[str, ...]]:
+    """``"RadCentre=ClinicA|ClinicB,Tele=ClinicC"`` -> ``{"RadCentre": ("ClinicA", "ClinicB"),
+    "Tele": ("ClinicC",)}``; ValueError on bad entries."""
+    mapping: dict[str, tuple[str, ...]] = {}
+    for entry in _entries(text):
+        key, sep, values = entry.partition("=")
+        targets = tuple(v.strip() for v in values.split("|") if v.strip())
+        if not sep or not key.strip() or not targets:
+            raise ValueError(f"bad entry {entry!r}: expected NAME=VALUE[|VALUE...]")
+        mapping[key.strip()] = mapping.get(key.strip(), ()) + targets
+    return mapping
+
+
 def parse_limits(text: str) -> dict[str, int]:
     """``"ct-chest=1,test=4"`` -> ``{"ct-chest": 1, "test": 4}``; ValueError on bad entries."""
     limits: dict[str, int] = {}
@@ -115,6 +128,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "webhook_urls": lambda text: tuple(_entries(text)),
     "stable_after_seconds_by_ae": parse_ae_periods,
     "worker_analysis_limits": parse_limits,
+    "radiologist_reads_for": parse_organisation_map,
+    "move_routes": parse_organisation_map,
 }
 
 
@@ -169,6 +184,20 @@ class Settings(BaseSettings):
         (),
         description=(
             "Comma-separated allow-list TITLE@host[=Organisation]; host '*' matches any address."
+        ),
+    )
+    radiologist_reads_for: Annotated[dict[str, tuple[str, ...]], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "Organisations whose studies radiologists of an organisation read, "
+            "'RadOrg=ClinicA|ClinicB,Tele=ClinicC' (besides their own)."
+        ),
+    )
+    move_routes: Annotated[dict[str, tuple[str, ...]], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "Extra C-MOVE destinations per requesting organisation, 'OrgA=AE1|AE2' "
+            "(besides the registered AEs of the requester's own organisation)."
         ),
     )
     duplicate_policy: DuplicatePolicy = Field(

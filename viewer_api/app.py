@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
@@ -17,6 +17,7 @@ from pacs.index.engine import create_index_engine, session_factory
 from pacs.jobs.rules import RuleBook
 from pacs.runtime import build_ingest
 from pacs.storage import open_store
+from viewer_api.access import authorize
 from viewer_api.routers import (
     aes,
     changes,
@@ -46,8 +47,10 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
         redoc_url=None,
     )
     _build_services(app, settings, dicom_server)
-    for router in PUBLIC_ROUTERS + PROTECTED_ROUTERS:
+    for router in PUBLIC_ROUTERS:
         app.include_router(router)
+    for router in PROTECTED_ROUTERS:  # each route's (action, resource): viewer_api.access
+        app.include_router(router, dependencies=[Depends(authorize)])
     _add_middleware(app, settings)
     return app
 

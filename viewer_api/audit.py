@@ -17,12 +17,16 @@ class AuditTrail:
     session: Session
     request: Request
     user: str
+    break_glass: str = ""  # a clinician's break-glass reason: flagged on every record
 
     def __call__(self, action: str, outcome: int = 200) -> None:
         """Record that the user performed ``action`` with ``outcome`` (HTTP status); commits
         (after ending the request's read transaction)."""
         url = self.request.url
-        access = Access(self.user, action, url.path, str(url.query), self.client_address, outcome)
+        query = str(url.query)
+        if self.break_glass:
+            query = f"{query} [break-glass: {self.break_glass}]".strip()
+        access = Access(self.user, action, url.path, query, self.client_address, outcome)
         record(self.session, access)
 
     @property

@@ -1,0 +1,71 @@
+"""The access policy over the FHIR store: the condition a search (and a read) adds on
+``fhir_resource`` so that resources outside the subject's reach are never fetched.
+
+Directory types (:data:`pacs.security.policy.DIRECTORY_TYPES`) are not patient data: no
+condition. ``Patient`` resources are restricted to the reached patients, the other types to
+those whose ``patient`` search parameter points at one (the patient compartment); a type with
+no ``patient`` parameter is not reached by a restricted subject.
+
+The reached FHIR patients of an organisation: those in care there, and those whose
+identifier is the PatientID of a DICOM study the subject reaches
+(:mod:`pacs.security.imaging`); minus those whose consent refuses the organisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, false, not_, or_, select
+
+from pacs.fhir.searchparams import SEARCH_PARAMS
+from pacs.security.care import in_care
+from pacs.security.consent import REF, R, patients_identified_by, refusing
+from pacs.security.imaging import ImagingScope, visible_patient_ids
+from pacs.security.policy import DIRECTORY_TYPES, NoReach, Reach, reach
+from pacs.security.subject import Subject
+
+
+def fhir_scope(subject: Subject, resource_type: str) -> ColumnElement[bool] | None:
+    """The condition on ``fhir_resource`` rows of ``resource_type`` for ``subject``; None
+    when unrestricted."""
+    if resource_type in DIRECTORY_TYPES:
+        return None
+    try:
+        found = reach(subject)
+    except NoReach:
+        return false()
+    if found is None:
+        return None
+    return in_compartment(resource_type, found)
+
+
+def in_compartment(resource_type: str, found: Reach) -> ColumnElement[bool]:
+    """Resources of ``resource_type`` in the compartment of the patients ``found`` reaches."""
+    if resource_type == "Patient":
+        return reached_patients(found, R.c.id)
+    if "patient" not in SEARCH_PARAMS.get(resource_type, {}):
+        return false()
+    ref = REF.alias("compartment")
+    return R.c.pk.in_(
+        select(ref.c.resource_pk)
+        .where(
+            ref.c.resource_type == resource_type,
+            ref.c.param == "patient",
+            ref.c.target_type == "Patient",
+            reached_patients(found, ref.c.target_id),
+        )
+        .correlate(None)
+    )
+
+
+def reached_patients(found: Reach, patient_id: ColumnElement[str]) -> ColumnElement[bool]:
+    """Whether the FHIR Patient id ``patient_id`` is one of the patients ``found`` reaches."""
+    if found.patient:
+        return patient_id.in_(patients_identified_by([found.patient]))
+    sources: list[Select[Any]] = [patients_identified_by(visible_patient_ids(ImagingScope(found)))]
+    if found.care:
+        sources.append(in_care(found.organisation))
+    return and_(
+        or_(*(patient_id.in_(source) for source in sources)),
+        not_(patient_id.in_(refusing(found.organisation))),
+    )
