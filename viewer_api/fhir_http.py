@@ -22,6 +22,7 @@ from pacs.fhir.errors import (
     UnsupportedMediaType,
 )
 from pacs.fhir.store import FhirStore
+from pacs.security.subject import Subject
 from viewer_api.audit import AuditTrail
 from viewer_api.negotiation import media_ranges, parse_media_type
 
@@ -32,12 +33,14 @@ _FORM = "application/x-www-form-urlencoded"
 
 @dataclass(frozen=True, slots=True)
 class FhirCall:
-    """One FHIR request: the store, the base URL clients see, the body limit, the audit."""
+    """One FHIR request: the store, the base URL clients see, the body limit, the audit and
+    the caller."""
 
     request: Request
     store: FhirStore
     settings: Settings
     audit: AuditTrail
+    subject: Subject  # the caller: pacs.security.policy decides each interaction
 
     @property
     def base(self) -> str:

