@@ -20,7 +20,7 @@ from pacs.dimse.acceptor import StorageAcceptor, decode_associate_rq, is_storage
 from pacs.dimse.ae import STORAGE_SOP_CLASSES, build_ae
 from pacs.dimse.find import FindService, match_options
 from pacs.dimse.handlers import Handlers
-from pacs.dimse.policy import AEPolicy
+from pacs.dimse.policy import AEPolicy, CallingAE
 from pacs.dimse.pynetdicom_internals import (
     SharedContexts,
     TunedRequestHandler,
@@ -56,16 +56,19 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     policy = AEPolicy(settings.allowed_aes, settings.accept_any_ae)
     ingest = build_ingest(settings)
     store = StoreHandler(ingest, policy)
-    retrieve = RetrieveService(session_factory(ingest.engine), ingest.store)
-    handlers = Handlers(store, policy, retrieve)
-    handlers.find = FindService(
-        session_factory(create_index_engine(settings)), match_options(settings)
+    query_sessions = session_factory(create_index_engine(settings))
+    callers = CallingAE(policy, query_sessions, settings.host)
+    retrieve = RetrieveService(
+        session_factory(ingest.engine), ingest.store, callers, settings.move_routes
     )
+    handlers = Handlers(store, policy, retrieve)
+    handlers.find = FindService(query_sessions, callers, match_options(settings))
     worklist_engine = create_index_engine(settings)
     handlers.worklist = WorklistService(
         WorklistSource(
             FhirStore(worklist_engine), worklist_engine, settings.worklist_remove_on_arrival
-        )
+        ),
+        callers,
     )
     ae = build_ae(settings, policy)
     send_lock = threading.Lock()

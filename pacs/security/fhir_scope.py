@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Select, and_, false, not_, or_, select
 
 from pacs.fhir.searchparams import SEARCH_PARAMS
 from pacs.security.care import in_care
-from pacs.security.consent import REF, R, patients_identified_by, refusing
+from pacs.security.consent import REF, R, is_organisation, patients_identified_by, refusing
 from pacs.security.imaging import ImagingScope, visible_patient_ids
 from pacs.security.policy import DIRECTORY_TYPES, NoReach, Reach, reach
 from pacs.security.subject import Subject
@@ -68,4 +68,39 @@ def reached_patients(found: Reach, patient_id: ColumnElement[str]) -> ColumnElem
     return and_(
         or_(*(patient_id.in_(source) for source in sources)),
         not_(patient_id.in_(refusing(found.organisation))),
+    )
+
+
+def worklist_scope(subject: Subject) -> ColumnElement[bool] | None:
+    """The ServiceRequests of a subject's Modality Worklist: those performed by its
+    organisation (``performer``, as the worklist's station AE titles), of patients whose
+    consent does not refuse it; None for an unrestricted subject."""
+    try:
+        found = reach(subject)
+    except NoReach:
+        return false()
+    if found is None:
+        return None
+    if found.patient:
+        return false()
+    performer, patient = REF.alias("performer"), REF.alias("requested_for")
+    return and_(
+        R.c.pk.in_(
+            select(performer.c.resource_pk)
+            .where(
+                performer.c.resource_type == "ServiceRequest",
+                performer.c.param == "performer",
+                is_organisation(performer, found.organisation),
+            )
+            .correlate(None)
+        ),
+        R.c.pk.not_in(
+            select(patient.c.resource_pk)
+            .where(
+                patient.c.resource_type == "ServiceRequest",
+                patient.c.param == "patient",
+                patient.c.target_id.in_(refusing(found.organisation)),
+            )
+            .correlate(None)
+        ),
     )
