@@ -29,15 +29,13 @@ def in_care(organisation: str) -> Select[Any]:
     kinds = [and_(provider.c.resource_type == t, provider.c.param == p) for t, p in CARE_REFERENCES]
     return (
         select(patient.c.target_id)
+        .join(provider, provider.c.resource_pk == patient.c.resource_pk)
         .where(
             patient.c.resource_type.in_(sorted({t for t, _ in CARE_REFERENCES})),
             patient.c.param == "patient",
             patient.c.target_type == "Patient",
-            patient.c.resource_pk.in_(
-                select(provider.c.resource_pk).where(
-                    or_(*kinds), is_organisation(provider, organisation)
-                )
-            ),
+            or_(*kinds),
+            is_organisation(provider, organisation),
         )
         .correlate(None)
     )

@@ -24,36 +24,43 @@ REF = FhirReference.__table__
 TOKEN = FhirToken.__table__
 
 
+def organisation_ids(organisation: str) -> Select[Any]:
+    """FHIR ids of the Organizations with the identifier value ``organisation``."""
+    named = TOKEN.alias("organisation_identifier")
+    by_identifier = (
+        select(R.c.id)
+        .join(named, named.c.resource_pk == R.c.pk)
+        .where(
+            named.c.resource_type == "Organization",
+            named.c.param == "identifier",
+            named.c.code == organisation,
+            R.c.deleted == false(),
+        )
+    )
+    return by_identifier.correlate(None)
+
+
 def is_organisation(ref: FromClause, organisation: str) -> ColumnElement[bool]:
     """Whether a reference index row points at ``organisation``: the Organization with that
-    id, or one with that identifier value (the subject's organisation as its token names it)."""
-    named = (
-        select(R.c.id)
-        .where(
-            R.c.resource_type == "Organization",
-            R.c.deleted == false(),
-            R.c.pk.in_(
-                select(TOKEN.c.resource_pk).where(
-                    TOKEN.c.resource_type == "Organization",
-                    TOKEN.c.param == "identifier",
-                    TOKEN.c.code == organisation,
-                )
-            ),
-        )
-        .correlate(None)
-    )
+    id or with that identifier value (the subject's organisation as its token names it)."""
+    target = ref.c.target_id
     return and_(
         ref.c.target_type == "Organization",
-        or_(ref.c.target_id == organisation, ref.c.target_id.in_(named)),
+        or_(target == organisation, target.in_(organisation_ids(organisation))),
     )
 
 
-def _active_denials() -> Select[Any]:
+def _denials(patient: FromClause) -> Select[Any]:
+    """Patient references of active deny Consents (``patient``: their reference index rows),
+    joined to their status and provision type."""
     status, kind = TOKEN.alias("consent_status"), TOKEN.alias("consent_kind")
     return (
-        select(status.c.resource_pk)
-        .join(kind, kind.c.resource_pk == status.c.resource_pk)
+        select(patient.c.target_id)
+        .join(status, status.c.resource_pk == patient.c.resource_pk)
+        .join(kind, kind.c.resource_pk == patient.c.resource_pk)
         .where(
+            patient.c.resource_type == "Consent",
+            patient.c.param == "patient",
             status.c.resource_type == "Consent",
             status.c.param == "status",
             status.c.code == "active",
@@ -65,61 +72,44 @@ def _active_denials() -> Select[Any]:
     )
 
 
-def _actors() -> FromClause:
-    return REF.alias("consent_actor")
-
-
 def refusing(organisation: str) -> Select[Any]:
     """FHIR ids of the patients whose active consent refuses ``organisation``."""
-    patient, actor = REF.alias("consent_patient"), _actors()
+    patient, actor = REF.alias("consent_patient"), REF.alias("consent_actor")
     return (
-        select(patient.c.target_id)
+        _denials(patient)
+        .join(actor, actor.c.resource_pk == patient.c.resource_pk)
         .where(
-            patient.c.resource_type == "Consent",
-            patient.c.param == "patient",
-            patient.c.resource_pk.in_(_active_denials()),
-            patient.c.resource_pk.in_(
-                select(actor.c.resource_pk).where(
-                    actor.c.resource_type == "Consent",
-                    actor.c.param == "actor",
-                    is_organisation(actor, organisation),
-                )
-            ),
+            actor.c.resource_type == "Consent",
+            actor.c.param == "actor",
+            is_organisation(actor, organisation),
         )
-        .correlate(None)
     )
 
 
 def withholding() -> Select[Any]:
     """FHIR ids of the patients whose active consent refuses sharing outside the treating
     organisations (a deny provision without actors)."""
-    patient, actor = REF.alias("consent_patient"), _actors()
-    return (
-        select(patient.c.target_id)
-        .where(
-            patient.c.resource_type == "Consent",
-            patient.c.param == "patient",
-            patient.c.resource_pk.in_(_active_denials()),
-            patient.c.resource_pk.not_in(
-                select(actor.c.resource_pk).where(
-                    actor.c.resource_type == "Consent", actor.c.param == "actor"
-                )
-            ),
+    patient, actor = REF.alias("consent_patient"), REF.alias("consent_actor")
+    return _denials(patient).where(
+        patient.c.resource_pk.not_in(
+            select(actor.c.resource_pk).where(
+                actor.c.resource_type == "Consent", actor.c.param == "actor"
+            )
         )
-        .correlate(None)
     )
 
 
 def identifiers_of(patient_ids: Select[Any]) -> Select[Any]:
     """The identifier values (DICOM PatientID) of the FHIR Patients ``patient_ids`` selects."""
+    identifier = TOKEN.alias("patient_identifier")
     return (
-        select(TOKEN.c.code)
+        select(identifier.c.code)
+        .join(R, R.c.pk == identifier.c.resource_pk)
         .where(
-            TOKEN.c.resource_type == "Patient",
-            TOKEN.c.param == "identifier",
-            TOKEN.c.resource_pk.in_(
-                select(R.c.pk).where(R.c.resource_type == "Patient", R.c.id.in_(patient_ids))
-            ),
+            identifier.c.resource_type == "Patient",
+            identifier.c.param == "identifier",
+            R.c.resource_type == "Patient",
+            R.c.id.in_(patient_ids),
         )
         .correlate(None)
     )
@@ -127,19 +117,16 @@ def identifiers_of(patient_ids: Select[Any]) -> Select[Any]:
 
 def patients_identified_by(values: Select[Any] | list[str]) -> Select[Any]:
     """FHIR ids of the Patients with one of these identifier values (DICOM PatientIDs)."""
-    target = TOKEN.alias("patient_identifier")
+    identifier = TOKEN.alias("patient_identifier")
     return (
         select(R.c.id)
+        .join(identifier, identifier.c.resource_pk == R.c.pk)
         .where(
             R.c.resource_type == "Patient",
             R.c.deleted == false(),
-            R.c.pk.in_(
-                select(target.c.resource_pk).where(
-                    target.c.resource_type == "Patient",
-                    target.c.param == "identifier",
-                    target.c.code.in_(values),
-                )
-            ),
+            identifier.c.resource_type == "Patient",
+            identifier.c.param == "identifier",
+            identifier.c.code.in_(values),
         )
         .correlate(None)
     )

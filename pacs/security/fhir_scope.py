@@ -6,21 +6,27 @@ condition. ``Patient`` resources are restricted to the reached patients, the oth
 those whose ``patient`` search parameter points at one (the patient compartment); a type with
 no ``patient`` parameter is not reached by a restricted subject.
 
-The reached FHIR patients of an organisation: those in care there, and those whose
-identifier is the PatientID of a DICOM study the subject reaches
-(:mod:`pacs.security.imaging`); minus those whose consent refuses the organisation.
+The reached FHIR patients of an organisation: those whose identifier is the PatientID of a
+DICOM series the organisation stored, of one it reads for (unless the patient's consent
+withholds their record from other organisations), those in care there; minus those whose
+consent refuses the organisation.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import ColumnElement, Select, and_, false, not_, or_, select
+from sqlalchemy import ColumnElement, and_, false, not_, or_, select
 
 from pacs.fhir.searchparams import SEARCH_PARAMS
 from pacs.security.care import in_care
-from pacs.security.consent import REF, R, is_organisation, patients_identified_by, refusing
-from pacs.security.imaging import ImagingScope, visible_patient_ids
+from pacs.security.consent import (
+    REF,
+    R,
+    is_organisation,
+    patients_identified_by,
+    refusing,
+    withholding,
+)
+from pacs.security.imaging import stored_by
 from pacs.security.policy import DIRECTORY_TYPES, NoReach, Reach, reach
 from pacs.security.subject import Subject
 
@@ -62,13 +68,15 @@ def reached_patients(found: Reach, patient_id: ColumnElement[str]) -> ColumnElem
     """Whether the FHIR Patient id ``patient_id`` is one of the patients ``found`` reaches."""
     if found.patient:
         return patient_id.in_(patients_identified_by([found.patient]))
-    sources: list[Select[Any]] = [patients_identified_by(visible_patient_ids(ImagingScope(found)))]
+    reached: list[ColumnElement[bool]] = [
+        patient_id.in_(patients_identified_by(stored_by([found.organisation])))
+    ]
+    if found.reads_for:
+        others = patients_identified_by(stored_by(sorted(found.reads_for)))
+        reached.append(and_(patient_id.in_(others), not_(patient_id.in_(withholding()))))
     if found.care:
-        sources.append(in_care(found.organisation))
-    return and_(
-        or_(*(patient_id.in_(source) for source in sources)),
-        not_(patient_id.in_(refusing(found.organisation))),
-    )
+        reached.append(patient_id.in_(in_care(found.organisation)))
+    return and_(or_(*reached), not_(patient_id.in_(refusing(found.organisation))))
 
 
 def worklist_scope(subject: Subject) -> ColumnElement[bool] | None:

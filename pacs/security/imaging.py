@@ -118,12 +118,12 @@ def study_scope(subject: Subject) -> ColumnElement[bool] | None:
     return None if scope is None else scope.studies()
 
 
-def visible_patient_ids(scope: ImagingScope) -> Select[Any]:
-    """PatientIDs of the DICOM patients with a series ``scope`` reaches (for the FHIR side)."""
+def stored_by(organisations: list[str]) -> Select[Any]:
+    """PatientIDs of the DICOM patients with a series stored by one of ``organisations``."""
     return (
         select(PATIENT.c.patient_id)
         .join(STUDY, STUDY.c.patient_pk == PATIENT.c.pk)
         .join(SERIES, SERIES.c.study_pk == STUDY.c.pk)
-        .where(scope.series())
+        .where(SERIES.c.source_organisation.in_(organisations))
         .correlate(None)
     )
