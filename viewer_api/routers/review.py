@@ -28,7 +28,7 @@ from pacs.emr.review import (
 from pacs.fhir.errors import FhirError
 from pacs.query import catalog
 from pacs.security.imaging import imaging_scope
-from pacs.security.subject import Subject
+from pacs.security.subject import Subject, SubjectKind
 from viewer_api.deps import AuditDep, FhirStoreDep, IngestDep, SessionDep, SettingsDep, SubjectDep
 
 router = APIRouter(prefix="/api/review", tags=["review"])
@@ -106,7 +106,10 @@ def _fail(exc: ReviewError | FhirError) -> HTTPException:
 
 def _signer(subject: Subject, body: ReviewBody) -> tuple[str | None, str]:
     """The signer's Practitioner reference (None: made from the user name) and organisation:
-    the subject's own; 403 when the body names someone else."""
+    the subject's own; 403 when the body names someone else. The local user of
+    ``PACS_AUTH=none`` (no identity to check against) signs as the body says."""
+    if subject.kind is SubjectKind.LOCAL:
+        return body.practitioner, body.organisation
     own = subject.practitioner
     reference = own if not own or own.startswith("Practitioner/") else f"Practitioner/{own}"
     if body.practitioner and body.practitioner != reference:
