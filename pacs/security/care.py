@@ -8,9 +8,7 @@ each by an ``Organization`` reference (id, or identifier value, see
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import ColumnElement, and_, exists, or_
 
 from pacs.security.consent import REF, is_organisation
 
@@ -21,21 +19,19 @@ CARE_REFERENCES = (
     ("Appointment", "actor"),
 )
 """(resource type, reference search parameter) that put a patient in an organisation's care."""
+_PATIENT, _PROVIDER = REF.alias("care_patient"), REF.alias("care_provider")
 
 
-def in_care(organisation: str) -> Select[Any]:
-    """FHIR ids of the patients in care at ``organisation``."""
-    provider, patient = REF.alias("care_provider"), REF.alias("care_patient")
+def in_care(patient_id: ColumnElement[str], organisation: str) -> ColumnElement[bool]:
+    """Whether the FHIR Patient ``patient_id`` is in care at ``organisation``."""
+    patient, provider = _PATIENT, _PROVIDER
     kinds = [and_(provider.c.resource_type == t, provider.c.param == p) for t, p in CARE_REFERENCES]
-    return (
-        select(patient.c.target_id)
-        .join(provider, provider.c.resource_pk == patient.c.resource_pk)
-        .where(
-            patient.c.resource_type.in_(sorted({t for t, _ in CARE_REFERENCES})),
-            patient.c.param == "patient",
-            patient.c.target_type == "Patient",
-            or_(*kinds),
-            is_organisation(provider, organisation),
-        )
-        .correlate(None)
+    return exists().where(
+        patient.c.target_type == "Patient",
+        patient.c.target_id == patient_id,
+        patient.c.resource_type.in_(sorted({t for t, _ in CARE_REFERENCES})),
+        patient.c.param == "patient",
+        provider.c.resource_pk == patient.c.resource_pk,
+        or_(*kinds),
+        is_organisation(provider, organisation),
     )

@@ -6,16 +6,18 @@ An *active* Consent whose ``provision.type`` is ``deny`` refuses its patient's r
 - without any actor: to every organisation outside the treating ones (organisations that
   stored the patient's studies or have the patient in care, see :mod:`pacs.security.care`).
 
-The answers are SQL selects of FHIR Patient ids over the FHIR store's search index, which
-queries embed: a Consent written (or withdrawn) changes every protocol's next answer.
-Nested provisions are not evaluated (the top-level ``provision`` decides).
+The answers are SQL conditions (correlated ``EXISTS`` over the FHIR store's search index, one
+indexed lookup per candidate row) that queries embed: a Consent written or withdrawn changes
+every protocol's next answer. Nested provisions are not evaluated (the top-level
+``provision`` decides).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, and_, false, or_, select
+from sqlalchemy import ColumnElement, FromClause, and_, exists, false, not_, or_, select
 
 from pacs.fhir.schema import FhirReference, FhirResource, FhirToken
 
@@ -23,110 +25,112 @@ R = FhirResource.__table__
 REF = FhirReference.__table__
 TOKEN = FhirToken.__table__
 
-
-def organisation_ids(organisation: str) -> Select[Any]:
-    """FHIR ids of the Organizations with the identifier value ``organisation``."""
-    named = TOKEN.alias("organisation_identifier")
-    by_identifier = (
-        select(R.c.id)
-        .join(named, named.c.resource_pk == R.c.pk)
-        .where(
-            named.c.resource_type == "Organization",
-            named.c.param == "identifier",
-            named.c.code == organisation,
-            R.c.deleted == false(),
-        )
-    )
-    return by_identifier.correlate(None)
+# the aliases every condition uses, built once (an alias's column collection is costly)
+_ORG_IDENTIFIER, _ORG = TOKEN.alias("organisation_identifier"), R.alias("organisation")
+_CONSENT_PATIENT, _CONSENT_ACTOR = REF.alias("consent_patient"), REF.alias("consent_actor")
+_STATUS, _KIND = TOKEN.alias("consent_status"), TOKEN.alias("consent_kind")
+_IDENTIFIER, _IDENTIFIED = TOKEN.alias("patient_identifier"), R.alias("identified_patient")
 
 
 def is_organisation(ref: FromClause, organisation: str) -> ColumnElement[bool]:
     """Whether a reference index row points at ``organisation``: the Organization with that
     id or with that identifier value (the subject's organisation as its token names it)."""
-    target = ref.c.target_id
+    named, org = _ORG_IDENTIFIER, _ORG
+    by_identifier = exists().where(
+        named.c.resource_type == "Organization",
+        named.c.param == "identifier",
+        named.c.code == organisation,
+        org.c.pk == named.c.resource_pk,
+        org.c.deleted == false(),
+        org.c.id == ref.c.target_id,
+    )
     return and_(
         ref.c.target_type == "Organization",
-        or_(target == organisation, target.in_(organisation_ids(organisation))),
+        or_(ref.c.target_id == organisation, by_identifier),
     )
 
 
-def _denials(patient: FromClause) -> Select[Any]:
-    """Patient references of active deny Consents (``patient``: their reference index rows),
-    joined to their status and provision type."""
-    status, kind = TOKEN.alias("consent_status"), TOKEN.alias("consent_kind")
-    return (
-        select(patient.c.target_id)
-        .join(status, status.c.resource_pk == patient.c.resource_pk)
-        .join(kind, kind.c.resource_pk == patient.c.resource_pk)
-        .where(
-            patient.c.resource_type == "Consent",
-            patient.c.param == "patient",
-            status.c.resource_type == "Consent",
-            status.c.param == "status",
-            status.c.code == "active",
-            kind.c.resource_type == "Consent",
-            kind.c.param == "provision-type",
-            kind.c.code == "deny",
-        )
-        .correlate(None)
+def _denial(patient_id: ColumnElement[str], actors: Callable[[FromClause], Any]) -> Any:
+    """EXISTS an active deny Consent of the FHIR Patient ``patient_id`` whose actors pass
+    ``actors`` (a condition on the Consent's reference index row ``patient``)."""
+    patient, status, kind = _CONSENT_PATIENT, _STATUS, _KIND
+    return exists().where(
+        patient.c.target_type == "Patient",
+        patient.c.target_id == patient_id,
+        patient.c.resource_type == "Consent",
+        patient.c.param == "patient",
+        status.c.resource_pk == patient.c.resource_pk,
+        status.c.resource_type == "Consent",
+        status.c.param == "status",
+        status.c.code == "active",
+        kind.c.resource_pk == patient.c.resource_pk,
+        kind.c.resource_type == "Consent",
+        kind.c.param == "provision-type",
+        kind.c.code == "deny",
+        actors(patient),
     )
 
 
-def refusing(organisation: str) -> Select[Any]:
-    """FHIR ids of the patients whose active consent refuses ``organisation``."""
-    patient, actor = REF.alias("consent_patient"), REF.alias("consent_actor")
-    return (
-        _denials(patient)
-        .join(actor, actor.c.resource_pk == patient.c.resource_pk)
-        .where(
+def refuses(patient_id: ColumnElement[str], organisation: str) -> ColumnElement[bool]:
+    """Whether the active consent of FHIR Patient ``patient_id`` refuses ``organisation``."""
+
+    def naming(patient: FromClause) -> Any:
+        actor = _CONSENT_ACTOR
+        return exists().where(
+            actor.c.resource_pk == patient.c.resource_pk,
             actor.c.resource_type == "Consent",
             actor.c.param == "actor",
             is_organisation(actor, organisation),
         )
-    )
+
+    return _denial(patient_id, naming)  # type: ignore[no-any-return]
 
 
-def withholding() -> Select[Any]:
-    """FHIR ids of the patients whose active consent refuses sharing outside the treating
-    organisations (a deny provision without actors)."""
-    patient, actor = REF.alias("consent_patient"), REF.alias("consent_actor")
-    return _denials(patient).where(
-        patient.c.resource_pk.not_in(
-            select(actor.c.resource_pk).where(
-                actor.c.resource_type == "Consent", actor.c.param == "actor"
+def withholds(patient_id: ColumnElement[str]) -> ColumnElement[bool]:
+    """Whether the active consent of FHIR Patient ``patient_id`` refuses sharing outside the
+    treating organisations (a deny provision without actors)."""
+
+    def without_actors(patient: FromClause) -> Any:
+        actor = _CONSENT_ACTOR
+        return not_(
+            exists().where(
+                actor.c.resource_pk == patient.c.resource_pk,
+                actor.c.resource_type == "Consent",
+                actor.c.param == "actor",
             )
         )
+
+    return _denial(patient_id, without_actors)  # type: ignore[no-any-return]
+
+
+def identified(
+    identifier: ColumnElement[str], condition: Callable[[ColumnElement[str]], Any]
+) -> ColumnElement[bool]:
+    """Whether a FHIR Patient with the identifier value ``identifier`` (a DICOM PatientID)
+    satisfies ``condition`` (a condition on its FHIR id)."""
+    token, patient = _IDENTIFIER, _IDENTIFIED
+    return exists().where(
+        token.c.resource_type == "Patient",
+        token.c.param == "identifier",
+        token.c.code == identifier,
+        patient.c.pk == token.c.resource_pk,
+        patient.c.deleted == false(),
+        condition(patient.c.id),
     )
 
 
-def identifiers_of(patient_ids: Select[Any]) -> Select[Any]:
-    """The identifier values (DICOM PatientID) of the FHIR Patients ``patient_ids`` selects."""
-    identifier = TOKEN.alias("patient_identifier")
-    return (
-        select(identifier.c.code)
-        .join(R, R.c.pk == identifier.c.resource_pk)
-        .where(
-            identifier.c.resource_type == "Patient",
-            identifier.c.param == "identifier",
-            R.c.resource_type == "Patient",
-            R.c.id.in_(patient_ids),
-        )
-        .correlate(None)
-    )
-
-
-def patients_identified_by(values: Select[Any] | list[str]) -> Select[Any]:
+def patients_identified_by(values: list[str]) -> Any:
     """FHIR ids of the Patients with one of these identifier values (DICOM PatientIDs)."""
-    identifier = TOKEN.alias("patient_identifier")
+    token = _IDENTIFIER
     return (
         select(R.c.id)
-        .join(identifier, identifier.c.resource_pk == R.c.pk)
+        .join(token, token.c.resource_pk == R.c.pk)
         .where(
             R.c.resource_type == "Patient",
             R.c.deleted == false(),
-            identifier.c.resource_type == "Patient",
-            identifier.c.param == "identifier",
-            identifier.c.code.in_(values),
+            token.c.resource_type == "Patient",
+            token.c.param == "identifier",
+            token.c.code.in_(values),
         )
         .correlate(None)
     )

@@ -14,19 +14,22 @@ consent refuses the organisation.
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, and_, false, not_, or_, select
+import functools
+
+from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select
 
 from pacs.fhir.searchparams import SEARCH_PARAMS
 from pacs.security.care import in_care
 from pacs.security.consent import (
     REF,
+    TOKEN,
     R,
     is_organisation,
     patients_identified_by,
-    refusing,
-    withholding,
+    refuses,
+    withholds,
 )
-from pacs.security.imaging import stored_by
+from pacs.security.imaging import PATIENT, SERIES, STUDY
 from pacs.security.policy import DIRECTORY_TYPES, NoReach, Reach, reach
 from pacs.security.subject import Subject
 
@@ -45,22 +48,20 @@ def fhir_scope(subject: Subject, resource_type: str) -> ColumnElement[bool] | No
     return in_compartment(resource_type, found)
 
 
+@functools.lru_cache(maxsize=4096)
 def in_compartment(resource_type: str, found: Reach) -> ColumnElement[bool]:
     """Resources of ``resource_type`` in the compartment of the patients ``found`` reaches."""
     if resource_type == "Patient":
         return reached_patients(found, R.c.id)
     if "patient" not in SEARCH_PARAMS.get(resource_type, {}):
         return false()
-    ref = REF.alias("compartment")
-    return R.c.pk.in_(
-        select(ref.c.resource_pk)
-        .where(
-            ref.c.resource_type == resource_type,
-            ref.c.param == "patient",
-            ref.c.target_type == "Patient",
-            reached_patients(found, ref.c.target_id),
-        )
-        .correlate(None)
+    ref = _COMPARTMENT
+    return exists().where(
+        ref.c.resource_pk == R.c.pk,
+        ref.c.resource_type == resource_type,
+        ref.c.param == "patient",
+        ref.c.target_type == "Patient",
+        reached_patients(found, ref.c.target_id),
     )
 
 
@@ -68,15 +69,38 @@ def reached_patients(found: Reach, patient_id: ColumnElement[str]) -> ColumnElem
     """Whether the FHIR Patient id ``patient_id`` is one of the patients ``found`` reaches."""
     if found.patient:
         return patient_id.in_(patients_identified_by([found.patient]))
-    reached: list[ColumnElement[bool]] = [
-        patient_id.in_(patients_identified_by(stored_by([found.organisation])))
-    ]
+    organisation = found.organisation
+    reached = [_stored_by(patient_id, [organisation])]
     if found.reads_for:
-        others = patients_identified_by(stored_by(sorted(found.reads_for)))
-        reached.append(and_(patient_id.in_(others), not_(patient_id.in_(withholding()))))
+        others = _stored_by(patient_id, sorted(found.reads_for))
+        reached.append(and_(others, not_(withholds(patient_id))))
     if found.care:
-        reached.append(patient_id.in_(in_care(found.organisation)))
-    return and_(or_(*reached), not_(patient_id.in_(refusing(found.organisation))))
+        reached.append(in_care(patient_id, organisation))
+    return and_(or_(*reached), not_(refuses(patient_id, organisation)))
+
+
+def _stored_by(patient_id: ColumnElement[str], organisations: list[str]) -> ColumnElement[bool]:
+    """Whether a DICOM series of the FHIR Patient ``patient_id`` (by its identifier values)
+    was stored by one of ``organisations``."""
+    fhir, token = _STORED_PATIENT, _STORED_IDENTIFIER
+    return exists().where(
+        fhir.c.resource_type == "Patient",
+        fhir.c.id == patient_id,
+        token.c.resource_pk == fhir.c.pk,
+        token.c.resource_type == "Patient",
+        token.c.param == "identifier",
+        PATIENT_ROW.c.patient_id == token.c.code,
+        STUDY_ROW.c.patient_pk == PATIENT_ROW.c.pk,
+        SERIES_ROW.c.study_pk == STUDY_ROW.c.pk,
+        SERIES_ROW.c.source_organisation.in_(organisations),
+    )
+
+
+PATIENT_ROW = PATIENT.alias("stored_dicom_patient")
+STUDY_ROW = STUDY.alias("stored_study")
+SERIES_ROW = SERIES.alias("stored_series")
+_STORED_PATIENT, _STORED_IDENTIFIER = R.alias("stored_patient"), TOKEN.alias("stored_identifier")
+_COMPARTMENT = REF.alias("compartment")
 
 
 def worklist_scope(subject: Subject) -> ColumnElement[bool] | None:
@@ -102,13 +126,12 @@ def worklist_scope(subject: Subject) -> ColumnElement[bool] | None:
             )
             .correlate(None)
         ),
-        R.c.pk.not_in(
-            select(patient.c.resource_pk)
-            .where(
+        not_(
+            exists().where(
+                patient.c.resource_pk == R.c.pk,
                 patient.c.resource_type == "ServiceRequest",
                 patient.c.param == "patient",
-                patient.c.target_id.in_(refusing(found.organisation)),
+                refuses(patient.c.target_id, found.organisation),
             )
-            .correlate(None)
         ),
     )

@@ -17,20 +17,22 @@ sees their own studies (PatientID = ``Subject.patient``), consent aside.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, false, not_, or_, select
+from sqlalchemy import ColumnElement, Table, and_, exists, false, not_, or_
 
 from pacs.index.models import Patient, Series, Study
 from pacs.security.care import in_care
-from pacs.security.consent import identifiers_of, refusing, withholding
+from pacs.security.consent import identified, refuses, withholds
 from pacs.security.policy import NoReach, Reach, reach
 from pacs.security.subject import Subject
 
 PATIENT: Table = Patient.__table__  # type: ignore[assignment]
 STUDY: Table = Study.__table__  # type: ignore[assignment]
 SERIES: Table = Series.__table__  # type: ignore[assignment]
+_STUDY, _SERIES = STUDY.alias("reach_study"), SERIES.alias("reach_series")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,69 +40,79 @@ class ImagingScope:
     """The conditions of one subject's reach on the patient, study and series tables.
 
     ``patients()`` needs ``patient`` in the query, ``studies()`` ``patient`` and ``study``,
-    ``series()`` all three (every query of the index joins them down to its level)."""
+    ``series()`` all three (every query of the index joins them down to its level). The
+    organisation, care and consent tests are correlated ``EXISTS``: indexed lookups per
+    candidate row, whatever the size of the archive."""
 
     reach: Reach | None  # None: the subject reaches nothing
 
     def patients(self) -> ColumnElement[bool]:
         """Condition on ``patient`` rows."""
-        return self._condition(PATIENT.c.pk, _patients_with)
+        return _condition(self, "patients")
 
     def studies(self) -> ColumnElement[bool]:
         """Condition on ``study`` rows (with their patient joined)."""
-        return self._condition(STUDY.c.pk, _studies_with)
+        return _condition(self, "studies")
 
     def series(self) -> ColumnElement[bool]:
         """Condition on ``series`` rows (with their study and patient joined)."""
+        return _condition(self, "series")
+
+    def _patients(self) -> ColumnElement[bool]:
+        study, series = _STUDY, _SERIES
+
+        def stored_by(organisation: Any) -> ColumnElement[bool]:
+            return exists().where(
+                study.c.patient_pk == PATIENT.c.pk,
+                series.c.study_pk == study.c.pk,
+                organisation(series.c.source_organisation),
+            )
+
+        return self._condition(stored_by)
+
+    def _studies(self) -> ColumnElement[bool]:
+        series = _SERIES
+
+        def stored_by(organisation: Any) -> ColumnElement[bool]:
+            return exists().where(
+                series.c.study_pk == STUDY.c.pk, organisation(series.c.source_organisation)
+            )
+
+        return self._condition(stored_by)
+
+    def _series(self) -> ColumnElement[bool]:
+        return self._condition(lambda organisation: organisation(SERIES.c.source_organisation))
+
+    def _condition(self, stored_by: Any) -> ColumnElement[bool]:
+        """The reach, given ``stored_by(test)``: whether the row holds a series whose
+        ``source_organisation`` passes ``test``."""
         r = self.reach
         if r is None:
             return false()
-        if r.patient:
-            return PATIENT.c.patient_id == r.patient
-        organisation = SERIES.c.source_organisation
-        return self._combine(
-            organisation == r.organisation,
-            organisation.in_(sorted(r.reads_for)) if r.reads_for else None,
-        )
-
-    def _condition(self, key: Any, holding: Any) -> ColumnElement[bool]:
-        r = self.reach
-        if r is None:
-            return false()
-        if r.patient:
-            return PATIENT.c.patient_id == r.patient
-        own = key.in_(holding(SERIES.c.source_organisation == r.organisation))
-        others = None
-        if r.reads_for:
-            others = key.in_(holding(SERIES.c.source_organisation.in_(sorted(r.reads_for))))
-        return self._combine(own, others)
-
-    def _combine(
-        self, own: ColumnElement[bool], others: ColumnElement[bool] | None
-    ) -> ColumnElement[bool]:
-        r = self.reach
-        assert r is not None
         patient_id = PATIENT.c.patient_id
-        reached = [own]
+        if r.patient:
+            return patient_id == r.patient
+        organisation = r.organisation
+        reached = [stored_by(lambda column: column == organisation)]
         if r.care:
-            reached.append(patient_id.in_(identifiers_of(in_care(r.organisation))))
-        if others is not None:
-            reached.append(and_(others, not_(patient_id.in_(identifiers_of(withholding())))))
-        refused = patient_id.in_(identifiers_of(refusing(r.organisation)))
-        return and_(not_(refused), or_(*reached))
+            reached.append(identified(patient_id, lambda fhir_id: in_care(fhir_id, organisation)))
+        if r.reads_for:
+            others = sorted(r.reads_for)
+            reached.append(
+                and_(
+                    stored_by(lambda column: column.in_(others)),
+                    not_(identified(patient_id, withholds)),
+                )
+            )
+        refused = identified(patient_id, lambda fhir_id: refuses(fhir_id, organisation))
+        return and_(or_(*reached), not_(refused))
 
 
-def _studies_with(series_condition: ColumnElement[bool]) -> Select[Any]:
-    return select(SERIES.c.study_pk).where(series_condition).correlate(None)
-
-
-def _patients_with(series_condition: ColumnElement[bool]) -> Select[Any]:
-    return (
-        select(STUDY.c.patient_pk)
-        .join(SERIES, SERIES.c.study_pk == STUDY.c.pk)
-        .where(series_condition)
-        .correlate(None)
-    )
+@functools.lru_cache(maxsize=4096)
+def _condition(scope: ImagingScope, level: str) -> ColumnElement[bool]:
+    """The conditions of a reach, built once (building them costs more than running them)."""
+    built: ColumnElement[bool] = getattr(scope, f"_{level}")()
+    return built
 
 
 def imaging_scope(subject: Subject) -> ImagingScope | None:
@@ -116,14 +128,3 @@ def study_scope(subject: Subject) -> ColumnElement[bool] | None:
     """The condition on ``study`` (patient joined) for ``subject``; None = unrestricted."""
     scope = imaging_scope(subject)
     return None if scope is None else scope.studies()
-
-
-def stored_by(organisations: list[str]) -> Select[Any]:
-    """PatientIDs of the DICOM patients with a series stored by one of ``organisations``."""
-    return (
-        select(PATIENT.c.patient_id)
-        .join(STUDY, STUDY.c.patient_pk == PATIENT.c.pk)
-        .join(SERIES, SERIES.c.study_pk == STUDY.c.pk)
-        .where(SERIES.c.source_organisation.in_(organisations))
-        .correlate(None)
-    )
