@@ -19,14 +19,17 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, FromClause, and_, exists, false, not_, or_, select
 
-from pacs.fhir.schema import FhirReference, FhirResource, FhirToken
+from pacs.fhir.schema import FhirReference, FhirResource, FhirString, FhirToken
+from pacs.fhir.values import normalise
 
 R = FhirResource.__table__
 REF = FhirReference.__table__
 TOKEN = FhirToken.__table__
+STRING = FhirString.__table__
 
 # the aliases every condition uses, built once (an alias's column collection is costly)
 _ORG_IDENTIFIER, _ORG = TOKEN.alias("organisation_identifier"), R.alias("organisation")
+_ORG_NAME = STRING.alias("organisation_name")
 _CONSENT_PATIENT, _CONSENT_ACTOR = REF.alias("consent_patient"), REF.alias("consent_actor")
 _STATUS, _KIND = TOKEN.alias("consent_status"), TOKEN.alias("consent_kind")
 _IDENTIFIER, _IDENTIFIED = TOKEN.alias("patient_identifier"), R.alias("identified_patient")
@@ -34,19 +37,27 @@ _IDENTIFIER, _IDENTIFIED = TOKEN.alias("patient_identifier"), R.alias("identifie
 
 def is_organisation(ref: FromClause, organisation: str) -> ColumnElement[bool]:
     """Whether a reference index row points at ``organisation``: the Organization with that
-    id or with that identifier value (the subject's organisation as its token names it)."""
-    named, org = _ORG_IDENTIFIER, _ORG
+    id, identifier value or name (as written; the name is what the AE allow-list and registry
+    use, see ``pacs.worklist.items``)."""
+    identifier, name, org = _ORG_IDENTIFIER, _ORG_NAME, _ORG
     by_identifier = exists().where(
-        named.c.resource_type == "Organization",
-        named.c.param == "identifier",
-        named.c.code == organisation,
-        org.c.pk == named.c.resource_pk,
-        org.c.deleted == false(),
+        identifier.c.resource_type == "Organization",
+        identifier.c.param == "identifier",
+        identifier.c.code == organisation,
+        org.c.pk == identifier.c.resource_pk,
+        org.c.id == ref.c.target_id,
+    )
+    by_name = exists().where(
+        name.c.resource_type == "Organization",
+        name.c.param == "name",
+        name.c.value == normalise(organisation),
+        name.c.exact == organisation[:255],
+        org.c.pk == name.c.resource_pk,
         org.c.id == ref.c.target_id,
     )
     return and_(
         ref.c.target_type == "Organization",
-        or_(ref.c.target_id == organisation, by_identifier),
+        or_(ref.c.target_id == organisation, by_identifier, by_name),
     )
 
 
