@@ -24,6 +24,7 @@ from pacs.index.engine import create_index_engine
 from pacs.index.models import AuditEvent
 from pacs.ingest.source import Source
 from pacs.runtime import build_ingest
+from pacs.security.fhir_scope import worklist_scope
 from pacs.security.subject import Role, Subject
 from testkit.dicom_factory import write_ct_series
 from testkit.subjects import ORG_A, ORG_B, as_subject, patient, person
@@ -202,7 +203,6 @@ def test_a_clinician_sees_patients_in_care_and_breaks_the_glass(world: World) ->
 
 
 def test_review_sign_off_by_a_radiologist_in_their_own_name(world: World) -> None:
-    settings = world.app.state.settings
     engine = world.app.state.engine
     EmrFeed(engine, world.store, "http://archive.example").run_once()
     record = ResultRecord(
@@ -223,7 +223,6 @@ def test_review_sign_off_by_a_radiologist_in_their_own_name(world: World) -> Non
     decision = signed.json()["decision"]
     assert decision["practitioner"] == "Practitioner/rad-a"
     assert decision["signer"] == radiologist.name and decision["organisation"] == ORG_A
-    assert settings is not None
 
 
 def test_admin_surfaces_refuse_other_roles(world: World) -> None:
@@ -231,3 +230,27 @@ def test_admin_surfaces_refuse_other_roles(world: World) -> None:
     for role in (Role.RADIOLOGIST, Role.CLINICIAN, Role.MODALITY, Role.SYSTEM):
         assert world.act(person(role)).put("/api/aes/EVIL", json=body).status_code == 403
     assert world.act(person(Role.ADMIN, "")).put("/api/aes/GOOD", json=body).status_code == 201
+
+
+def test_a_modality_worklist_holds_its_organisations_requests(world: World) -> None:
+    def request(patient: str, performer: str) -> dict[str, Any]:
+        return world.store.create(
+            {
+                "resourceType": "ServiceRequest",
+                "status": "active",
+                "intent": "order",
+                "subject": {"reference": f"Patient/{world.patients[patient]}"},
+                "performer": [{"reference": f"Organization/{performer}"}],
+            }
+        )
+
+    def worklist(subject: Subject) -> set[str]:
+        bundle = world.store.search("ServiceRequest", [], scope=worklist_scope(subject))
+        return {entry["resource"]["id"] for entry in bundle.get("entry", [])}
+
+    for_a, for_b = request("P-A", ORG_A), request("P-B", ORG_B)
+    assert worklist(person(Role.MODALITY, ORG_A)) == {for_a["id"]}
+    assert worklist(person(Role.MODALITY, ORG_B)) == {for_b["id"]}
+    assert worklist(person(Role.ADMIN, "")) == {for_a["id"], for_b["id"]}
+    world.store.create({"resourceType": "Consent", **_consent(world.patients["P-A"], ORG_A)})
+    assert worklist(person(Role.MODALITY, ORG_A)) == set()
