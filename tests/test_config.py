@@ -45,6 +45,11 @@ COMMA_SEPARATED: dict[str, tuple[str, Any]] = {
     ),
     "stable_after_seconds_by_ae": (" SLOWCT=120, MR1=0.5 ", {"SLOWCT": 120.0, "MR1": 0.5}),
     "worker_analysis_limits": ("ct-chest=1, test=4", {"ct-chest": 1, "test": 4}),
+    "radiologist_reads_for": (
+        "RadCentre=ClinicA|ClinicB, Tele=ClinicC",
+        {"RadCentre": ("ClinicA", "ClinicB"), "Tele": ("ClinicC",)},
+    ),
+    "move_routes": ("OrgA=ARCHIVE_B|WS9", {"OrgA": ("ARCHIVE_B", "WS9")}),
 }
 """The settings written as comma-separated strings in the environment, parsed once."""
 
