@@ -64,7 +64,8 @@ def findscu(archive: RunningArchive, aet: str) -> set[str]:
     args += ["127.0.0.1", str(archive.dicom_port)]
     run = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
-    return set(re.findall(r"\(0020,000d\) UI \[([0-9.]+)\]", run.stdout + run.stderr))
+    found = set(re.findall(r"\(0020,000d\) UI \[([0-9.]+)\]", run.stdout + run.stderr))
+    return found
 
 
 def getscu(archive: RunningArchive, aet: str, study: str, out: Path) -> int:
@@ -93,7 +94,7 @@ def register(archive: RunningArchive, title: str, port: int, organisation: str) 
 
 def test_an_ae_finds_and_gets_its_organisations_studies_only(scene: Scene, tmp_path: Path) -> None:
     a, b = scene.studies["OrgA"], scene.studies["OrgB"]
-    assert findscu(scene.archive, "AEA") == {a}
+    assert findscu(scene.archive, "AEA") == {a}, scene.archive.log()
     assert findscu(scene.archive, "AEB") == {b}
     assert findscu(scene.archive, "NOORG") == set()
     assert getscu(scene.archive, "AEA", a, tmp_path / "get-a") == 2

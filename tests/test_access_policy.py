@@ -115,6 +115,7 @@ def test_an_organisation_sees_its_own_studies_only(world: World) -> None:
     assert world.act(radiologist_a).get(f"/dicomweb/studies/{b}/series").status_code == 404
     assert world.fhir_patients(radiologist_a) == {world.patients["P-A"]}
     assert world.act(radiologist_a).get(f"/fhir/Patient/{world.patients['P-B']}").status_code == 404
+    assert world.qido(person(Role.RADIOLOGIST, ORG_B)) == {b}  # same query, other values
     assert world.qido(person(Role.MODALITY, ORG_B)) == {b}
     assert world.qido(person(Role.RADIOLOGIST, "RadCentre")) == {a}  # reads for OrgA
     assert world.qido(person(Role.RADIOLOGIST, "")) == set()  # acts for no organisation

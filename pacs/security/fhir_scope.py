@@ -29,6 +29,7 @@ from pacs.security.consent import (
     refuses,
     withholds,
 )
+from pacs.security.frozen import Frozen
 from pacs.security.imaging import PATIENT, SERIES, STUDY
 from pacs.security.policy import DIRECTORY_TYPES, NoReach, Reach, reach
 from pacs.security.subject import Subject
@@ -50,18 +51,21 @@ def fhir_scope(subject: Subject, resource_type: str) -> ColumnElement[bool] | No
 
 @functools.lru_cache(maxsize=4096)
 def in_compartment(resource_type: str, found: Reach) -> ColumnElement[bool]:
-    """Resources of ``resource_type`` in the compartment of the patients ``found`` reaches."""
+    """Resources of ``resource_type`` in the compartment of the patients ``found`` reaches
+    (built once per reach and type)."""
     if resource_type == "Patient":
-        return reached_patients(found, R.c.id)
+        return Frozen(reached_patients(found, R.c.id))
     if "patient" not in SEARCH_PARAMS.get(resource_type, {}):
         return false()
     ref = _COMPARTMENT
-    return exists().where(
-        ref.c.resource_pk == R.c.pk,
-        ref.c.resource_type == resource_type,
-        ref.c.param == "patient",
-        ref.c.target_type == "Patient",
-        reached_patients(found, ref.c.target_id),
+    return Frozen(
+        exists().where(
+            ref.c.resource_pk == R.c.pk,
+            ref.c.resource_type == resource_type,
+            ref.c.param == "patient",
+            ref.c.target_type == "Patient",
+            reached_patients(found, ref.c.target_id),
+        )
     )
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, Table, and_, exists, false, not_, or_
 from pacs.index.models import Patient, Series, Study
 from pacs.security.care import in_care
 from pacs.security.consent import identified, refuses, withholds
+from pacs.security.frozen import Frozen
 from pacs.security.policy import NoReach, Reach, reach
 from pacs.security.subject import Subject
 
@@ -112,7 +113,7 @@ class ImagingScope:
 def _condition(scope: ImagingScope, level: str) -> ColumnElement[bool]:
     """The conditions of a reach, built once (building them costs more than running them)."""
     built: ColumnElement[bool] = getattr(scope, f"_{level}")()
-    return built
+    return Frozen(built)
 
 
 def imaging_scope(subject: Subject) -> ImagingScope | None:
