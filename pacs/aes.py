@@ -109,6 +109,15 @@ def get_ae(session: Session, title: str) -> RemoteAE:
     return found
 
 
+def registered_organisation(session: Session, title: str, host: str) -> str:
+    """The organisation of the registry entry with this title *and* host ('' if none): a
+    calling AE is known by where it calls from, not only by the title it claims."""
+    found = session.scalar(
+        select(RemoteAE.organisation).where(RemoteAE.title == title.strip(), RemoteAE.host == host)
+    )
+    return found or ""
+
+
 def list_aes(session: Session) -> Sequence[RemoteAE]:
     """Every entry, ordered by title."""
     return session.scalars(select(RemoteAE).order_by(RemoteAE.title)).all()

@@ -123,16 +123,16 @@ def parse_ae_periods(text: str) -> dict[str, float]:
     return periods
 
 
-def parse_station_organisations(text: str) -> dict[str, tuple[str, ...]]:
-    """``"CT01=Clinic A|Clinic B,MR02=Clinic C"`` -> ``{"CT01": ("Clinic A", "Clinic B"), ...}``;
-    ValueError on bad entries."""
+def parse_organisation_map(text: str) -> dict[str, tuple[str, ...]]:
+    """``"RadCentre=ClinicA|ClinicB,Tele=ClinicC"`` -> ``{"RadCentre": ("ClinicA", "ClinicB"),
+    "Tele": ("ClinicC",)}``; ValueError on bad entries."""
     mapping: dict[str, tuple[str, ...]] = {}
     for entry in _entries(text):
-        title, sep, names = entry.partition("=")
-        organisations = tuple(n.strip() for n in names.split("|") if n.strip())
-        if not sep or not 0 < len(title.strip()) <= 16 or not organisations:
-            raise ValueError(f"bad entry {entry!r}: expected AE_TITLE=Organisation[|Organisation]")
-        mapping[title.strip()] = organisations
+        key, sep, values = entry.partition("=")
+        targets = tuple(v.strip() for v in values.split("|") if v.strip())
+        if not sep or not key.strip() or not targets:
+            raise ValueError(f"bad entry {entry!r}: expected NAME=VALUE[|VALUE...]")
+        mapping[key.strip()] = mapping.get(key.strip(), ()) + targets
     return mapping
 
 
@@ -187,8 +187,10 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "webhook_allowed_networks": parse_networks,
     "dicom_tls_ae_certificates": parse_pairs,
     "dicom_tls_peers": lambda text: tuple(_entries(text)),
-    "worklist_station_organisations": parse_station_organisations,
+    "worklist_station_organisations": parse_organisation_map,
     "ian_destinations": lambda text: tuple(_entries(text)),
+    "radiologist_reads_for": parse_organisation_map,
+    "move_routes": parse_organisation_map,
 }
 
 
@@ -366,6 +368,20 @@ class Settings(BaseSettings):
         (),
         description=(
             "Comma-separated allow-list TITLE@host[=Organisation]; host '*' matches any address."
+        ),
+    )
+    radiologist_reads_for: Annotated[dict[str, tuple[str, ...]], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "Organisations whose studies radiologists of an organisation read, "
+            "'RadOrg=ClinicA|ClinicB,Tele=ClinicC' (besides their own)."
+        ),
+    )
+    move_routes: Annotated[dict[str, tuple[str, ...]], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "Extra C-MOVE destinations per requesting organisation, 'OrgA=AE1|AE2' "
+            "(besides the registered AEs of the requester's own organisation)."
         ),
     )
     duplicate_policy: DuplicatePolicy = Field(

@@ -64,6 +64,11 @@ COMMA_SEPARATED: dict[str, tuple[str, Any]] = {
         "CT01=Clinic A| Clinic B, MR02=Clinic C",
         {"CT01": ("Clinic A", "Clinic B"), "MR02": ("Clinic C",)},
     ),
+    "radiologist_reads_for": (
+        "RadCentre=ClinicA|ClinicB, Tele=ClinicC",
+        {"RadCentre": ("ClinicA", "ClinicB"), "Tele": ("ClinicC",)},
+    ),
+    "move_routes": ("OrgA=ARCHIVE_B|WS9", {"OrgA": ("ARCHIVE_B", "WS9")}),
 }
 """The settings written as comma-separated strings in the environment, parsed once."""
 

@@ -13,9 +13,10 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
+from pacs.dimse.policy import AEPolicy, CallingAE
 from pacs.dimse.worklist import MODALITY_WORKLIST_FIND, WorklistService
 from pacs.fhir.store import FhirStore
-from pacs.index.engine import create_index_engine
+from pacs.index.engine import create_index_engine, session_factory
 from pacs.ingest import Source
 from pacs.runtime import build_ingest
 from pacs.worklist import WorklistQueryError, item_from_service_request, matches, response
@@ -242,8 +243,10 @@ def _mwl_c_find(source: WorklistSource, accession: str) -> list[Dataset]:
         request=SimpleNamespace(AffectedSOPClassUID=MODALITY_WORKLIST_FIND),
         identifier=identifier,
         is_cancelled=False,
+        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="MOD", address="127.0.0.1")),
     )
-    answers = list(WorklistService(source).on_c_find(event))  # type: ignore[arg-type]
+    callers = CallingAE(AEPolicy([], accept_any=True), session_factory(source.engine), "127.0.0.1")
+    answers = list(WorklistService(source, callers).on_c_find(event))  # type: ignore[arg-type]
     assert answers[-1] == (0x0000, None)
     return [match for _, match in answers[:-1] if match is not None]
 

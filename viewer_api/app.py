@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES
@@ -20,6 +20,7 @@ from pacs.runtime import build_ingest
 from pacs.security.authn import Authenticator
 from pacs.storage import open_store
 from viewer_api import errors
+from viewer_api.access import authorize
 from viewer_api.authn import add_exception_handlers
 from viewer_api.body_limit import BodyLimit
 from viewer_api.csrf import CSRFMiddleware
@@ -56,8 +57,10 @@ def create_app(settings: Settings, dicom_server: Any = None) -> FastAPI:
         redoc_url=None,
     )
     _build_services(app, settings, dicom_server)
-    for router in PUBLIC_ROUTERS + PROTECTED_ROUTERS:
+    for router in PUBLIC_ROUTERS:
         app.include_router(router)
+    for router in PROTECTED_ROUTERS:  # each route's (action, resource): viewer_api.access
+        app.include_router(router, dependencies=[Depends(authorize)])
     _add_middleware(app, settings)
     add_exception_handlers(app)
     errors.install(app)

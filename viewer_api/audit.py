@@ -95,7 +95,7 @@ class AuditTrail:
             protocol=protocol_of(url.path),
             patient=patient,
             study=study,
-            break_glass=break_glass,
+            break_glass=break_glass or self.subject.break_glass,
         )
 
     def streamed(

@@ -18,6 +18,7 @@ from pacs.fhir.store import FhirStore
 from pacs.ingest import IngestService
 from pacs.jobs.rules import RuleBook
 from pacs.security.authn import SESSION_COOKIE, Authenticator
+from pacs.security.policy import with_settings
 from pacs.security.subject import Subject
 from pacs.storage.base import ObjectStore
 from viewer_api.audit import AuditTrail
@@ -87,9 +88,23 @@ AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 DicomReadyDep = Annotated[bool | None, Depends(get_dicom_ready)]
 
 
-def get_audit(request: Request, session: SessionDep, user: CurrentUser) -> AuditTrail:
-    """The audit trail of this request, as ``user``."""
-    return AuditTrail(session, request, user)
+BREAK_GLASS_HEADER = "X-Break-Glass-Reason"
+"""A clinician opens a patient outside the access policy by stating the reason here."""
+
+
+def get_subject(request: Request, user: CurrentUser, settings: SettingsDep) -> Subject:
+    """The caller as the access policy sees it (``pacs.security.policy.with_settings``): the
+    organisations a radiologist reads for, a clinician's break-glass reason."""
+    reason = request.headers.get(BREAK_GLASS_HEADER, "")
+    return with_settings(user, settings.radiologist_reads_for, reason)
+
+
+SubjectDep = Annotated[Subject, Depends(get_subject)]
+
+
+def get_audit(request: Request, session: SessionDep, subject: SubjectDep) -> AuditTrail:
+    """The audit trail of this request, as ``subject`` (break-glass flagged)."""
+    return AuditTrail(session, request, subject)
 
 
 AuditDep = Annotated[AuditTrail, Depends(get_audit)]

@@ -22,6 +22,7 @@ from pacs.fhir.errors import (
     UnsupportedMediaType,
 )
 from pacs.fhir.store import FhirStore
+from pacs.security.subject import Subject
 from viewer_api.audit import AuditTrail
 from viewer_api.negotiation import media_ranges, parse_media_type
 
@@ -33,12 +34,14 @@ _FORM = "application/x-www-form-urlencoded"
 @dataclass(frozen=True, slots=True)
 class FhirCall:
     """One FHIR request: the store, the base URL clients see, the body limit, the audit
-    (``noted``: the patient / study / resource the endpoint found, for the audit record)."""
+    (``noted``: the patient / study / resource the endpoint found, for the audit record) and
+    the caller."""
 
     request: Request
     store: FhirStore
     settings: Settings
     audit: AuditTrail
+    subject: Subject  # the caller: pacs.security.policy decides each interaction
     noted: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacs.config import PnMatching, Settings
+from pacs.dimse.policy import CallingAE
 from pacs.dimse.status import (
     CANCEL,
     IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
@@ -28,6 +29,8 @@ from pacs.dimse.status import (
 )
 from pacs.query import QueryError, QueryModel, find
 from pacs.query.matching import DEFAULT_OPTIONS, MatchOptions
+from pacs.security.imaging import imaging_scope
+from pacs.security.policy import Action, Resource, decide
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +51,17 @@ def match_options(settings: Settings) -> MatchOptions:
 
 
 class FindService:
-    """Answers C-FIND requests from the index, with one session per request."""
+    """Answers C-FIND requests from the index, with one session per request, within the
+    calling AE's reach (``pacs.dimse.policy.CallingAE``; filtered in the query)."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], options: MatchOptions = DEFAULT_OPTIONS
+        self,
+        sessions: sessionmaker[Session],
+        callers: CallingAE,
+        options: MatchOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.sessions = sessions
+        self.callers = callers
         self.options = options
 
     def on_c_find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
@@ -64,12 +72,16 @@ class FindService:
             yield failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "unsupported SOP class")
             return
         yield from answer_c_find(
-            f"C-FIND {model.value}", event, lambda ids: self._matches(model, ids), QueryError
+            f"C-FIND {model.value}", event, lambda ids: self._matches(model, ids, event), QueryError
         )
 
-    def _matches(self, model: QueryModel, identifier: Dataset) -> Iterator[Dataset]:
+    def _matches(self, model: QueryModel, identifier: Dataset, event: Event) -> Iterator[Dataset]:
+        subject = self.callers.of(event)
+        if not decide(subject, Action.SEARCH, Resource.IMAGING):
+            return
+        scope = imaging_scope(subject)
         with self.sessions() as session:
-            yield from find(session, identifier, model, options=self.options)
+            yield from find(session, identifier, model, options=self.options, scope=scope)
 
 
 def answer_c_find(

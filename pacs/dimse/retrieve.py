@@ -18,7 +18,7 @@ bad identifier is refused (0xA900) before the destination is contacted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, cast
 
@@ -29,6 +29,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from pacs.aes import AERegistryError, get_ae
+from pacs.dimse.policy import CallingAE
 from pacs.dimse.pynetdicom_internals import answer_instead, replace_send_c_store
 from pacs.dimse.scu import (
     MoveOriginator,
@@ -49,6 +50,9 @@ from pacs.dimse.status import (
 from pacs.dimse.tls import TlsArgs
 from pacs.errors import PacsError
 from pacs.index.models import Instance, Patient, Series, Study
+from pacs.security.imaging import imaging_scope
+from pacs.security.policy import Action, Resource, decide
+from pacs.security.subject import Subject
 from pacs.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -109,22 +113,37 @@ def instance_query(identifier: Dataset) -> Select[Any]:
 
 
 class RetrieveService:
-    """C-MOVE and C-GET handlers of one worker process, on its index and object store."""
+    """C-MOVE and C-GET handlers of one worker process, on its index and object store.
+
+    Only instances within the calling AE's reach are sent (``pacs.dimse.policy.CallingAE``,
+    filtered in the query); a C-MOVE goes only to a registered AE of the caller's
+    organisation or one of its ``routes`` (``PACS_MOVE_ROUTES``), any registered AE for an
+    unrestricted caller."""
 
     def __init__(
         self,
         sessions: Callable[[], Session],
         store: ObjectStore,
+        callers: CallingAE,
+        routes: Mapping[str, Sequence[str]] | None = None,
         tls_args: Callable[[str, str], TlsArgs | None] | None = None,
     ) -> None:
         self.sessions = sessions
         self.store = store
+        self.callers = callers
+        self.routes = dict(routes or {})
         self.tls_args = tls_args
         """(title, host) -> pynetdicom ``tls_args`` of a C-MOVE destination (None: plain)."""
 
-    def locate(self, identifier: Dataset) -> list[StoreItem]:
-        """The stored instances ``identifier`` names (raise :class:`IdentifierError`)."""
+    def locate(self, identifier: Dataset, subject: Subject) -> list[StoreItem]:
+        """The stored instances ``identifier`` names within the reach of ``subject`` (raise
+        :class:`IdentifierError`)."""
         query = instance_query(identifier)
+        if not decide(subject, Action.READ, Resource.IMAGING):
+            return []
+        scope = imaging_scope(subject)
+        if scope is not None:
+            query = query.where(scope.series())
         with self.sessions() as session:
             rows = session.scalars(query).all()
         store = self.store
@@ -143,9 +162,11 @@ class RetrieveService:
         raw = event.move_destination or ""
         destination = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw).strip()
         try:
+            subject = self.callers.of(event)
             with self.sessions() as session:
                 peer = get_ae(session, destination)
                 address = (peer.host, peer.port)
+                allowed = self._may_move_to(subject, peer.title, peer.organisation)
         except AERegistryError:
             log.warning("C-MOVE to unregistered destination %r", destination)
             yield None, None
@@ -154,7 +175,11 @@ class RetrieveService:
             log.error("C-MOVE: registry lookup failed: %s", type(exc).__name__)
             yield None, None
             return
-        items, failure = self._locate(event)
+        if not allowed:
+            log.warning("C-MOVE to %r refused: not a destination of the caller", destination)
+            yield None, None  # answered as an unknown destination (0xA801)
+            return
+        items, failure = self._locate(event, subject)
         sub_association: list[Any] = []  # pynetdicom's association to the destination
         requestor = str(event.assoc.requestor.ae_title).strip()
         handler = _raw_sender(sub_association, requestor)
@@ -176,9 +201,23 @@ class RetrieveService:
             event, items, lambda: _accepted(sub_association[0]) if sub_association else {}
         )
 
+    def _may_move_to(self, subject: Subject, title: str, organisation: str) -> bool:
+        """Whether ``subject`` may send to the registered AE ``title`` of ``organisation``."""
+        if imaging_scope(subject) is None:
+            return True  # an unrestricted caller: any registered destination
+        own = subject.organisation
+        return bool(own) and (organisation == own or title in self.routes.get(own, ()))
+
     def on_c_get(self, event: Any) -> Iterator[Any]:
         """EVT_C_GET: number of sub-operations, then one dataset per instance."""
-        items, failure = self._locate(event)
+        try:
+            subject = self.callers.of(event)
+        except Exception as exc:
+            log.error("C-GET: caller lookup failed: %s", type(exc).__name__)
+            yield 1
+            yield UNABLE_TO_PROCESS, None
+            return
+        items, failure = self._locate(event, subject)
         if failure is not None:
             yield 1
             yield failure, None
@@ -187,9 +226,9 @@ class RetrieveService:
         _raw_sender([])(event)
         yield from self._datasets(event, items, lambda: _accepted(event.assoc))
 
-    def _locate(self, event: Any) -> tuple[list[StoreItem], int | None]:
+    def _locate(self, event: Any, subject: Subject) -> tuple[list[StoreItem], int | None]:
         try:
-            return self.locate(event.identifier), None
+            return self.locate(event.identifier, subject), None
         except IdentifierError as exc:
             log.warning("retrieve identifier refused: %s", exc)
             return [], IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS

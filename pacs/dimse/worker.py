@@ -36,7 +36,7 @@ from pacs.dimse.find import FindService, match_options
 from pacs.dimse.handlers import Handlers
 from pacs.dimse.limits import AssociationSlots, MemoryBudget
 from pacs.dimse.mpps import MppsHandler
-from pacs.dimse.policy import AEPolicy
+from pacs.dimse.policy import AEPolicy, CallingAE
 from pacs.dimse.pynetdicom_internals import (
     SharedContexts,
     TunedRequestHandler,
@@ -88,9 +88,13 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     audit_export.install(settings.audit_syslog_url)
     audit = DimseAudit(create_index_engine(settings))
     store = StoreHandler(ingest, policy, audit)
+    query_sessions = session_factory(create_index_engine(settings))
+    callers = CallingAE(policy, query_sessions, settings.host)
     retrieve = RetrieveService(
         session_factory(ingest.engine),
         ingest.store,
+        callers,
+        settings.move_routes,
         lambda title, host: peer_tls_args(settings, title, host),
     )
     handlers = Handlers(store, policy, retrieve)
@@ -98,9 +102,7 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
     tls = server_context(settings) if settings.dicom_tls else None
     if settings.dicom_tls_match_ae:
         handlers.certificate_aes = settings.dicom_tls_ae_certificates
-    handlers.find = FindService(
-        session_factory(create_index_engine(settings)), match_options(settings)
-    )
+    handlers.find = FindService(query_sessions, callers, match_options(settings))
     worklist_engine = create_index_engine(settings)
     handlers.worklist = WorklistService(
         WorklistSource(
@@ -108,7 +110,8 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
             worklist_engine,
             settings.worklist_remove_on_arrival,
             settings.worklist_station_organisations,
-        )
+        ),
+        callers,
     )
     handlers.mpps = MppsHandler(MppsService(worklist_engine))
     handlers.commitment = CommitmentHandler(settings, ingest.engine, ingest.store)

@@ -76,6 +76,13 @@ class UnsupportedResourceType(FhirError):
     code = "not-supported"
 
 
+class Forbidden(FhirError):
+    """The access policy does not allow the caller this interaction (403)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class ResourceNotFound(FhirError):
     """No resource (or version) with that id (404)."""
 

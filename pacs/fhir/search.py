@@ -79,6 +79,15 @@ class SearchRequest:
     summary_count: bool = False
     total: bool = True
 
+    def restrict(self, scope: ColumnElement[bool]) -> None:
+        """Only resources within ``scope`` (the caller's reach); included resources would
+        escape it, so ``_include``/``_revinclude`` are dropped and reported as ignored."""
+        self.where.append(scope)
+        dropped = [f"_include={p}" for p, _ in self.includes]
+        dropped += [f"_revinclude={t}:{p}" for t, p in self.revincludes]
+        self.ignored.extend(dropped)
+        self.includes, self.revincludes = [], []
+
 
 # ---------------------------------------------------------------- conditions
 

@@ -215,12 +215,34 @@ _SPEC: dict[str, dict[str, tuple[str, ...]]] = {
         "onset-date": (DATE, "onsetDateTime|onsetPeriod"),
         "recorded-date": (DATE, "recordedDate"),
     },
+    "Consent": {
+        "identifier": (TOKEN, "identifier"),
+        "patient": (REFERENCE, "patient", "Patient"),
+        "status": (TOKEN, "status"),
+        "scope": (TOKEN, "scope"),
+        "category": (TOKEN, "category"),
+        "date": (DATE, "dateTime"),
+        "organization": (REFERENCE, "organization", "Organization"),
+        "actor": (REFERENCE, "provision.actor.reference"),
+        "provision-type": (TOKEN, "provision.type"),  # not standard: permit | deny
+    },
+    "Appointment": {
+        "identifier": (TOKEN, "identifier"),
+        "patient": (REFERENCE, "participant.actor", "Patient"),
+        "actor": (REFERENCE, "participant.actor"),
+        "practitioner": (REFERENCE, "participant.actor", "Practitioner"),
+        "status": (TOKEN, "status"),
+        "date": (DATE, "start"),
+        "service-type": (TOKEN, "serviceType"),
+        "based-on": (REFERENCE, "basedOn", "ServiceRequest"),
+    },
 }
 
 _NOT_STANDARD = {
     ("ImagingStudy", "based-on"),
     ("DiagnosticReport", "imaging-study"),
     ("Device", "version"),
+    ("Consent", "provision-type"),
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    not_,
     select,
     text,
     tuple_,
@@ -147,20 +149,43 @@ class FhirStore:
 
     # ------------------------------------------------------------ reads
 
-    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
-        """The current version; 404 if unknown, 410 if deleted."""
+    def read(
+        self, resource_type: str, resource_id: str, scope: ColumnElement[bool] | None = None
+    ) -> dict[str, Any]:
+        """The current version; 404 if unknown (or outside ``scope``, the caller's reach:
+        ``pacs.security.fhir_scope``), 410 if deleted."""
         check_type(resource_type)
         with self.engine.connect() as conn:
-            return self.tx_read(conn, resource_type, resource_id)
+            return self.tx_read(conn, resource_type, resource_id, scope)
 
-    def tx_read(self, conn: Connection, resource_type: str, resource_id: str) -> dict[str, Any]:
-        row = conn.execute(
-            select(R.c.content, R.c.deleted, R.c.version_id).where(
-                R.c.resource_type == resource_type, R.c.id == resource_id
-            )
-        ).first()
+    def tx_read(
+        self,
+        conn: Connection,
+        resource_type: str,
+        resource_id: str,
+        scope: ColumnElement[bool] | None = None,
+    ) -> dict[str, Any]:
+        query = select(R.c.content, R.c.deleted, R.c.version_id).where(
+            R.c.resource_type == resource_type, R.c.id == resource_id
+        )
+        row = conn.execute(query if scope is None else query.where(scope)).first()
         name = f"{resource_type}/{resource_id}"
         return _live(row, f"{name} is not known", f"{name} was deleted")
+
+    def outside(
+        self, resource_type: str, resource_id: str, scope: ColumnElement[bool] | None
+    ) -> bool:
+        """Whether the resource is stored (current row, deleted or not) but outside
+        ``scope``; callers answer 404 for it, as for an unknown one."""
+        if scope is None:
+            return False
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(R.c.pk).where(
+                    R.c.resource_type == resource_type, R.c.id == resource_id, not_(scope)
+                )
+            ).first()
+        return found is not None
 
     def vread(self, resource_type: str, resource_id: str, version: str | int) -> dict[str, Any]:
         """One version from the history; 404 if unknown, 410 if that version is a deletion."""
@@ -248,10 +273,15 @@ class FhirStore:
         *,
         strict: bool = False,
         base_url: str | None = None,
+        scope: ColumnElement[bool] | None = None,
     ) -> Bundle:
-        """A ``searchset`` Bundle; unknown parameters raise when ``strict``, else are reported."""
+        """A ``searchset`` Bundle; unknown parameters raise when ``strict``, else are reported.
+        ``scope`` (the caller's reach, ``pacs.security.fhir_scope``) is part of the query;
+        with it ``_include``/``_revinclude`` are not followed (reported as ignored)."""
         with self.engine.connect() as conn:
-            return self.tx_search(conn, resource_type, params, strict=strict, base_url=base_url)
+            return self.tx_search(
+                conn, resource_type, params, strict=strict, base_url=base_url, scope=scope
+            )
 
     def tx_search(
         self,
@@ -262,11 +292,14 @@ class FhirStore:
         strict: bool = False,
         base_url: str | None = None,
         budget: ResourceBudget | None = None,
+        scope: ColumnElement[bool] | None = None,
     ) -> Bundle:
         """``search`` on ``conn``; its resources are spent from ``budget`` (a batch's), or
         from a budget of ``max_resources`` of its own."""
         check_type(resource_type)
         request = fhir_search.parse(resource_type, params, strict, self.default_count)
+        if scope is not None:
+            request.restrict(scope)
         base = self.base_url if base_url is None else base_url.rstrip("/")
         spent = budget if budget is not None else ResourceBudget(self.max_resources)
         return fhir_search.execute(conn, request, base, spent)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Engine, and_, select
 
 from pacs.errors import PacsError
-from pacs.index.models import Series, Study
+from pacs.index.models import Patient, Series, Study
 from pacs.metadata.records import INSTANCE, MetadataRow, backfill, load
 from pacs.storage import is_valid_uid
 from pacs.storage.base import ObjectStore
@@ -37,9 +37,12 @@ def select_instances(
     instance: str | None = None,
     *,
     documents: bool = True,
+    scope: ColumnElement[bool] | None = None,
 ) -> Selection:
     """The instances under study / series / instance, all UIDs required to agree (an
-    instance UID under another study is not found). Raise NotFound or BadPath."""
+    instance UID under another study is not found); only series within ``scope`` (a
+    condition on series, study and patient: ``ImagingScope.series()``). Raise NotFound or
+    BadPath."""
     for name, uid in (("study", study), ("series", series), ("instance", instance)):
         if uid is not None and not is_valid_uid(uid):
             raise BadPath(f"{name} UID is not a valid UID")
@@ -50,6 +53,8 @@ def select_instances(
     )
     if series is not None:
         query = query.where(Series.series_instance_uid == series)
+    if scope is not None:
+        query = query.join(Patient, Study.patient_pk == Patient.pk).where(scope)
     with engine.connect() as conn:
         found = {pk: (study, uid) for pk, uid in conn.execute(query)}
         if not found:

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pacs.index.models import Patient, Series, Study, as_utc
+
+if TYPE_CHECKING:
+    from pacs.security.imaging import ImagingScope
 
 
 class StudyRow(BaseModel):
@@ -89,51 +93,82 @@ def _series_row(series: Series) -> SeriesRow:
     )
 
 
-def recent_studies(session: Session, limit: int, offset: int = 0) -> StudyPage:
-    """A page of studies, most recently updated first; ties broken by pk (a stable order)."""
-    total = session.scalar(select(func.count(Study.pk))) or 0
+def recent_studies(
+    session: Session, limit: int, offset: int = 0, scope: ImagingScope | None = None
+) -> StudyPage:
+    """A page of the studies within ``scope`` (None: all), most recently updated first; ties
+    broken by pk (a stable order)."""
+    counted = select(func.count(Study.pk)).join(Patient, Study.patient_pk == Patient.pk)
+    listed = select(Study, Patient).join(Patient, Study.patient_pk == Patient.pk)
+    if scope is not None:
+        counted, listed = counted.where(scope.studies()), listed.where(scope.studies())
+    total = session.scalar(counted) or 0
     rows = session.execute(
-        select(Study, Patient)
-        .join(Patient, Study.patient_pk == Patient.pk)
-        .order_by(Study.updated_at.desc(), Study.pk.desc())
-        .limit(limit)
-        .offset(offset)
+        listed.order_by(Study.updated_at.desc(), Study.pk.desc()).limit(limit).offset(offset)
     ).all()
     return StudyPage(total, [_study_row(study, patient) for study, patient in rows])
 
 
-def find_study(session: Session, study_instance_uid: str) -> StudyRow | None:
-    """The study with this UID, or None."""
-    row = session.execute(
+def find_study(
+    session: Session, study_instance_uid: str, scope: ImagingScope | None = None
+) -> StudyRow | None:
+    """The study with this UID within ``scope``, or None."""
+    query = (
         select(Study, Patient)
         .join(Patient, Study.patient_pk == Patient.pk)
         .where(Study.study_instance_uid == study_instance_uid)
-    ).first()
+    )
+    if scope is not None:
+        query = query.where(scope.studies())
+    row = session.execute(query).first()
     return None if row is None else _study_row(*row)
 
 
-def series_of(session: Session, study_instance_uid: str) -> list[SeriesRow]:
-    """The series of a study, by series number (then pk)."""
-    series = session.scalars(
+def series_of(
+    session: Session, study_instance_uid: str, scope: ImagingScope | None = None
+) -> list[SeriesRow]:
+    """The series of a study within ``scope``, by series number (then pk)."""
+    query = (
         select(Series)
         .join(Study, Series.study_pk == Study.pk)
+        .join(Patient, Study.patient_pk == Patient.pk)
         .where(Study.study_instance_uid == study_instance_uid)
-        .order_by(Series.series_number, Series.pk)
-    ).all()
+    )
+    if scope is not None:
+        query = query.where(scope.series())
+    series = session.scalars(query.order_by(Series.series_number, Series.pk)).all()
     return [_series_row(s) for s in series]
 
 
-def missing_level(session: Session, study: str | None, series: str | None = None) -> str | None:
-    """``"study"`` when ``study`` is not stored, ``"series"`` when ``series`` is not a stored
-    series of it, else None (also when no study is named)."""
+def missing_level(
+    session: Session,
+    study: str | None,
+    series: str | None = None,
+    scope: ImagingScope | None = None,
+) -> str | None:
+    """``"study"`` when ``study`` is not stored (or outside ``scope``), ``"series"`` when
+    ``series`` is not a stored series of it (or outside ``scope``), else None (also when no
+    study is named)."""
     if study is None:
         return None
-    study_pk = session.scalar(select(Study.pk).where(Study.study_instance_uid == study))
+    studies = (
+        select(Study.pk)
+        .join(Patient, Study.patient_pk == Patient.pk)
+        .where(Study.study_instance_uid == study)
+    )
+    if scope is not None:
+        studies = studies.where(scope.studies())
+    study_pk = session.scalar(studies)
     if study_pk is None:
         return "study"
     if series is None:
         return None
-    found = session.scalar(
-        select(Series.pk).where(Series.series_instance_uid == series, Series.study_pk == study_pk)
+    in_study = (
+        select(Series.pk)
+        .join(Study, Series.study_pk == Study.pk)
+        .join(Patient, Study.patient_pk == Patient.pk)
+        .where(Series.series_instance_uid == series, Series.study_pk == study_pk)
     )
-    return "series" if found is None else None
+    if scope is not None:
+        in_study = in_study.where(scope.series())
+    return "series" if session.scalar(in_study) is None else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom import config
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
@@ -20,6 +20,9 @@ from pacs.query.charset import response_character_set
 from pacs.query.errors import QueryError
 from pacs.query.keys import COMPUTED, ENTITIES, KEYS, LEVELS, UNIQUE_KEYS, QueryModel
 from pacs.query.matching import DEFAULT_OPTIONS, MatchOptions, condition, values_of
+
+if TYPE_CHECKING:
+    from pacs.security.imaging import ImagingScope
 
 _SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 _BINARY_INTS = {"US", "UL", "SS", "SL", "SV", "UV"}  # binary VRs take ints, not strings
@@ -49,14 +52,16 @@ def find(
     hierarchical: bool = True,
     limit: int | None = None,
     offset: int = 0,
+    scope: ImagingScope | None = None,
 ) -> Iterator[Dataset]:
     """The response identifiers of every match of ``identifier`` under ``model``, in a
     stable order (primary keys from the top level down).
 
     ``hierarchical=False`` (QIDO-RS ``/series``, ``/instances``) drops the requirement of
     unique keys above the query level; ``limit``/``offset`` page through the matches.
-    Raises ``QueryError`` for an identifier that does not fit the model (an unknown level,
-    a missing higher-level unique key, an unparseable value).
+    ``scope`` (the caller's reach, ``pacs.security.imaging``) is part of the query: rows
+    outside it are never fetched. Raises ``QueryError`` for an identifier that does not fit
+    the model (an unknown level, a missing higher-level unique key, an unparseable value).
     """
     level = query_level(identifier, model)
     matches = find_values(
@@ -67,6 +72,7 @@ def find(
         hierarchical=hierarchical,
         limit=limit,
         offset=offset,
+        scope=scope,
     )
     for match in matches:
         yield response(identifier, level, match)
@@ -81,11 +87,14 @@ def find_values(
     hierarchical: bool = True,
     limit: int | None = None,
     offset: int = 0,
+    scope: ImagingScope | None = None,
 ) -> Iterator[Match]:
     """Like ``find``, the values of every match without building data sets (QIDO-RS turns
     them into DICOM JSON directly)."""
     level = query_level(identifier, model)
-    statement = build_select(identifier, level, model, options, hierarchical=hierarchical)
+    statement = build_select(
+        identifier, level, model, options, hierarchical=hierarchical, scope=scope
+    )
     if limit is not None:
         statement = statement.limit(limit)
     if offset:
@@ -134,8 +143,10 @@ def build_select(
     options: MatchOptions = DEFAULT_OPTIONS,
     *,
     hierarchical: bool = True,
+    scope: ImagingScope | None = None,
 ) -> Select[Any]:
-    """The select of the entities of ``level`` (and those above) matching ``identifier``."""
+    """The select of the entities of ``level`` (and those above) matching ``identifier``,
+    within ``scope`` (None: every row)."""
     for keyword in _required(level, model) if hierarchical else ():
         if not values_of(identifier.get(keyword)):
             raise QueryError(f"{keyword} is required at the {level} level")
@@ -156,6 +167,10 @@ def build_select(
         where = condition(key, element.value, options)
         if where is not None:
             statement = statement.where(where)
+    if scope is not None:
+        statement = statement.where(
+            scope.patients() if depth == 0 else scope.studies() if depth == 1 else scope.series()
+        )
     return statement.order_by(*(entity.pk for entity in entities))
 
 

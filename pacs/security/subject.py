@@ -37,7 +37,10 @@ class Subject:
     ``organisation`` is the organisation the subject acts for ('' = none); ``practitioner``
     the FHIR Practitioner id of a person who signs; ``patient`` the patient identifier
     (DICOM PatientID / FHIR Patient identifier value) of a patient user; ``scopes`` the
-    SMART scopes of a token (empty = the role's defaults)."""
+    SMART scopes of a token (empty = the role's defaults); ``reads_for`` the other
+    organisations whose studies a radiologist reads (``PACS_RADIOLOGIST_READS_FOR`` or a
+    claim); ``break_glass`` the reason a clinician stated to open a patient outside the
+    policy (``X-Break-Glass-Reason``), '' when none."""
 
     name: str
     kind: SubjectKind
@@ -47,6 +50,8 @@ class Subject:
     patient: str = ""
     scopes: frozenset[str] = field(default_factory=frozenset)
     client_address: str = ""
+    reads_for: frozenset[str] = field(default_factory=frozenset)
+    break_glass: str = ""
 
     def has(self, role: Role) -> bool:
         """Whether the subject holds ``role``."""

@@ -16,7 +16,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import ColumnElement, Engine, select, tuple_
 
 from pacs.emr.identifiers import token_search_value
 from pacs.fhir.errors import ResourceGone, ResourceNotFound
@@ -87,8 +87,11 @@ class WorklistSource:
         self.remove_on_arrival = remove_on_arrival
         self.station_organisations = dict(station_organisations or {})
 
-    def __call__(self, identifier: Dataset) -> Iterator[WorklistItem]:
-        """Items of the active ServiceRequests that pass the store's pre-filter."""
+    def __call__(
+        self, identifier: Dataset, scope: ColumnElement[bool] | None = None
+    ) -> Iterator[WorklistItem]:
+        """Items of the active ServiceRequests within ``scope`` (the caller's reach, None:
+        all) that pass the store's pre-filter."""
         cache: dict[tuple[str, str], dict[str, Any] | None] = {}
         titles: dict[str, list[str]] = {}
 
@@ -120,7 +123,9 @@ class WorklistSource:
         params = [*prefilter(identifier), ("_count", str(PAGE))]  # _sort costs more than it gives
         offset = 0
         while True:
-            bundle = self.store.search("ServiceRequest", [*params, ("_offset", str(offset))])
+            bundle = self.store.search(
+                "ServiceRequest", [*params, ("_offset", str(offset))], scope=scope
+            )
             entries = found(bundle)
             self._prefetch(entries, cache)
             items = [item_from_service_request(r, resolve, ae_titles_of) for r in entries]

@@ -23,7 +23,8 @@ from pacs.query import QueryError, QueryModel
 from pacs.query.catalog import missing_level
 from pacs.query.find import Match, find_values
 from pacs.query.matching import MatchOptions
-from viewer_api.deps import AuditDep, SessionDep, SettingsDep
+from pacs.security.imaging import ImagingScope, imaging_scope
+from viewer_api.deps import AuditDep, SessionDep, SettingsDep, SubjectDep
 from viewer_api.dicomweb_paths import Target, dicomweb_base, everything, one_series, one_study
 from viewer_api.negotiation import DICOM_JSON, accepts
 from viewer_api.qido import QidoError, QidoQuery, parse, to_json
@@ -97,10 +98,12 @@ def _endpoint(level: str, scope: SearchScope) -> Callable[..., Response]:
         session: SessionDep,
         audit: AuditDep,
         settings: SettingsDep,
+        subject: SubjectDep,
         target: Target = Depends(scope),
     ) -> Response:
         try:
-            response = _answer(request, session, settings, level, target.keys())
+            reach = imaging_scope(subject)
+            response = _answer(request, session, settings, level, target.keys(), reach)
         except QidoError as exc:
             response = JSONResponse({"detail": exc.detail}, status_code=exc.status)
         except QueryError as exc:
@@ -133,16 +136,21 @@ for _path, _level, _scope, _name, _description in _SEARCHES:
 
 
 def _answer(
-    request: Request, session: Session, settings: Settings, level: str, scope: dict[str, str]
+    request: Request,
+    session: Session,
+    settings: Settings,
+    level: str,
+    scope: dict[str, str],
+    reach: ImagingScope | None,
 ) -> Response:
     if not accepts(request.headers.get("accept", ""), DICOM_JSON, "application/json"):
         raise QidoError(406, f"QIDO-RS answers {DICOM_JSON}; Accept does not allow it")
     query = parse(
         request.query_params.multi_items(), level, scope=scope, max_limit=settings.qido_max_limit
     )
-    _check_scope(session, scope)
+    _check_scope(session, scope, reach)
     options = MatchOptions(pn_matching=settings.pn_component_matching, fuzzy=query.fuzzy)
-    matches = list(_run(session, query, options))
+    matches = list(_run(session, query, options, reach))
     if query.limit is not None and len(matches) > query.limit:
         matches = matches[: query.limit]
         query.warnings.append(
@@ -156,7 +164,9 @@ def _answer(
     return JSONResponse(body, media_type=DICOM_JSON, headers=headers if query.warnings else None)
 
 
-def _run(session: Session, query: QidoQuery, options: MatchOptions) -> Iterator[Match]:
+def _run(
+    session: Session, query: QidoQuery, options: MatchOptions, reach: ImagingScope | None
+) -> Iterator[Match]:
     limit = None if query.limit is None else query.limit + 1  # one more: are there others?
     return find_values(
         session,
@@ -166,12 +176,16 @@ def _run(session: Session, query: QidoQuery, options: MatchOptions) -> Iterator[
         hierarchical=False,
         limit=limit,
         offset=query.offset,
+        scope=reach,
     )
 
 
-def _check_scope(session: Session, scope: dict[str, str]) -> None:
-    """404 when the study (or the series within it) of the path is not stored."""
-    missing = missing_level(session, scope.get("StudyInstanceUID"), scope.get("SeriesInstanceUID"))
+def _check_scope(session: Session, scope: dict[str, str], reach: ImagingScope | None) -> None:
+    """404 when the study (or the series within it) of the path is not stored (or not
+    within the caller's reach)."""
+    missing = missing_level(
+        session, scope.get("StudyInstanceUID"), scope.get("SeriesInstanceUID"), reach
+    )
     if missing == "study":
         raise QidoError(404, "no such study")
     if missing == "series":

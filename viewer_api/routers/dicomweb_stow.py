@@ -20,9 +20,10 @@ from starlette.requests import ClientDisconnect
 
 from pacs.config import Settings
 from pacs.ingest import IngestService, Source
+from pacs.security.subject import Subject
 from pacs.storage import is_valid_uid
 from viewer_api.audit import AuditTrail
-from viewer_api.deps import AuditDep, IngestDep, SettingsDep
+from viewer_api.deps import AuditDep, IngestDep, SettingsDep, SubjectDep
 from viewer_api.dicomweb_paths import dicomweb_base
 from viewer_api.multipart import (
     MultipartError,
@@ -69,10 +70,14 @@ _BODY = {
 
 @router.post("/studies", responses=_RESPONSES, openapi_extra=_BODY)
 async def store_instances(
-    request: Request, audit: AuditDep, ingest: IngestDep, settings: SettingsDep
+    request: Request,
+    audit: AuditDep,
+    ingest: IngestDep,
+    settings: SettingsDep,
+    subject: SubjectDep,
 ) -> JSONResponse:
     """Store the instances of the multipart body, of any studies."""
-    return await _stow(request, audit, ingest, settings, None)
+    return await _stow(request, audit, ingest, settings, subject, None)
 
 
 @router.post("/studies/{study}", responses=_RESPONSES, openapi_extra=_BODY)
@@ -82,9 +87,10 @@ async def store_study_instances(
     audit: AuditDep,
     ingest: IngestDep,
     settings: SettingsDep,
+    subject: SubjectDep,
 ) -> JSONResponse:
     """Store the instances of the multipart body; instances of another study are refused."""
-    return await _stow(request, audit, ingest, settings, study)
+    return await _stow(request, audit, ingest, settings, subject, study)
 
 
 async def _stow(
@@ -92,16 +98,23 @@ async def _stow(
     audit: AuditTrail,
     ingest: IngestService,
     settings: Settings,
+    subject: Subject,
     study: str | None,
 ) -> JSONResponse:
-    response = await _answer(request, ingest, settings, study)
+    response = await _answer(request, ingest, settings, subject.organisation, study)
     await run_in_threadpool(lambda: audit("create", response.status_code, study=study or ""))
     return response
 
 
 async def _answer(
-    request: Request, ingest: IngestService, settings: Settings, study: str | None
+    request: Request,
+    ingest: IngestService,
+    settings: Settings,
+    organisation: str,
+    study: str | None,
 ) -> JSONResponse:
+    """Store the body's instances as sent by ``organisation`` (the caller's: the
+    ``source_organisation`` of their series)."""
     if study is not None and not is_valid_uid(study):
         return _error(400, "the Study Instance UID in the path is not a valid UID")
     if not accepts(request.headers.get("accept", ""), DICOM_JSON, "application/json"):
@@ -124,7 +137,8 @@ async def _answer(
             return _error(400, f"malformed multipart body: {exc}")
         except ClientDisconnect:
             return _error(400, "the client disconnected before the end of the body")
-        source = Source(channel="stow", host=request.client.host if request.client else "")
+        host = request.client.host if request.client else ""
+        source = Source(channel="stow", host=host, organisation=organisation)
         results = await run_in_threadpool(_store_all, ingest, parts, spool, source, study)
     status = http_status(results)
     stored = sum(1 for r in results if r.stored)

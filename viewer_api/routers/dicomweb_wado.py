@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import StreamingResponse
 from pydicom import dcmread
 from pydicom.uid import UID
-from sqlalchemy import Engine
+from sqlalchemy import ColumnElement, Engine
 
 from pacs.audit.lookup import patient_of_study
 from pacs.config import Settings
@@ -36,9 +36,10 @@ from pacs.metadata.selection import (
     select_instances,
     with_documents,
 )
+from pacs.security.imaging import imaging_scope
 from pacs.storage.base import ObjectStore
 from viewer_api.audit import AuditTrail
-from viewer_api.deps import AuditDep, EngineDep, SettingsDep, StoreDep
+from viewer_api.deps import AuditDep, EngineDep, SettingsDep, StoreDep, SubjectDep
 from viewer_api.dicomweb_paths import (
     Target,
     dicomweb_base,
@@ -85,6 +86,7 @@ class Call:
     store: ObjectStore
     settings: Settings
     audit: AuditTrail
+    scope: ColumnElement[bool] | None  # the caller's reach: pacs.security.imaging
 
     def record(self, status: int = 200) -> None:
         """Record the read of this request's study with ``status``."""
@@ -111,7 +113,12 @@ class Call:
         assert target.study is not None  # every WADO-RS path names a study
         try:
             return select_instances(
-                self.engine, target.study, target.series, target.instance, documents=documents
+                self.engine,
+                target.study,
+                target.series,
+                target.instance,
+                documents=documents,
+                scope=self.scope,
             )
         except BadPath as exc:
             self.fail(400, str(exc))
@@ -138,9 +145,15 @@ class Call:
 
 
 def _call(
-    request: Request, engine: EngineDep, store: StoreDep, settings: SettingsDep, audit: AuditDep
+    request: Request,
+    engine: EngineDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    audit: AuditDep,
+    subject: SubjectDep,
 ) -> Call:
-    return Call(request, engine, store, settings, audit)
+    scope = imaging_scope(subject)
+    return Call(request, engine, store, settings, audit, None if scope is None else scope.series())
 
 
 CallDep = Annotated[Call, Depends(_call)]

@@ -13,11 +13,23 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from pacs.audit.lookup import patient_of_study
 from pacs.emr.feed import base_url
-from pacs.emr.review import Decision, FindingDecision, ReviewError, review_view, sign_off
+from pacs.emr.report import load_result
+from pacs.emr.review import (
+    Decision,
+    FindingDecision,
+    ReviewError,
+    ReviewNotFound,
+    review_view,
+    sign_off,
+)
 from pacs.fhir.errors import FhirError
+from pacs.query import catalog
+from pacs.security.imaging import imaging_scope
+from pacs.security.subject import Subject, SubjectKind
 from viewer_api.deps import (
     AuditDep,
     EngineDep,
@@ -25,6 +37,7 @@ from viewer_api.deps import (
     IngestDep,
     SessionDep,
     SettingsDep,
+    SubjectDep,
 )
 
 router = APIRouter(prefix="/api/review", tags=["review"])
@@ -46,11 +59,14 @@ class ReviewBody(BaseModel):
     findings: list[FindingBody] = Field(
         default_factory=list, max_length=64, description="Findings not listed are accepted."
     )
-    organisation: str = Field("", max_length=128, description="The signer's organisation.")
+    organisation: str = Field(
+        "", max_length=128, description="Ignored unless empty or the signer's own organisation."
+    )
     practitioner: str | None = Field(
         None,
         max_length=128,
-        description="Practitioner/<id> of the signer; default one made from the user name.",
+        description="Ignored unless the signer's own Practitioner/<id>: a radiologist signs "
+        "in their own name only (the token's practitioner, else one made from the user name).",
     )
 
 
@@ -97,6 +113,33 @@ def _fail(exc: ReviewError | FhirError) -> HTTPException:
     return HTTPException(exc.status, str(exc))
 
 
+def _signer(subject: Subject, body: ReviewBody) -> tuple[str | None, str]:
+    """The signer's Practitioner reference (None: made from the user name) and organisation:
+    the subject's own; 403 when the body names someone else. The local user of
+    ``PACS_AUTH=none`` (no identity to check against) signs as the body says."""
+    if subject.kind is SubjectKind.LOCAL:
+        return body.practitioner, body.organisation
+    own = subject.practitioner
+    reference = own if not own or own.startswith("Practitioner/") else f"Practitioner/{own}"
+    if body.practitioner and body.practitioner != reference:
+        raise HTTPException(403, "a radiologist signs in their own name only")
+    if body.organisation and body.organisation != subject.organisation:
+        raise HTTPException(403, "a radiologist signs for their own organisation only")
+    return reference or None, subject.organisation
+
+
+def _check_reach(session: Session, subject: Subject, result: int) -> None:
+    """ReviewNotFound unless AI result ``result`` exists and its study is within the
+    subject's reach."""
+    scope = imaging_scope(subject)
+    found = load_result(session, result)
+    if found is None or (
+        scope is not None
+        and catalog.find_study(session, str(found["study_instance_uid"]), scope) is None
+    ):
+        raise ReviewNotFound(f"AI result {result} does not exist")
+
+
 @router.get("/{result}")
 def get_review(
     result: int,
@@ -105,9 +148,12 @@ def get_review(
     store: FhirStoreDep,
     settings: SettingsDep,
     engine: EngineDep,
+    subject: SubjectDep,
 ) -> Review:
-    """The findings of AI result ``result`` and, once signed, the decision."""
+    """The findings of AI result ``result`` and, once signed, the decision (404 when its
+    study is not within the caller's reach)."""
     try:
+        _check_reach(session, subject, result)
         view = review_view(session, store, result, base_url(settings))
     except (ReviewError, FhirError) as exc:
         session.rollback()
@@ -127,18 +173,23 @@ async def post_review(
     store: FhirStoreDep,
     settings: SettingsDep,
     ingest: IngestDep,
+    subject: SubjectDep,
 ) -> Review:
-    """Sign off AI result ``result`` (409 if already signed, 422 for a decision that does
-    not fit the result, 404 for an unknown result; nothing changes on any error). The
-    sign-off's audit record is written in its own transaction (``pacs.emr.review``)."""
+    """Sign off AI result ``result`` in the caller's own name (403 for another's; 409 if
+    already signed, 422 for a decision that does not fit the result, 404 for an unknown
+    result or one outside the caller's reach; nothing changes on any error). The sign-off's
+    audit record is written in its own transaction (``pacs.emr.review``)."""
+    practitioner, organisation = _signer(subject, body)
     decision = Decision(
         decision=body.decision,
         conclusion=body.conclusion,
         findings=[FindingDecision(f.code, f.action, f.value) for f in body.findings],
-        organisation=body.organisation,
-        practitioner=body.practitioner,
+        organisation=organisation,
+        practitioner=practitioner,
     )
     try:
+        _check_reach(session, subject, result)
+        session.rollback()  # end the read before the sign-off's own transaction
         view = await run_in_threadpool(
             sign_off,
             session,

@@ -10,7 +10,8 @@ from pydantic import BaseModel
 
 from pacs.emr.matching import reconciliation_of
 from pacs.query import catalog
-from viewer_api.deps import AuditDep, SessionDep
+from pacs.security.imaging import imaging_scope
+from viewer_api.deps import AuditDep, SessionDep, SubjectDep
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 
@@ -51,24 +52,29 @@ class StudyDetail(StudySummary):
 def list_studies(
     session: SessionDep,
     audit: AuditDep,
+    subject: SubjectDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> StudyPage:
-    """Stored studies, most recently updated first (stable order: updated_at, pk)."""
-    page = catalog.recent_studies(session, limit, offset)
+    """Stored studies the caller reaches, most recently updated first (stable order:
+    updated_at, pk)."""
+    page = catalog.recent_studies(session, limit, offset, imaging_scope(subject))
     audit("search")
     items = [StudySummary.model_validate(row, from_attributes=True) for row in page.rows]
     return StudyPage(total=page.total, offset=offset, limit=limit, items=items)
 
 
 @router.get("/{study_instance_uid}")
-def get_study(study_instance_uid: str, session: SessionDep, audit: AuditDep) -> StudyDetail:
-    """One study with its series."""
-    study = catalog.find_study(session, study_instance_uid)
+def get_study(
+    study_instance_uid: str, session: SessionDep, audit: AuditDep, subject: SubjectDep
+) -> StudyDetail:
+    """One study with its series (404 when not stored or not within the caller's reach)."""
+    scope = imaging_scope(subject)
+    study = catalog.find_study(session, study_instance_uid, scope)
     if study is None:
         audit("read", 404, study=study_instance_uid)
         raise HTTPException(404, f"study {study_instance_uid} not found")
-    series = catalog.series_of(session, study_instance_uid)
+    series = catalog.series_of(session, study_instance_uid, scope)
     reconciliation = reconciliation_of(session, study_instance_uid)
     audit("read", patient=study.patient_id, study=study_instance_uid)
     return StudyDetail.model_validate(

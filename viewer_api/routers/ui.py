@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from pacs.query.catalog import recent_studies
-from viewer_api.deps import AuditDep, SessionDep, SettingsDep
+from pacs.security.imaging import imaging_scope
+from viewer_api.deps import AuditDep, SessionDep, SettingsDep, SubjectDep
 
 router = APIRouter(tags=["ui"])
 
@@ -27,9 +28,11 @@ API: <a href="/docs">/docs</a>, <a href="/api/studies">/api/studies</a>,
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-def index(session: SessionDep, audit: AuditDep, settings: SettingsDep) -> HTMLResponse:
-    """The 100 most recently updated studies."""
-    page = recent_studies(session, limit=100)
+def index(
+    session: SessionDep, audit: AuditDep, settings: SettingsDep, subject: SubjectDep
+) -> HTMLResponse:
+    """The 100 most recently updated studies the caller reaches."""
+    page = recent_studies(session, limit=100, scope=imaging_scope(subject))
     audit("search")
     cells = "".join(
         "<tr>"
