@@ -21,7 +21,7 @@ from inference.records import ResultRecord, store_result
 from pacs.emr.feed import EmrFeed
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine
-from pacs.index.models import AuditEvent
+from pacs.audit.tables import AuditEvent
 from pacs.ingest.source import Source
 from pacs.runtime import build_ingest
 from pacs.security.fhir_scope import worklist_scope
@@ -199,7 +199,8 @@ def test_a_clinician_sees_patients_in_care_and_breaks_the_glass(world: World) ->
         rows = session.scalars(
             select(AuditEvent).where(AuditEvent.user_name == clinician.name)
         ).all()
-    flagged = [row for row in rows if "break-glass: unconscious patient in A&E" in row.query]
+    flagged = [row for row in rows if row.break_glass]
+    assert {row.break_glass_reason for row in flagged} == {"unconscious patient in A&E"}
     assert len(flagged) == 1 and flagged[0].resource == "/dicomweb/studies"
 
 

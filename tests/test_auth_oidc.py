@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
-from pacs.index.models import AuditEvent
+from pacs.audit.tables import AuditEvent
 from pacs.security.authn import SESSION_COOKIE
 from pacs.security.subject import Role, SubjectKind
 from testkit.auth import bearer

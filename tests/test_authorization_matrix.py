@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
-from pacs.index.models import AuditEvent
+from pacs.audit.tables import AuditEvent
 from pacs.security.subject import Role
 from testkit.subjects import ANONYMOUS, ROLE_SUBJECTS, as_subject, person, system
 from viewer_api.access import ROUTES
@@ -74,6 +74,9 @@ def expected(method: str, path: str) -> frozenset[str]:
         return EVERYONE
     if path in ("/fhir", "/fhir/"):
         return frozenset({"admin", "system"})
+    if path.startswith("/fhir/AuditEvent"):
+        readers = method == "GET" or path.endswith("/_search")
+        return frozenset({"admin", "patient"}) if readers else ADMINS
     if path == "/fhir/Patient/{patient_id}/$everything":
         return FHIR_READERS - {"registrar", "analyst"}
     if path.startswith("/fhir/"):
@@ -111,6 +114,7 @@ _PARAMETERS = {
     "job_id": "999999",
     "entry": "999999",
     "webhook_id": "999999",
+    "event_id": "999999",
     "study_instance_uid": "1.2.3",
 }
 

@@ -49,6 +49,13 @@ ROUTES: dict[tuple[str, str], tuple[Action, Resource]] = {
     ("GET", f"{_WADO}/instances"): (A.SEARCH, R.IMAGING),
     ("GET", f"{_WADO}/series/{{series}}/instances"): (A.SEARCH, R.IMAGING),
     ("GET", "/fhir/metadata"): (A.READ, R.CAPABILITIES),
+    ("GET", "/fhir/AuditEvent"): (A.SEARCH, R.AUDIT),
+    ("POST", "/fhir/AuditEvent/_search"): (A.SEARCH, R.AUDIT),
+    ("GET", "/fhir/AuditEvent/{event_id}"): (A.READ, R.AUDIT),
+    # the trail is append-only: writes answer 405 to those who may read all of it
+    ("POST", "/fhir/AuditEvent"): (A.ADMIN, R.AUDIT),
+    ("PUT", "/fhir/AuditEvent/{event_id}"): (A.ADMIN, R.AUDIT),
+    ("DELETE", "/fhir/AuditEvent/{event_id}"): (A.ADMIN, R.AUDIT),
     # transaction / batch: entries of any type and action, so administrators and systems only
     ("POST", "/fhir/"): (A.ADMIN, R.FHIR),
     ("POST", "/fhir"): (A.ADMIN, R.FHIR),
@@ -77,6 +84,7 @@ ROUTES: dict[tuple[str, str], tuple[Action, Resource]] = {
     ("GET", "/api/webhooks"): (A.ADMIN, R.ADMINISTRATION),
     ("POST", "/api/webhooks"): (A.ADMIN, R.ADMINISTRATION),
     ("GET", "/api/webhooks/{webhook_id}"): (A.ADMIN, R.ADMINISTRATION),
+    ("PUT", "/api/webhooks/{webhook_id}"): (A.ADMIN, R.ADMINISTRATION),
     ("GET", "/api/webhooks/{webhook_id}/deliveries"): (A.ADMIN, R.ADMINISTRATION),
     ("DELETE", "/api/webhooks/{webhook_id}"): (A.ADMIN, R.ADMINISTRATION),
 }

@@ -48,6 +48,7 @@ class Resource(StrEnum):
     CHANGES = "changes"  # the change feed
     ADMINISTRATION = "administration"  # AEs, webhooks, rules, quarantine, models
     CAPABILITIES = "capabilities"  # what the server implements (FHIR metadata): any role
+    AUDIT = "audit"  # the audit trail (/fhir/AuditEvent): auditors, and patients their own
 
 
 _READ = frozenset({Action.SEARCH, Action.READ})
@@ -62,7 +63,11 @@ GRANTS: dict[Role, dict[Resource, frozenset[Action]]] = {
         Resource.JOBS: _READ,
     },
     Role.CLINICIAN: {Resource.IMAGING: _READ, Resource.FHIR: _READ | {Action.WRITE}},
-    Role.PATIENT: {Resource.IMAGING: _READ, Resource.FHIR: _READ | {Action.WRITE}},
+    Role.PATIENT: {
+        Resource.IMAGING: _READ,
+        Resource.FHIR: _READ | {Action.WRITE},
+        Resource.AUDIT: _READ,  # their own record's access log (viewer_api.routers.fhir_audit)
+    },
     Role.MODALITY: {
         Resource.IMAGING: _READ | {Action.WRITE},
         Resource.WORKLIST: frozenset({Action.SEARCH}),
