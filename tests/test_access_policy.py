@@ -18,10 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from inference.records import ResultRecord, store_result
+from pacs.audit.tables import AuditEvent
 from pacs.emr.feed import EmrFeed
 from pacs.fhir.store import FhirStore
 from pacs.index.engine import create_index_engine
-from pacs.audit.tables import AuditEvent
 from pacs.ingest.source import Source
 from pacs.runtime import build_ingest
 from pacs.security.fhir_scope import worklist_scope

@@ -22,9 +22,9 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 from sqlalchemy import select
 
+from pacs.audit.tables import AuditEvent
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
-from pacs.audit.tables import AuditEvent
 from pacs.security.accounts import (
     FIRST_ADMIN,
     add_account,

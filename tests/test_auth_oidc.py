@@ -20,9 +20,9 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from sqlalchemy import select
 
+from pacs.audit.tables import AuditEvent
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
-from pacs.audit.tables import AuditEvent
 from pacs.security.authn import SESSION_COOKIE
 from pacs.security.subject import Role, SubjectKind
 from testkit.auth import bearer

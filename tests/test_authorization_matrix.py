@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from pacs.audit.tables import AuditEvent
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
-from pacs.audit.tables import AuditEvent
 from pacs.security.subject import Role
 from testkit.subjects import ANONYMOUS, ROLE_SUBJECTS, as_subject, person, system
 from viewer_api.access import ROUTES
