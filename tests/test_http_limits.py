@@ -33,14 +33,24 @@ LIMIT = 64 * 1024
 
 @pytest.fixture
 def api(db_backend: Backend) -> Iterator[TestClient]:
-    app = create_app(db_backend.with_settings(emr_feed=False, http_max_json_bytes=LIMIT))
+    app = create_app(
+        db_backend.with_settings(
+            emr_feed=False,
+            http_max_json_bytes=LIMIT,
+            webhook_allowed_networks="127.0.0.0/8",  # RECEIVER: a registrable webhook URL
+        )
+    )
     app.dependency_overrides[get_current_user] = lambda: LOCAL_ADMIN
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 
 
+RECEIVER = "http://127.0.0.1:9/hook"
+"""A webhook receiver the SSRF guard admits here (loopback is allow-listed by ``api``)."""
+
+
 def _receiver(padding: int) -> bytes:
-    return b'{"url": "https://receiver.example/hook", "secret": "' + b"x" * padding + b'"}'
+    return b'{"url": "' + RECEIVER.encode() + b'", "secret": "' + b"x" * padding + b'"}'
 
 
 def test_a_body_announced_over_the_limit_is_refused_unread(api: TestClient) -> None:
@@ -60,7 +70,7 @@ def test_a_chunked_body_is_refused_once_past_the_limit(api: TestClient) -> None:
 
     async def chunks() -> AsyncIterator[bytes]:
         nonlocal sent
-        yield b'{"url": "https://receiver.example/hook", "secret": "'
+        yield b'{"url": "' + RECEIVER.encode() + b'", "secret": "'
         for _ in range(500 * 16):
             sent += 1
             yield b"x" * (64 * 1024)
@@ -139,7 +149,7 @@ def _get_routes() -> Iterator[str]:
 def test_a_database_outage_is_503_with_a_reason(db_backend: Backend, api: TestClient) -> None:
     with _outage(db_backend, api):
         answers = {path: api.get(path) for path in _get_routes()}
-        created = api.post("/api/webhooks", json={"url": "https://receiver.example/hook"})
+        created = api.post("/api/webhooks", json={"url": RECEIVER})
     raw = {path: r.status_code for path, r in answers.items() if r.status_code == 500}
     assert not raw, f"raw 500 during the outage: {raw}"
     assert created.status_code == 503
