@@ -63,16 +63,17 @@ def dicomweb_base(request: Request, public_base_url: str | None) -> str:
     if public_base_url:
         return public_base_url.rstrip("/") + "/dicomweb"
     url = request.base_url
-    server = request.scope.get("server")
-    if url.port is None and server and server[1] and _same_host(url.hostname, str(server[0])):
-        url = url.replace(port=int(server[1]))
+    address, port = request.scope.get("server") or (None, None)
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    if url.port is None and port not in (None, 0, default) and _same_host(url.hostname, address):
+        url = url.replace(port=int(port))
     return str(url).rstrip("/") + "/dicomweb"
 
 
-def _same_host(hostname: str | None, address: str) -> bool:
+def _same_host(hostname: str | None, address: object) -> bool:
     if hostname == address:
         return True
     try:
-        return hostname == "localhost" and ipaddress.ip_address(address).is_loopback
+        return hostname == "localhost" and ipaddress.ip_address(str(address)).is_loopback
     except ValueError:
         return False
