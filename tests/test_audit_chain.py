@@ -137,3 +137,12 @@ def test_cli_verify(db_backend: Backend, tmp_path: Path, monkeypatch: pytest.Mon
     bad = runner.invoke(cli, ["audit", "verify"])
     assert bad.exit_code == 1 and "modified" in bad.output, bad.output
     engine.dispose()
+
+
+def test_control_characters_are_stored_as_question_marks(engine: Engine) -> None:
+    """A hostile parameter (NUL, which PostgreSQL refuses in text) never fails the record."""
+    with Session(engine) as session:
+        record(session, Access("x", "search", "/dicomweb/studies", patient="A\x00B\nC"))
+    with engine.connect() as conn:
+        assert conn.scalar(select(AuditEvent.patient_identifier)) == "A?B?C"
+        assert verify(conn).ok

@@ -52,26 +52,35 @@ CHAINED = (
 """The columns the hash covers (all but ``pk`` and ``hash``)."""
 
 
+_CONTROLS = dict.fromkeys(range(32), "?") | {127: "?"}
+
+
+def _text(value: str, size: int) -> str:
+    """``value`` cut to ``size``, control characters (NUL, which PostgreSQL cannot store,
+    from a hostile parameter) as ``?``."""
+    return str(value)[:size].translate(_CONTROLS)
+
+
 def row_values(access: Access, at: datetime | None = None) -> dict[str, Any]:
     """The columns of one audit row (without ``seq``/``hash``), cut to their sizes."""
     return {
         "recorded_at": at or utcnow(),
-        "user_name": access.user[:128],
-        "subject_kind": access.subject_kind[:16],
-        "roles": access.roles[:128],
-        "organisation": access.organisation[:128],
-        "practitioner": access.practitioner[:128],
-        "client_address": access.client_address[:64],
-        "protocol": str(access.protocol)[:16],
-        "action": access.action[:16],
-        "resource": access.resource[:255],
-        "query": access.query[:1024],
-        "patient_identifier": access.patient[:64],
-        "study_instance_uid": access.study[:64],
+        "user_name": _text(access.user, 128),
+        "subject_kind": _text(access.subject_kind, 16),
+        "roles": _text(access.roles, 128),
+        "organisation": _text(access.organisation, 128),
+        "practitioner": _text(access.practitioner, 128),
+        "client_address": _text(access.client_address, 64),
+        "protocol": _text(access.protocol, 16),
+        "action": _text(access.action, 16),
+        "resource": _text(access.resource, 255),
+        "query": _text(access.query, 1024),
+        "patient_identifier": _text(access.patient, 64),
+        "study_instance_uid": _text(access.study, 64),
         "outcome": access.outcome,
         "outcome_code": str(access.outcome_code),
         "break_glass": bool(access.break_glass),
-        "break_glass_reason": access.break_glass[:255],
+        "break_glass_reason": _text(access.break_glass, 255),
     }
 
 
