@@ -47,7 +47,6 @@ class Resource(StrEnum):
     JOBS = "jobs"  # the job queue (listing, cancel, retry)
     CHANGES = "changes"  # the change feed
     ADMINISTRATION = "administration"  # AEs, webhooks, rules, quarantine, models
-    CAPABILITIES = "capabilities"  # what the server implements (FHIR metadata): any role
     AUDIT = "audit"  # the audit trail (/fhir/AuditEvent): auditors, and patients their own
 
 
@@ -125,8 +124,6 @@ def _deny(subject: Subject, action: Action, what: str) -> Decision:
 
 def decide(subject: Subject, action: Action, resource: Resource) -> Decision:
     """Whether ``subject`` may perform ``action`` on ``resource`` (its data reach aside)."""
-    if resource is Resource.CAPABILITIES:
-        return Decision(bool(subject.roles), "" if subject.roles else "no role")
     if action is Action.SIGN and subject.kind is SubjectKind.LOCAL:
         return Decision(True)  # PACS_AUTH=none on 127.0.0.1: the machine's own user
     granted = any(action in GRANTS.get(role, {}).get(resource, ()) for role in subject.roles)
