@@ -26,9 +26,9 @@ def is_public(context: RouteContext) -> bool:
 
 def protected_routes(app: FastAPI) -> list[tuple[str, str]]:
     """(method, path) of every route of ``app`` but the public ones."""
-    return [
-        (method, context.original_route.path)
-        for context in api_routes(app)
-        if not is_public(context)
-        for method in sorted(context.original_route.methods)
-    ]
+    found = []
+    for context in api_routes(app):
+        route = context.original_route
+        if isinstance(route, APIRoute) and not is_public(context):
+            found += [(method, route.path) for method in sorted(route.methods)]
+    return found

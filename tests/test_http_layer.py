@@ -5,11 +5,12 @@ routes keep their paths and operation ids, and writes of the admin API are audit
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -37,13 +38,13 @@ def _calls(dependant: Dependant) -> Iterator[Any]:
 
 
 def test_every_route_but_the_public_ones_goes_through_current_user(app: FastAPI) -> None:
-    routes = api_routes(app)  # asserts the walk found routes
-    public = {context.original_route.path for context in routes if is_public(context)}
-    protected = [context for context in routes if not is_public(context)]
+    routes = [(c, cast(APIRoute, c.original_route)) for c in api_routes(app)]  # non-empty
+    public = {route.path for context, route in routes if is_public(context)}
+    protected = [(context, route) for context, route in routes if not is_public(context)]
     assert len(protected) > 50, "the protected routes were not found"
     unauthenticated = [
-        f"{sorted(context.original_route.methods)} {context.original_route.path}"
-        for context in protected
+        f"{sorted(route.methods)} {route.path}"
+        for context, route in protected
         if get_current_user not in set(_calls(context.dependant))
     ]
     assert unauthenticated == []

@@ -41,7 +41,7 @@ class Resource(StrEnum):
     """The kinds of resource the policy knows (each route and DIMSE service names one)."""
 
     IMAGING = "imaging"  # DICOM studies: QIDO/WADO/STOW, /api/studies, C-FIND/C-GET/C-MOVE
-    WORKLIST = "worklist"  # Modality Worklist (C-FIND MWL)
+    WORKLIST = "worklist"  # Modality Worklist (C-FIND MWL), its performed steps (MPPS)
     FHIR = "fhir"  # FHIR resources; per type: fhir_decision
     REVIEW = "review"  # AI results for review and sign-off
     JOBS = "jobs"  # the job queue (listing, cancel, retry)
@@ -69,13 +69,13 @@ GRANTS: dict[Role, dict[Resource, frozenset[Action]]] = {
     },
     Role.MODALITY: {
         Resource.IMAGING: _READ | {Action.WRITE},
-        Resource.WORKLIST: frozenset({Action.SEARCH}),
+        Resource.WORKLIST: frozenset({Action.SEARCH, Action.WRITE}),  # MWL; MPPS
     },
     Role.REGISTRAR: {Resource.FHIR: _READ | {Action.WRITE, Action.DELETE}},
     Role.ANALYST: {Resource.FHIR: _READ},
     Role.SYSTEM: {
         Resource.IMAGING: _READ | {Action.WRITE},
-        Resource.WORKLIST: frozenset({Action.SEARCH}),
+        Resource.WORKLIST: frozenset({Action.SEARCH, Action.WRITE}),
         Resource.FHIR: _READ | {Action.WRITE, Action.DELETE, Action.ADMIN},
         Resource.CHANGES: _READ,
     },
