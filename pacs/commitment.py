@@ -5,6 +5,10 @@ object store returns bytes whose SHA-256 is the digest recorded at ingest (the b
 and hashed on every request: a lost or damaged object is never committed). Failure reasons are
 PS3.4 J.3.2.1.1.3's: 0112 no such object instance, 0119 class-instance conflict, 0110
 processing failure (unreadable or damaged object).
+
+Only instances within the caller's reach (``scope``, :mod:`pacs.security.imaging`) are looked
+up: an instance outside it fails with 0112, the same answer as an unknown one, so a request
+can neither commit another organisation's instances nor learn that they exist.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, select
 
-from pacs.index.models import Instance
+from pacs.index.models import Instance, Patient, Series, Study
+from pacs.security.imaging import ImagingScope
 from pacs.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -43,9 +48,14 @@ class CommitmentResult:
     failed: list[tuple[Reference, int]] = field(default_factory=list)
 
 
-def verify(engine: Engine, store: ObjectStore, references: Sequence[Reference]) -> CommitmentResult:
-    """Check every reference against the index and the object store; never raises for one
-    object."""
+def verify(
+    engine: Engine,
+    store: ObjectStore,
+    references: Sequence[Reference],
+    scope: ImagingScope | None = None,
+) -> CommitmentResult:
+    """Check every reference against the index and the object store, within ``scope`` (the
+    caller's reach; None: every instance); never raises for one object."""
     rows: dict[str, tuple[str, str, str]] = {}
     uids = sorted({r.sop_instance_uid for r in references})
     with engine.connect() as conn:
@@ -56,6 +66,13 @@ def verify(engine: Engine, store: ObjectStore, references: Sequence[Reference]) 
                 Instance.object_key,
                 Instance.sha256,
             ).where(Instance.sop_instance_uid.in_(uids[start : start + _CHUNK]))
+            if scope is not None:
+                query = (
+                    query.join(Series, Instance.series_pk == Series.pk)
+                    .join(Study, Series.study_pk == Study.pk)
+                    .join(Patient, Study.patient_pk == Patient.pk)
+                    .where(scope.series())
+                )
             for uid, sop_class, key, digest in conn.execute(query):
                 rows[uid] = (sop_class, key, digest)
     result = CommitmentResult()

@@ -328,6 +328,13 @@ class Settings(BaseSettings):
     oidc_patient_claim: str = Field(
         "patient", description="Claim (dotted path) with a patient user's patient identifier."
     )
+    oidc_reads_for_claim: str = Field(
+        "",
+        description=(
+            "Claim (dotted path; array or space/comma-separated) naming the other organisations "
+            "a radiologist reads for; empty = off (only PACS_RADIOLOGIST_READS_FOR)."
+        ),
+    )
     scp_processes: int = Field(
         0, description="DICOM server processes sharing the port; 0 = one per CPU core."
     )

@@ -289,7 +289,7 @@ def test_open_access_is_the_local_admin_but_presented_tokens_count(db_backend: B
     try:
         client = TestClient(app)
         assert client.get("/api/studies").status_code == 200
-        token = local_token(settings, "ana", "analyst")
+        token = local_token(settings, "ana", "radiologist", organisation="OrgA")
         assert client.get("/api/studies", headers=bearer(token)).status_code == 200
         assert client.get("/api/studies", headers=bearer("forged")).status_code == 401
         assert _users(settings) == ["local-admin", "ana"]

@@ -24,7 +24,10 @@ from pacs.audit.tables import AuditEvent
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine, session_factory
 from pacs.security.authn import SESSION_COOKIE
+from pacs.security.oidc import OidcProvider
+from pacs.security.policy import reach
 from pacs.security.subject import Role, SubjectKind
+from pacs.security.tokens import LocalTokens
 from testkit.auth import bearer
 from testkit.net import free_port
 from testkit.oidc import MockIssuer, install, start_issuer
@@ -97,6 +100,27 @@ def test_a_token_of_the_issuer_is_accepted_with_its_claims(
     assert subject.kind is SubjectKind.SYSTEM and subject.roles == {Role.SYSTEM}
 
 
+def test_reads_for_comes_from_the_configured_claim(
+    settings: Settings, issuer: MockIssuer, tmp_path: Any
+) -> None:
+    """``PACS_OIDC_READS_FOR_CLAIM``: off by default, a radiologist's only, kept in the web
+    session the archive signs, and part of the policy's reach."""
+    claims = {"aud": AUDIENCE, "organisation": "ORG-A", "reads": {"orgs": ["ORG-B", "ORG-C"]}}
+    radiologist = issuer.token(realm_access={"roles": ["radiologist"]}, **claims)
+    clinician = issuer.token(realm_access={"roles": ["clinician"]}, **claims)
+    off = OidcProvider(settings)
+    assert off.authenticate(radiologist).reads_for == frozenset()
+    on = OidcProvider(settings.model_copy(update={"oidc_reads_for_claim": "reads.orgs"}))
+    subject = on.authenticate(radiologist)
+    assert subject.reads_for == {"ORG-B", "ORG-C"}
+    assert on.authenticate(clinician).reads_for == frozenset()
+    found = reach(subject)
+    assert found is not None and found.reads_for == {"ORG-B", "ORG-C"}
+    tokens = LocalTokens.at(tmp_path / "key.jwk")
+    session, _provider = tokens.validate(tokens.issue(subject, 60, "oidc"))
+    assert session.reads_for == {"ORG-B", "ORG-C"}
+
+
 def test_tokens_that_do_not_hold_get_401(app: FastAPI, issuer: MockIssuer) -> None:
     now = int(time.time())
     valid = {"iss": issuer.url, "aud": AUDIENCE, "sub": "x", "iat": now, "exp": now + 300}
@@ -117,7 +141,8 @@ def test_tokens_that_do_not_hold_get_401(app: FastAPI, issuer: MockIssuer) -> No
         "alg HS256": f"{_b64({'alg': 'HS256', 'kid': issuer.kid})}.{_b64(valid)}.c2ln",
     }
     client = TestClient(app)
-    assert client.get("/api/studies", headers=bearer(issuer.token(aud=AUDIENCE))).status_code == 200
+    good = issuer.token(aud=AUDIENCE, realm_access={"roles": ["admin"]})
+    assert client.get("/api/studies", headers=bearer(good)).status_code == 200
     for case, token in rejected.items():
         response = client.get("/api/studies", headers=bearer(token))
         assert response.status_code == 401, (case, response.text)
@@ -130,11 +155,11 @@ def test_a_rotated_key_is_fetched_once_the_rate_limit_allows(
     eager = create_app(settings)
     limited = create_app(settings.model_copy(update={"oidc_jwks_min_refresh_seconds": 3600}))
     try:
-        before = issuer.token(aud=AUDIENCE)
+        before = issuer.token(aud=AUDIENCE, realm_access={"roles": ["admin"]})
         for app in (eager, limited):  # both cache the key set as it is now
             assert TestClient(app).get("/api/studies", headers=bearer(before)).status_code == 200
         new_kid = issuer.rotate()
-        after = issuer.token(aud=AUDIENCE)
+        after = issuer.token(aud=AUDIENCE, realm_access={"roles": ["admin"]})
         assert json.loads(base64.urlsafe_b64decode(after.split(".")[0] + "=="))["kid"] == new_kid
         assert TestClient(eager).get("/api/studies", headers=bearer(after)).status_code == 200
         assert TestClient(limited).get("/api/studies", headers=bearer(after)).status_code == 401

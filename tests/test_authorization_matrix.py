@@ -2,17 +2,28 @@
 none) -> allowed or refused, generated from the route table, so that a new route without a
 row in ``viewer_api.access.ROUTES`` (and an expectation here) fails.
 
-A refused request answers 403 (401 once unauthenticated callers are told apart); an allowed
-one anything else (the dummy ids below make most of them 404, 400 or 422)."""
+The matrix runs twice: with subjects injected at the auth seam (``testkit.subjects``), and
+over HTTP with real bearer tokens the archive signs (``testkit.auth.local_token``) on an app
+with ``PACS_AUTH=local``, where a request without credentials, or with an expired token, one
+for another audience, one signed by another key or one with ``alg: none``, answers 401 on
+every route family. A refused request answers 403 (401, or a redirect to ``/login`` for a
+web page, without credentials); an allowed one anything else (the dummy ids below make most
+of them 404, 400 or 422). ``/fhir/metadata`` and the SMART configuration are public."""
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
+from joserfc import jwt
+from joserfc.jwk import ECKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,20 +32,12 @@ from pacs.config import Settings
 from pacs.index.engine import create_index_engine
 from pacs.index.migrate import upgrade
 from pacs.security.subject import Role
+from pacs.security.tokens import LOCAL_AUDIENCE, LOCAL_ISSUER, LocalTokens
+from testkit.auth import bearer, local_token
+from testkit.routes import protected_routes
 from testkit.subjects import ANONYMOUS, ROLE_SUBJECTS, as_subject, person, system
 from viewer_api.access import ROUTES
-from viewer_api.app import PUBLIC_ROUTERS, create_app
-
-
-def protected_routes(app: FastAPI) -> list[tuple[str, str]]:
-    """(method, path) of every route of ``app`` but the public ones."""
-    public = {id(route) for router in PUBLIC_ROUTERS for route in router.routes}
-    found = []
-    for context in iter_route_contexts(app.routes):
-        route = context.original_route
-        if isinstance(route, APIRoute) and id(route) not in public:
-            found += [(method, route.path) for method in sorted(route.methods)]
-    return found
+from viewer_api.app import create_app
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,6 @@ def _all_routes() -> list[tuple[str, str]]:
     return sorted(ROUTES)
 
 
-EVERYONE = frozenset(ROLE_SUBJECTS) - {"anonymous"}
 IMAGING_READERS = frozenset({"admin", "radiologist", "clinician", "patient", "modality", "system"})
 FHIR_READERS = frozenset(
     {"admin", "radiologist", "clinician", "patient", "registrar", "analyst", "system"}
@@ -70,8 +72,6 @@ ADMINS = frozenset({"admin"})
 
 def expected(method: str, path: str) -> frozenset[str]:
     """Who may call ``method path`` (FHIR paths with ``resource_type`` = Organization)."""
-    if path == "/fhir/metadata":
-        return EVERYONE
     if path in ("/fhir", "/fhir/"):
         return frozenset({"admin", "system"})
     if path.startswith("/fhir/AuditEvent"):
@@ -127,8 +127,7 @@ def concrete(path: str) -> str:
 
 
 def test_every_route_has_a_policy_row(app: FastAPI) -> None:
-    routes = protected_routes(app)
-    assert routes, "the route table is empty: the app's routes were not found"
+    routes = protected_routes(app)  # asserts it found routes
     missing = sorted(set(routes) - set(ROUTES))
     stale = sorted(set(ROUTES) - set(routes))
     assert missing == [], f"routes without an access policy row: {missing}"
@@ -190,3 +189,142 @@ def test_smart_scopes_narrow_a_system_client(app: FastAPI, client: TestClient) -
     assert client.get("/dicomweb/studies").status_code == 403
     as_subject(app, system("system/ImagingStudy.rs"))
     assert client.get("/dicomweb/studies").status_code == 200
+
+
+# ---------------------------------------------------------------- with real tokens
+
+
+@pytest.fixture(scope="module")
+def token_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
+    """An app that authenticates (``PACS_AUTH=local``): no subject is injected."""
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("tokens") / "var", auth="local", log_level="WARNING"
+    )
+    engine = create_index_engine(settings)
+    upgrade(engine)
+    engine.dispose()
+    application = create_app(settings)
+    yield application
+    application.state.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def token_client(token_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(token_app, follow_redirects=False) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def tokens(token_app: FastAPI) -> dict[str, dict[str, str]]:
+    """The Authorization header of a local account per role, with the identity of
+    ``ROLE_SUBJECTS`` (organisation, practitioner, patient, a system client's scopes);
+    anonymous sends none."""
+    settings = token_app.state.settings
+    headers: dict[str, dict[str, str]] = {"anonymous": {}}
+    for name, subject in ROLE_SUBJECTS.items():
+        if name == "anonymous":
+            continue
+        token = local_token(
+            settings,
+            f"matrix-{name}",
+            name,
+            organisation=subject.organisation,
+            patient=subject.patient,
+            practitioner=subject.practitioner,
+            scopes=subject.scopes,
+        )
+        headers[name] = bearer(token)
+    return headers
+
+
+def refused(answer: httpx.Response) -> bool:
+    """401/403, or a web page's redirect to the login."""
+    location = answer.headers.get("location", "")
+    return answer.status_code in (401, 403) or (
+        answer.status_code == 303 and location.startswith("/login")
+    )
+
+
+@pytest.mark.parametrize(("method", "path"), _all_routes(), ids=lambda v: str(v))
+def test_route_matrix_with_tokens(
+    token_client: TestClient, tokens: dict[str, dict[str, str]], method: str, path: str
+) -> None:
+    allowed = expected(method, path)
+    wrong = []
+    for name, headers in tokens.items():
+        answer = token_client.request(method, concrete(path), headers=headers)
+        if refused(answer) == (name in allowed):
+            wrong.append(f"{name}: {answer.status_code}")
+        if name == "anonymous" and answer.status_code == 403:
+            wrong.append("anonymous: 403 instead of 401")
+    assert wrong == [], f"{method} {path}"
+
+
+SAMPLE = [
+    ("GET", "/dicomweb/studies"),
+    ("POST", "/dicomweb/studies"),
+    ("GET", "/dicomweb/studies/{study}/metadata"),
+    ("GET", "/fhir/{resource_type}"),
+    ("POST", "/fhir/{resource_type}"),
+    ("GET", "/fhir/Patient/{patient_id}/$everything"),
+    ("GET", "/fhir/AuditEvent"),
+    ("GET", "/api/studies"),
+    ("PUT", "/api/aes/{title}"),
+    ("GET", "/api/review/{result}"),
+    ("POST", "/api/jobs/{job_id}/cancel"),
+    ("GET", "/api/changes"),
+]
+"""Routes of each family (DICOMweb, FHIR, /api) the identity cases are sent to."""
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def bad_tokens(settings: Settings) -> dict[str, str]:
+    """Tokens of the administrator account that must not hold: each would be allowed
+    everywhere if it were accepted."""
+    tokens = LocalTokens.at(settings.resolved_signing_key_file)
+    claims = {"sub": "matrix-admin", "roles": ["admin"], "kind": "user", "idp": "local"}
+    now = int(time.time())
+    good = {**claims, "iss": LOCAL_ISSUER, "aud": LOCAL_AUDIENCE, "iat": now, "nbf": now}
+    another_key = ECKey.generate_key("P-256", private=True, auto_kid=True)
+    header = {"alg": "ES256", "kid": tokens.key.kid, "typ": "JWT"}
+    return {
+        "expired": tokens.sign(claims, -120, LOCAL_AUDIENCE),
+        "wrong audience": tokens.sign(claims, 300, "urn:someone-else"),
+        "wrong signature": jwt.encode(header, {**good, "exp": now + 300}, another_key),
+        "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({**good, 'exp': now + 300})}.",
+    }
+
+
+@pytest.mark.parametrize(("method", "path"), SAMPLE, ids=lambda v: str(v))
+def test_credentials_that_do_not_hold_are_401(
+    token_app: FastAPI,
+    token_client: TestClient,
+    tokens: dict[str, dict[str, str]],
+    method: str,
+    path: str,
+) -> None:
+    url = concrete(path)
+    assert not refused(token_client.request(method, url, headers=tokens["admin"]))
+    none = token_client.request(method, url)
+    assert none.status_code == 401, none.text
+    assert none.headers["www-authenticate"].startswith("Bearer")
+    for case, token in bad_tokens(token_app.state.settings).items():
+        answer = token_client.request(method, url, headers=bearer(token))
+        assert answer.status_code == 401, (case, answer.status_code, answer.text)
+        assert 'error="invalid_token"' in answer.headers["www-authenticate"], case
+
+
+@pytest.mark.parametrize("path", ["/fhir/metadata", "/fhir/.well-known/smart-configuration"])
+def test_smart_discovery_is_public(token_client: TestClient, path: str) -> None:
+    answer = token_client.get(path)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    if path == "/fhir/metadata":
+        assert body["resourceType"] == "CapabilityStatement"
+        [rest] = body["rest"]
+        assert rest["security"]["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    else:
+        assert body["token_endpoint"].endswith("/login/token")

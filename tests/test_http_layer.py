@@ -5,7 +5,7 @@ routes keep their paths and operation ids, and writes of the admin API are audit
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fastapi import FastAPI
@@ -17,8 +17,9 @@ from sqlalchemy import select
 from pacs.audit.tables import AuditEvent
 from pacs.index.engine import session_factory
 from pacs.security.subject import Role, Subject, SubjectKind
+from testkit.routes import api_routes, is_public
 from tests.conftest import make_backend
-from viewer_api.app import PUBLIC_ROUTERS, create_app
+from viewer_api.app import create_app
 from viewer_api.deps import get_current_user
 
 
@@ -36,22 +37,19 @@ def _calls(dependant: Dependant) -> Iterator[Any]:
         yield from _calls(sub)
 
 
-def _routes(app: FastAPI) -> list[APIRoute]:
-    return [route for route in app.routes if isinstance(route, APIRoute)]
-
-
 def test_every_route_but_the_public_ones_goes_through_current_user(app: FastAPI) -> None:
-    public = {
-        (route.path, tuple(sorted(route.methods))) for r in PUBLIC_ROUTERS for route in r.routes
-    }  # type: ignore[attr-defined]
+    routes = [(c, cast(APIRoute, c.original_route)) for c in api_routes(app)]  # non-empty
+    public = {route.path for context, route in routes if is_public(context)}
+    protected = [(context, route) for context, route in routes if not is_public(context)]
+    assert len(protected) > 50, "the protected routes were not found"
     unauthenticated = [
         f"{sorted(route.methods)} {route.path}"
-        for route in _routes(app)
-        if (route.path, tuple(sorted(route.methods))) not in public
-        and get_current_user not in set(_calls(route.dependant))
+        for context, route in protected
+        if get_current_user not in set(_calls(context.dependant))
     ]
     assert unauthenticated == []
-    assert {"/health", "/health/live", "/metrics", "/docs"} <= {path for path, _ in public}
+    assert {"/health", "/health/live", "/metrics", "/docs", "/fhir/metadata"} <= public
+    assert "/fhir/{resource_type}" not in public
 
 
 def test_api_routes_declare_response_models(app: FastAPI) -> None:

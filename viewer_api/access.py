@@ -48,7 +48,6 @@ ROUTES: dict[tuple[str, str], tuple[Action, Resource]] = {
     ("GET", "/dicomweb/instances"): (A.SEARCH, R.IMAGING),
     ("GET", f"{_WADO}/instances"): (A.SEARCH, R.IMAGING),
     ("GET", f"{_WADO}/series/{{series}}/instances"): (A.SEARCH, R.IMAGING),
-    ("GET", "/fhir/metadata"): (A.READ, R.CAPABILITIES),
     ("GET", "/fhir/AuditEvent"): (A.SEARCH, R.AUDIT),
     ("POST", "/fhir/AuditEvent/_search"): (A.SEARCH, R.AUDIT),
     ("GET", "/fhir/AuditEvent/{event_id}"): (A.READ, R.AUDIT),

@@ -7,6 +7,12 @@ failures exist) on the same association while the requestor keeps it open, else 
 association to the address registered for the requestor's AE title (``pacs ae add``), the
 archive proposing the SCP role (SCP/SCU Role Selection). Handlers never raise into the
 network stack.
+
+Access: the calling AE's subject (``pacs.dimse.policy.CallingAE``) must be permitted the
+service (``pacs.dimse.access``: those who may store), else the N-ACTION is refused 0124 (not
+authorized); references outside its reach (another organisation's instances) are listed as
+failed with 0112 (no such object instance), as unknown ones are. Each request is audited
+(``Storage Commitment N-ACTION``) once its result is known.
 """
 
 from __future__ import annotations
@@ -24,11 +30,16 @@ from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_RELEASE
 from sqlalchemy import Engine, select
 
+from pacs.audit import dimse as dimse_audit
 from pacs.commitment import CommitmentResult, Reference, verify
 from pacs.config import Settings
+from pacs.dimse.access import permitted
+from pacs.dimse.policy import CallingAE
 from pacs.dimse.scu import Peer, archive_ae
 from pacs.dimse.status import SUCCESS
 from pacs.index.models import RemoteAE
+from pacs.security.imaging import imaging_scope
+from pacs.security.subject import Subject
 from pacs.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -40,8 +51,11 @@ STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 REQUEST_STORAGE_COMMITMENT = 1
 ALL_COMMITTED, FAILURES_EXIST = 1, 2
 NO_SUCH_ACTION_TYPE = 0x0123
+PROCESSING_FAILURE = 0x0110
 INVALID_ARGUMENT_VALUE = 0x0115
 NO_SUCH_OBJECT_INSTANCE = 0x0112
+NOT_AUTHORIZED = 0x0124
+SERVICE = "Storage Commitment N-ACTION"
 SAME_ASSOCIATION_TIMEOUT = 10.0
 """Seconds to wait for the N-EVENT-REPORT response on the requestor's association (it may be
 releasing it meanwhile; then the report goes on a new association)."""
@@ -84,10 +98,19 @@ def _references(info: Dataset) -> list[Reference]:
 class CommitmentHandler:
     """EVT_N_ACTION for the Storage Commitment Push Model."""
 
-    def __init__(self, settings: Settings, engine: Engine, store: ObjectStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        store: ObjectStore,
+        callers: CallingAE,
+        audit: dimse_audit.DimseAudit | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.store = store
+        self.callers = callers
+        self.audit = audit
 
     def on_n_action(self, event: Event) -> tuple[Dataset | int, Dataset | None]:
         """Accept a commitment request; the answer follows as an N-EVENT-REPORT."""
@@ -106,20 +129,42 @@ class CommitmentHandler:
             status.Status = INVALID_ARGUMENT_VALUE
             status.ErrorComment = "TransactionUID and ReferencedSOPSequence are required"
             return status, None
-        title = event.assoc.requestor.ae_title.strip()
+        try:
+            subject = self.callers.of(event)
+        except Exception:
+            log.exception("storage commitment: the calling AE could not be resolved")
+            return PROCESSING_FAILURE, None
+        decision = permitted(subject, SERVICE)
+        if not decision:
+            log.warning("storage commitment from %s refused: %s", subject.name, decision.reason)
+            self._record(subject, NOT_AUTHORIZED, f"transaction={transaction_uid} refused")
+            return NOT_AUTHORIZED, None
         threading.Thread(
             target=self._report,
-            args=(event.assoc, title, transaction_uid, references),
+            args=(event.assoc, subject, transaction_uid, references),
             name="storage-commitment",
             daemon=True,
         ).start()
         return SUCCESS, None
 
+    def _record(self, subject: Subject, outcome: int, detail: str) -> None:
+        if self.audit is not None:
+            peer = dimse_audit.Peer(subject.name, subject.client_address, subject.organisation)
+            self.audit.record(SERVICE, peer, outcome, detail=detail, action="read")
+
     def _report(
-        self, assoc: Association, title: str, transaction_uid: str, references: list[Reference]
+        self,
+        assoc: Association,
+        subject: Subject,
+        transaction_uid: str,
+        references: list[Reference],
     ) -> None:
+        title = subject.name
         try:
-            result = verify(self.engine, self.store, references)
+            result = verify(self.engine, self.store, references, imaging_scope(subject))
+            failure = result.failed[0][1] if result.failed else SUCCESS
+            counts = f"committed={len(result.committed)} failed={len(result.failed)}"
+            self._record(subject, failure, f"transaction={transaction_uid} {counts}")
             event_type, info = event_information(transaction_uid, result, self.settings.ae_title)
             log.info(
                 "storage commitment %s for %s: %d committed, %d failed",

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacs.config import PnMatching, Settings
+from pacs.dimse.access import permitted
 from pacs.dimse.policy import CallingAE
 from pacs.dimse.status import (
     CANCEL,
@@ -30,7 +31,6 @@ from pacs.dimse.status import (
 from pacs.query import QueryError, QueryModel, find
 from pacs.query.matching import DEFAULT_OPTIONS, MatchOptions
 from pacs.security.imaging import imaging_scope
-from pacs.security.policy import Action, Resource, decide
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class FindService:
 
     def _matches(self, model: QueryModel, identifier: Dataset, event: Event) -> Iterator[Dataset]:
         subject = self.callers.of(event)
-        if not decide(subject, Action.SEARCH, Resource.IMAGING):
+        if not permitted(subject, "C-FIND"):
             return
         scope = imaging_scope(subject)
         with self.sessions() as session:

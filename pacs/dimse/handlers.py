@@ -51,6 +51,8 @@ class Handlers:
         self._transfers: dict[int, StudyTransfers] = {}  # association -> its C-STOREs
         self.certificate_aes: dict[str, str] | None = None
         """With ``dicom_tls_match_ae``: extra title -> certificate name pairs; None: no check."""
+        self.mpps: MppsHandler | None = None
+        self.commitment: CommitmentHandler | None = None
 
     def _peer(self, event: Event) -> Peer:
         title, host = _peer(event)
@@ -86,8 +88,6 @@ class Handlers:
         log.warning("association from %s refused: not the AE of its TLS certificate", title)
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.kill()  # as pynetdicom's own rejection: returns once the RJ is sent
-        self.mpps: MppsHandler | None = None
-        self.commitment: CommitmentHandler | None = None
 
     def on_accepted(self, event: Event) -> None:
         """Abort an association whose (title, address) pair is not on the allow-list."""

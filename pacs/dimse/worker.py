@@ -113,8 +113,8 @@ def serve_connections(settings: Settings, control: socket.socket) -> None:
         ),
         callers,
     )
-    handlers.mpps = MppsHandler(MppsService(worklist_engine))
-    handlers.commitment = CommitmentHandler(settings, ingest.engine, ingest.store)
+    handlers.mpps = MppsHandler(MppsService(worklist_engine), callers, audit)
+    handlers.commitment = CommitmentHandler(settings, ingest.engine, ingest.store, callers, audit)
     ae = build_ae(settings, policy)
     send_lock = threading.Lock()
 

@@ -15,11 +15,11 @@ from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.events import Event
 from sqlalchemy import ColumnElement
 
+from pacs.dimse.access import permitted
 from pacs.dimse.find import answer_c_find, failure
 from pacs.dimse.policy import CallingAE
 from pacs.dimse.status import IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
 from pacs.security.fhir_scope import worklist_scope
-from pacs.security.policy import Action, Resource, decide
 from pacs.worklist import WorklistItem, WorklistQueryError, matches, response
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
@@ -50,7 +50,7 @@ class WorklistService:
 
     def _matches(self, identifier: Dataset, event: Event) -> Iterator[Dataset]:
         subject = self.callers.of(event)
-        if not decide(subject, Action.SEARCH, Resource.WORKLIST):
+        if not permitted(subject, "MWL C-FIND"):
             return
         for item in self.items(identifier, worklist_scope(subject)):
             if matches(identifier, item):

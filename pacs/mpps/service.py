@@ -12,6 +12,10 @@
   and the step is offered on the worklist again.
 - A step that is ``COMPLETED`` or ``DISCONTINUED`` may no longer be updated (0110, Error ID
   A710); an unknown instance is 0112; a second N-CREATE of one UID 0111; a bad status 0106.
+- Access (``scope``: the caller's worklist reach, ``pacs.security.fhir_scope.worklist_scope``;
+  None = unrestricted): an N-CREATE whose referral is outside it, and an N-SET of a step
+  whose referral is outside it (or, unscheduled, that another AE created), are refused
+  0124 (not authorized) and change nothing.
 
 The row, the Procedure and the referral change in one database transaction.
 """
@@ -24,11 +28,11 @@ from datetime import datetime
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, insert, select, update
 
 from pacs.emr.identifiers import DICOM_UID, accession_of
 from pacs.errors import PacsError
-from pacs.fhir.errors import ResourceConflict
+from pacs.fhir.errors import ResourceConflict, ResourceNotFound
 from pacs.fhir.resources import found
 from pacs.fhir.store import FhirStore
 from pacs.fhir.values import escape_search_value
@@ -47,6 +51,8 @@ INVALID_ATTRIBUTE_VALUE = 0x0106
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP_INSTANCE = 0x0111
 NO_SUCH_OBJECT_INSTANCE = 0x0112
+NOT_AUTHORIZED = 0x0124
+"""PS3.7 C.4 "Refused: not authorized"."""
 MAY_NO_LONGER_BE_UPDATED = 0xA710
 """PS3.4 F.7.2.2.4 Error ID: Performed Procedure Step Object may no longer be updated."""
 
@@ -102,8 +108,15 @@ class MppsService:
         self.engine = engine
         self.store = store or FhirStore(engine)
 
-    def create(self, uid: str, attributes: Dataset, calling_ae_title: str = "") -> StepState:
-        """Store a new step (N-CREATE); raise :class:`MppsError` when it is refused."""
+    def create(
+        self,
+        uid: str,
+        attributes: Dataset,
+        calling_ae_title: str = "",
+        scope: ColumnElement[bool] | None = None,
+    ) -> StepState:
+        """Store a new step (N-CREATE) for a caller whose worklist reach is ``scope``; raise
+        :class:`MppsError` when it is refused."""
         status = _status_of(attributes)
         if status != IN_PROGRESS:
             raise MppsError(
@@ -115,6 +128,10 @@ class MppsService:
                 if self._row(conn, uid) is not None:
                     raise MppsError(f"MPPS {uid} exists already", DUPLICATE_SOP_INSTANCE)
                 referral = self._referral(conn, attributes)
+                if referral is not None and not self._reaches(conn, referral["id"], scope):
+                    raise MppsError(
+                        "the scheduled step is not on the caller's worklist", NOT_AUTHORIZED
+                    )
                 procedure_id = ""
                 if referral is not None:
                     procedure = self._procedure(uid, attributes, referral, IN_PROGRESS)
@@ -138,8 +155,15 @@ class MppsService:
         log.info("MPPS %s IN PROGRESS from %s", uid, calling_ae_title or "?")
         return StepState(uid, IN_PROGRESS, service_request_id, procedure_id, True)
 
-    def set(self, uid: str, modifications: Dataset) -> StepState:
-        """Apply an N-SET; raise :class:`MppsError` when it is refused."""
+    def set(
+        self,
+        uid: str,
+        modifications: Dataset,
+        calling_ae_title: str = "",
+        scope: ColumnElement[bool] | None = None,
+    ) -> StepState:
+        """Apply an N-SET from ``calling_ae_title`` whose worklist reach is ``scope``; raise
+        :class:`MppsError` when it is refused."""
         new_status = _status_of(modifications)
         if "PerformedProcedureStepStatus" in modifications and new_status not in STATUSES:
             raise MppsError(
@@ -150,6 +174,8 @@ class MppsService:
             row = self._row(conn, uid)
             if row is None:
                 raise MppsError(f"no MPPS {uid}", NO_SUCH_OBJECT_INSTANCE)
+            if not self._may_update(conn, row, calling_ae_title, scope):
+                raise MppsError(f"MPPS {uid} is not the caller's to update", NOT_AUTHORIZED)
             if row.status != IN_PROGRESS:
                 raise MppsError(
                     f"MPPS {uid} is {row.status} and may no longer be updated",
@@ -193,6 +219,29 @@ class MppsService:
                 PerformedProcedureStep.sop_instance_uid == uid
             )
         ).first()
+
+    def _reaches(
+        self, conn: Connection, service_request_id: str, scope: ColumnElement[bool] | None
+    ) -> bool:
+        """Whether the ServiceRequest is within ``scope`` (a worklist reach)."""
+        if scope is None:
+            return True
+        try:
+            self.store.tx_read(conn, "ServiceRequest", service_request_id, scope)
+        except ResourceNotFound:
+            return False
+        return True
+
+    def _may_update(
+        self, conn: Connection, row: Any, calling_ae_title: str, scope: ColumnElement[bool] | None
+    ) -> bool:
+        """A step is updated by a caller whose worklist holds its referral; an unscheduled
+        one only by the AE that created it."""
+        if scope is None:
+            return True
+        if row.service_request_id:
+            return self._reaches(conn, row.service_request_id, scope)
+        return bool(calling_ae_title) and row.calling_ae_title == calling_ae_title[:16]
 
     def _referral(self, conn: Connection, attributes: Dataset) -> dict[str, Any] | None:
         """The active ServiceRequest the step performs (by accession number, else by

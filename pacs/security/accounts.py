@@ -44,17 +44,24 @@ class Account:
     created: datetime
 
     def subject(self, client_address: str = "") -> Subject:
-        """The subject this account acts as."""
-        kind = SubjectKind.SYSTEM if self.roles == {Role.SYSTEM} else SubjectKind.USER
+        """The subject this account acts as. A system account holds ``system/*.cruds``:
+        local accounts carry no scopes of their own, so the role's grants decide (an OIDC
+        client's token narrows it with its scopes)."""
+        system = self.roles == {Role.SYSTEM}
         return Subject(
             name=self.name,
-            kind=kind,
+            kind=SubjectKind.SYSTEM if system else SubjectKind.USER,
             roles=self.roles,
             organisation=self.organisation,
             practitioner=self.practitioner,
             patient=self.patient,
+            scopes=SYSTEM_ACCOUNT_SCOPES if system else frozenset(),
             client_address=client_address,
         )
+
+
+SYSTEM_ACCOUNT_SCOPES = frozenset({"system/*.cruds"})
+"""The SMART scopes of a local system account's tokens."""
 
 
 def parse_roles(names: list[str] | tuple[str, ...]) -> frozenset[Role]:

@@ -151,7 +151,16 @@ class OidcProvider:
             patient=_first(claim(claims, s.oidc_patient_claim)),
             scopes=frozenset(scopes),
             client_address=client_address,
+            reads_for=self._reads_for(claims, roles),
         )
+
+    def _reads_for(self, claims: dict[str, Any], roles: frozenset[Role]) -> frozenset[str]:
+        """The organisations a radiologist reads for, from ``PACS_OIDC_READS_FOR_CLAIM`` (off
+        when empty; ignored for other roles)."""
+        path = self.settings.oidc_reads_for_claim
+        if not path or Role.RADIOLOGIST not in roles:
+            return frozenset()
+        return frozenset(_strings(claim(claims, path)))
 
     def exchange_code(self, code: str, verifier: str, redirect_uri: str) -> dict[str, Any]:
         """The token response for an authorization code of the web client (PKCE

@@ -41,13 +41,12 @@ class Resource(StrEnum):
     """The kinds of resource the policy knows (each route and DIMSE service names one)."""
 
     IMAGING = "imaging"  # DICOM studies: QIDO/WADO/STOW, /api/studies, C-FIND/C-GET/C-MOVE
-    WORKLIST = "worklist"  # Modality Worklist (C-FIND MWL)
+    WORKLIST = "worklist"  # Modality Worklist (C-FIND MWL), its performed steps (MPPS)
     FHIR = "fhir"  # FHIR resources; per type: fhir_decision
     REVIEW = "review"  # AI results for review and sign-off
     JOBS = "jobs"  # the job queue (listing, cancel, retry)
     CHANGES = "changes"  # the change feed
     ADMINISTRATION = "administration"  # AEs, webhooks, rules, quarantine, models
-    CAPABILITIES = "capabilities"  # what the server implements (FHIR metadata): any role
     AUDIT = "audit"  # the audit trail (/fhir/AuditEvent): auditors, and patients their own
 
 
@@ -70,13 +69,13 @@ GRANTS: dict[Role, dict[Resource, frozenset[Action]]] = {
     },
     Role.MODALITY: {
         Resource.IMAGING: _READ | {Action.WRITE},
-        Resource.WORKLIST: frozenset({Action.SEARCH}),
+        Resource.WORKLIST: frozenset({Action.SEARCH, Action.WRITE}),  # MWL; MPPS
     },
     Role.REGISTRAR: {Resource.FHIR: _READ | {Action.WRITE, Action.DELETE}},
     Role.ANALYST: {Resource.FHIR: _READ},
     Role.SYSTEM: {
         Resource.IMAGING: _READ | {Action.WRITE},
-        Resource.WORKLIST: frozenset({Action.SEARCH}),
+        Resource.WORKLIST: frozenset({Action.SEARCH, Action.WRITE}),
         Resource.FHIR: _READ | {Action.WRITE, Action.DELETE, Action.ADMIN},
         Resource.CHANGES: _READ,
     },
@@ -125,8 +124,6 @@ def _deny(subject: Subject, action: Action, what: str) -> Decision:
 
 def decide(subject: Subject, action: Action, resource: Resource) -> Decision:
     """Whether ``subject`` may perform ``action`` on ``resource`` (its data reach aside)."""
-    if resource is Resource.CAPABILITIES:
-        return Decision(bool(subject.roles), "" if subject.roles else "no role")
     if action is Action.SIGN and subject.kind is SubjectKind.LOCAL:
         return Decision(True)  # PACS_AUTH=none on 127.0.0.1: the machine's own user
     granted = any(action in GRANTS.get(role, {}).get(resource, ()) for role in subject.roles)

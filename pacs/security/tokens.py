@@ -135,6 +135,7 @@ class LocalTokens:
             "practitioner": subject.practitioner,
             "patient": subject.patient,
             "scope": " ".join(sorted(subject.scopes)),
+            "reads_for": sorted(subject.reads_for),
             "idp": provider,
         }
         return self.sign(claims, ttl_seconds, LOCAL_AUDIENCE)
@@ -154,6 +155,7 @@ class LocalTokens:
             patient=str(claims.get("patient", "")),
             scopes=frozenset(str(claims.get("scope", "")).split()),
             client_address=client_address,
+            reads_for=frozenset(str(o) for o in claims.get("reads_for", ()) if o),
         )
         return subject, str(claims.get("idp", "local"))
 

@@ -1,5 +1,6 @@
-"""FHIR R4 RESTful API at ``/fhir``: read, vread, create, update, delete, history, search,
-``transaction``/``batch`` and the CapabilityStatement. Every request is audited.
+"""FHIR R4 RESTful API at ``/fhir``: read, vread, create, update, delete, history, search and
+``transaction``/``batch`` (the CapabilityStatement, public: ``viewer_api.routers.smart``).
+Every request is audited.
 
 Each endpoint is one FHIR interaction: ``@interaction(action)`` turns a ``FhirError`` it
 raises into its status and OperationOutcome and records the request in the audit trail."""
@@ -16,18 +17,14 @@ from sqlalchemy import ColumnElement
 from starlette.concurrency import run_in_threadpool
 
 from pacs.audit.compartment import patient_by_id, patient_of
-from pacs.audit.search import CAPABILITY as AUDIT_CAPABILITY
-from pacs.fhir.capability import capability_statement
 from pacs.fhir.errors import FhirError, Forbidden, InvalidResource, InvalidSearch, ResourceNotFound
 from pacs.fhir.everything import everything
 from pacs.fhir.resources import Resource
 from pacs.fhir.store import check_type
 from pacs.security.fhir_scope import fhir_scope
 from pacs.security.policy import Action, fhir_decision, scope_permits
-from pacs.security.smart import capability_security
 from pacs.security.subject import Role
-from viewer_api.authn import smart_document
-from viewer_api.deps import AuditDep, AuthenticatorDep, FhirStoreDep, SettingsDep, SubjectDep
+from viewer_api.deps import AuditDep, FhirStoreDep, SettingsDep, SubjectDep
 from viewer_api.fhir_http import (
     FhirCall,
     fhir_response,
@@ -72,7 +69,7 @@ def interaction(action: str) -> Callable[[Endpoint], Endpoint]:
     return decorate
 
 
-def _operations() -> dict[str, list[str]]:
+def operations() -> dict[str, list[str]]:
     """Operations (``$name`` routes) the app really serves, by resource type ("" system)."""
     found: dict[str, list[str]] = {}
     for route in router.routes:  # FastAPI 0.165 nests included routers in app.routes
@@ -126,17 +123,6 @@ def _written(fhir: FhirCall, resource: dict[str, Any], status: int) -> Response:
 
 def _read(fhir: FhirCall, resource: dict[str, Any]) -> Response:
     return fhir_response(resource, 200, resource_headers(resource, fhir.base, location=False))
-
-
-@router.get("/metadata")
-@interaction("read")
-async def metadata(fhir: Fhir, authenticator: AuthenticatorDep) -> Response:
-    """The CapabilityStatement, generated from what the server implements; its security
-    element names the SMART endpoints."""
-    smart = await run_in_threadpool(smart_document, fhir.request, fhir.settings, authenticator)
-    security = capability_security(smart)
-    statement = capability_statement(fhir.base, _operations(), security, [AUDIT_CAPABILITY])
-    return fhir_response(statement)
 
 
 @router.post("")
