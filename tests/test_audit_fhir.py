@@ -60,6 +60,15 @@ def world(app: FastAPI) -> dict[str, Any]:
         {"resourceType": "Practitioner", "name": [{"given": ["Anna"], "family": "Petrova"}]},
     )
     p1, p2 = create(client, patient("P1")), create(client, patient("P2"))
+    for pid in (p1, p2):  # in care at the clinician's organisation (the access policy)
+        encounter = {
+            "resourceType": "Encounter",
+            "status": "in-progress",
+            "class": {"code": "AMB"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "serviceProvider": {"reference": f"Organization/{org}"},
+        }
+        create(client, encounter)
     clinician = Subject(
         "anna",
         SubjectKind.USER,
