@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from pacs.audit.access import Access
@@ -112,8 +112,8 @@ def link(previous: str, row: Mapping[Any, Any]) -> str:
 def append(conn: Connection | Session, access: Access, at: datetime | None = None) -> int:
     """Write one unsealed row in the caller's transaction (a plain INSERT: no chain lock);
     returns its ``pk``. :func:`seal` gives it its chain position later."""
-    result = conn.execute(insert(AuditEvent.__table__).values(**row_values(access, at)))
-    return int(result.inserted_primary_key[0])
+    row = insert(AuditEvent).values(**row_values(access, at)).returning(AuditEvent.pk)
+    return int(conn.execute(row).scalar_one())
 
 
 def seal(conn: Connection | Session, limit: int = 1000) -> int:
@@ -145,6 +145,7 @@ def seal(conn: Connection | Session, limit: int = 1000) -> int:
         previous = link(previous, {**row._mapping, "seq": seq})
         sealed.append({"row": row.pk, "new_seq": seq, "new_hash": previous})
     table = AuditEvent.__table__
+    assert isinstance(table, Table)
     conn.execute(
         update(table)
         .where(table.c.pk == bindparam("row"))
