@@ -1,4 +1,4 @@
-"""Audit trail benchmark: the cost of the hash chain on every audit record.
+"""Audit trail benchmark: the cost of an audit record, and of sealing records into the chain.
 
 Run from the repository root::
 
@@ -6,10 +6,12 @@ Run from the repository root::
     .venv/bin/python -m bench.audit --no-write   # print only
 
 Writes ``--records`` audit records with 1 and ``--writers`` concurrent writers (threads, each
-with its own engine, as separate processes would be) through ``pacs.audit.record`` (chain
-head locked and advanced, row hashed) and, as the baseline, the same rows as a plain INSERT
-in a transaction of their own (what the archive did before the chain). Reports records/s and
-the median and p95 latency of one record; the chain is verified after each run.
+with its own engine, as separate processes would be) through ``pacs.audit.record`` (an
+unsealed row) while a sealer thread (own engine) runs ``pacs.audit.seal_on`` every
+``--seal-interval`` seconds, as the background loop does, and, as the baseline, the same rows
+as a bare INSERT in a transaction of their own. Reports the writers' records/s, the median
+and p95 latency of one record and the sealer's rate (rows sealed per second spent sealing);
+the chain is verified (every record sealed) after each run.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sqlalchemy.orm import Session
 from bench.host import cpu_model, git_version, loadavg, ram_gib
 from bench.report import write_section
 from bench.targets import DEFAULT_POSTGRES_URL
-from pacs.audit import Access, Protocol, record, verify
+from pacs.audit import Access, Protocol, record, seal_on, verify
 from pacs.audit.chain import row_values
 from pacs.audit.tables import AuditEvent
 from pacs.config import Settings
@@ -55,7 +57,7 @@ def _access(i: int) -> Access:
     )
 
 
-def chained(engine: Engine, i: int) -> None:
+def recorded(engine: Engine, i: int) -> None:
     with Session(engine) as session:
         record(session, _access(i))
 
@@ -63,6 +65,37 @@ def chained(engine: Engine, i: int) -> None:
 def plain(engine: Engine, i: int) -> None:
     with writer_turn(engine), engine.execution_options(**WRITE).begin() as conn:
         conn.execute(insert(AuditEvent).values(**row_values(_access(i))))
+
+
+class Sealer:
+    """The background sealer: ``seal_on`` every ``interval`` seconds on its own engine."""
+
+    def __init__(self, settings: Settings, interval: float) -> None:
+        self.engine = create_index_engine(settings)
+        self.interval = interval
+        self.sealed = 0
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.seal()
+
+    def seal(self) -> None:
+        started = time.perf_counter()
+        self.sealed += seal_on(self.engine)
+        self.seconds += time.perf_counter() - started
+
+    def __enter__(self) -> Sealer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seal()  # what the writers left since the last round
+        self.engine.dispose()
 
 
 def run(
@@ -118,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--records", type=int, default=400)
     p.add_argument("--writers", type=int, default=4)
+    p.add_argument("--seal-interval", type=float, default=1.0)
     p.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"])
     p.add_argument("--no-write", action="store_true", help="do not touch docs/performance.md")
     args = p.parse_args(argv)
@@ -126,22 +160,28 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.databases:
             for writers in (1, args.writers):
-                for label, write in (("plain INSERT", plain), ("hash chain", chained)):
+                for label, write in (("bare INSERT", plain), ("record + sealer", recorded)):
                     settings, drop = database(kind, Path(tmp))
                     engine = create_index_engine(settings)
                     upgrade(engine)
+                    sealing = "-"
                     try:
-                        rate, ms = run(settings, write, args.records, writers)
-                        if write is chained:
+                        if write is recorded:
+                            with Sealer(settings, args.seal_interval) as sealer:
+                                rate, ms = run(settings, write, args.records, writers)
+                            assert sealer.sealed == args.records, sealer.sealed
+                            sealing = f"{sealer.sealed / sealer.seconds:.0f}"
                             with engine.connect() as conn:
                                 assert verify(conn).checked == args.records
+                        else:
+                            rate, ms = run(settings, write, args.records, writers)
                     finally:
                         engine.dispose()
                         drop()
                     p95 = statistics.quantiles(ms, n=20)[18]
                     lines.append(
                         f"| {kind} | {writers} | {label} | {rate:.0f} | "
-                        f"{statistics.median(ms):.2f} | {p95:.2f} |"
+                        f"{statistics.median(ms):.2f} | {p95:.2f} | {sealing} |"
                     )
                     print(lines[-1], flush=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -152,13 +192,19 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Measured {stamp} with `python -m bench.audit`: {args.records} audit records per "
             "cell, each in a transaction of its own, by 1 and by "
-            f"{args.writers} concurrent writers (own engine each). *plain INSERT* is the row "
-            "alone (the archive before the chain); *hash chain* is `pacs.audit.record`: the "
-            "chain head locked and advanced, the row hashed and inserted, the head updated. "
-            "Every chain was verified intact afterwards.",
+            f"{args.writers} concurrent writers (own engine each). *bare INSERT* is the row "
+            "alone; *record + sealer* is `pacs.audit.record` (an unsealed row, no lock) "
+            "while a sealer thread with its own engine runs `pacs.audit.seal_on` every "
+            f"{args.seal_interval:g} s, as the background loop does (`PACS_AUDIT_SEAL_INTERVAL`)"
+            "; *sealed/s* is rows sealed per second the sealer spent sealing. Every record was "
+            "sealed and the chain verified intact afterwards. Before the records were sealed in "
+            "batches, each record locked and advanced the chain head in its own transaction "
+            "(measured 2026-12-03 11:36 UTC, `e86f11d`, load ~10): PostgreSQL 4 "
+            "writers 29 records/s (median 113 ms) against 113 for the bare INSERT, SQLite 4 "
+            "writers 44 against 72.",
             "",
-            "| database | writers | write | records/s | median ms | p95 ms |",
-            "|---|---|---|---|---|---|",
+            "| database | writers | write | records/s | median ms | p95 ms | sealed/s |",
+            "|---|---|---|---|---|---|---|",
             *lines,
             "",
             f"Machine: {cpu_model()}, {os.cpu_count()} cores, {ram_gib():.1f} GiB RAM; load "

@@ -525,6 +525,12 @@ class Settings(BaseSettings):
         description="Export every audit record as RFC 5424 syslog (ATNA): udp://host:514, "
         "tcp://host:port or tls://host:6514; empty: no export.",
     )
+    audit_seal_interval: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between seals of new audit records into the hash chain by the "
+        "background loop of every archive process (the window in which a record is unsealed).",
+    )
     models_dir: Path | None = Field(
         None, description="Root of the model registry; default the repository's models/."
     )

@@ -1,26 +1,30 @@
-"""The audit trail's hash chain (pacs.audit.chain) on SQLite and PostgreSQL: intact after
-appends, concurrent writers included; a modified, deleted or smuggled-in row is detected, by
-the function and by ``pacs audit verify``."""
+"""The audit trail's hash chain (pacs.audit.chain) on SQLite and PostgreSQL: writers insert
+unsealed rows, sealers chain them (concurrent writers and sealers included, every row sealed
+exactly once); ``verify`` seals first; a modified, deleted or smuggled-in sealed row is
+detected, by the function and by ``pacs audit verify``."""
 
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from pacs.audit import Access, Protocol, record, verify
-from pacs.audit.tables import AuditEvent
+from pacs.audit import Access, Protocol, record, seal_on, verify
+from pacs.audit.tables import AuditChain, AuditEvent
 from pacs.cli import app as cli
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine
-from pacs.index.migrate import upgrade
+from pacs.index.migrate import alembic_config, upgrade
+from pacs.jobs.background import Background
 from tests.conftest import Backend
 
 
@@ -59,10 +63,18 @@ def test_appends_form_an_intact_chain(engine: Engine) -> None:
 
 @pytest.mark.parametrize(
     "tamper",
-    ["modify", "delete-middle", "delete-last", "insert-unchained", "modify-outcome"],
+    [
+        "modify",
+        "delete-middle",
+        "delete-last",
+        "insert-unchained",
+        "insert-hashed",
+        "modify-outcome",
+    ],
 )
 def test_tampering_is_detected(engine: Engine, tamper: str) -> None:
     write(engine, 5)
+    assert seal_on(engine) == 5
     row = AuditEvent.__table__
     with engine.begin() as conn:
         if tamper == "modify":
@@ -73,8 +85,12 @@ def test_tampering_is_detected(engine: Engine, tamper: str) -> None:
             conn.execute(delete(row).where(row.c.seq == 3))
         elif tamper == "delete-last":
             conn.execute(delete(row).where(row.c.seq == 5))
+        elif tamper == "insert-unchained":  # passed off as older than the chain
+            values = {"user_name": "x", "action": "read", "resource": "/x", "hash": ""}
+            conn.execute(insert(row).values(**values))
         else:
-            conn.execute(insert(row).values(user_name="x", action="read", resource="/x"))
+            values = {"user_name": "x", "action": "read", "resource": "/x", "hash": "0" * 64}
+            conn.execute(insert(row).values(**values))
     with engine.connect() as conn:
         result = verify(conn)
     assert not result.ok
@@ -84,6 +100,7 @@ def test_tampering_is_detected(engine: Engine, tamper: str) -> None:
         "delete-middle": (3, "missing"),
         "delete-last": (5, "missing"),
         "insert-unchained": (None, "without a chain position"),
+        "insert-hashed": (None, "without a chain position"),
     }[tamper]
     assert result.seq == expected[0] and expected[1] in result.problem, result
 
@@ -146,3 +163,105 @@ def test_control_characters_are_stored_as_question_marks(engine: Engine) -> None
     with engine.connect() as conn:
         assert conn.scalar(select(AuditEvent.patient_identifier)) == "A?B?C"
         assert verify(conn).ok
+
+
+def _head(engine: Engine) -> tuple[int, str]:
+    with engine.connect() as conn:
+        row = conn.execute(select(AuditChain.seq, AuditChain.hash)).one()
+    return int(row[0]), str(row[1])
+
+
+def test_writers_insert_unsealed_and_the_sealer_chains_them(engine: Engine) -> None:
+    write(engine, 3)
+    with engine.connect() as conn:
+        assert conn.execute(select(AuditEvent.seq, AuditEvent.hash)).all() == [(None, None)] * 3
+    assert _head(engine) == (0, "")
+    assert seal_on(engine, limit=2) == 3  # two transactions
+    write(engine, 2)
+    assert seal_on(engine) == 2 and seal_on(engine) == 0
+    with engine.connect() as conn:
+        rows = conn.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.pk)).all()
+    assert [seq for seq, _ in rows] == [1, 2, 3, 4, 5]
+    assert _head(engine) == (5, rows[-1][1])
+    with engine.connect() as conn:
+        assert verify(conn).checked == 5
+
+
+def test_verify_seals_first(engine: Engine) -> None:
+    write(engine, 3)
+    with engine.connect() as conn:
+        result = verify(conn, batch=2)
+    assert result.ok and result.checked == 3, result
+    assert _head(engine)[0] == 3
+
+
+def test_rows_older_than_the_chain_are_never_sealed(engine: Engine) -> None:
+    with engine.begin() as conn:  # what migration 0017 marks: written before 0014
+        conn.execute(
+            insert(AuditEvent.__table__).values(
+                user_name="old", action="read", resource="/o", hash=""
+            )
+        )
+    write(engine, 2)
+    with engine.connect() as conn:
+        result = verify(conn)
+        old = conn.execute(select(AuditEvent.seq).where(AuditEvent.user_name == "old")).scalar()
+    assert result.ok and result.checked == 2 and result.unchained == 1, result
+    assert old is None
+
+
+def test_migration_marks_rows_older_than_the_chain(db_backend: Backend) -> None:
+    engine = create_index_engine(db_backend.settings)
+    command.downgrade(alembic_config(engine), "0015")  # the fixture's database is at head
+    with engine.begin() as conn:
+        values = {"user_name": "old", "action": "read", "resource": "/o"}
+        conn.execute(insert(AuditEvent.__table__).values(**values))
+    upgrade(engine)
+    write(engine, 1)
+    with engine.connect() as conn:
+        assert conn.scalar(select(AuditEvent.hash).where(AuditEvent.user_name == "old")) == ""
+        result = verify(conn)
+    assert result.ok and result.checked == 1 and result.unchained == 1, result
+    engine.dispose()
+
+
+def test_concurrent_writers_and_sealers_seal_every_row_once(
+    engine: Engine, db_backend: Backend
+) -> None:
+    writers, sealers, each = 4, 2, 20
+    engines = [create_index_engine(db_backend.settings) for _ in range(writers + sealers)]
+    done = threading.Event()
+    sealed: list[int] = []
+
+    def sealer(e: Engine) -> None:
+        while not done.is_set():
+            sealed.append(seal_on(e, limit=7))
+        sealed.append(seal_on(e, limit=7))
+
+    threads = [threading.Thread(target=sealer, args=(e,)) for e in engines[writers:]]
+    for thread in threads:
+        thread.start()
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(lambda e: write(e[1], each, f"user{e[0]}"), enumerate(engines[:writers])))
+    done.set()
+    for thread in threads:
+        thread.join()
+    with engine.connect() as conn:
+        seqs = conn.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)).all()
+    assert sum(sealed) == writers * each  # each row sealed by exactly one sealer
+    assert seqs == list(range(1, writers * each + 1))
+    with engine.connect() as conn:
+        result = verify(conn)
+    assert result.ok and result.checked == writers * each, result
+    for e in engines:
+        e.dispose()
+
+
+def test_the_background_loop_seals(engine: Engine, db_backend: Backend) -> None:
+    write(engine, 2)
+    background = Background(db_backend.settings, worker=False)
+    try:
+        background.tick()
+    finally:
+        background.engine.dispose()
+    assert _head(engine)[0] == 2

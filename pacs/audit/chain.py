@@ -1,13 +1,14 @@
-"""The hash chain of the audit trail: every row stores ``sha256(previous hash + canonical
-row)`` and its sequence number, so a modified, deleted or inserted row breaks the chain
-(:func:`verify`).
+"""The hash chain of the audit trail: every sealed row stores ``sha256(previous hash +
+canonical row)`` and its sequence number, so a modified, deleted or inserted sealed row
+breaks the chain (:func:`verify`).
 
-Appends are serialised by the chain head (``audit_chain``, one row): an append first
-``UPDATE``s the head (``seq = seq + 1 ... RETURNING``), which takes the head's row lock on
-PostgreSQL (a ``SELECT ... FOR UPDATE`` in one statement; a concurrent append waits and then
-reads the committed head) and the write lock on SQLite (the statement is the transaction's
-first, so it waits for the lock instead of failing on a stale snapshot); the row and the new
-head hash are written in the same transaction.
+Writers only INSERT (:func:`append`: no lock, so audited requests do not queue behind each
+other); :func:`seal` chains the unsealed rows in batches, in ``pk`` order, under the chain
+head (``audit_chain``, one row): it first ``UPDATE``s the head, which takes the head's row
+lock on PostgreSQL (a concurrent sealer waits and then reads the committed head) and the write
+lock on SQLite; the rows' ``seq``/``hash`` and the new head are written in the same
+transaction. The background loop of every archive process seals every
+``audit_seal_interval`` seconds (:func:`seal_on`), :func:`verify` seals before it walks.
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from pacs.audit.access import Access
 from pacs.audit.tables import AuditChain, AuditEvent
+from pacs.index.engine import WRITE, writer_turn
 from pacs.index.models import utcnow
 
 HEAD = 1
 """Primary key of the chain head row."""
+
+LEGACY = ""
+"""``hash`` of the rows written before the chain (migration 0014; marked by 0017): never
+sealed. An unsealed row has ``seq`` and ``hash`` NULL."""
 
 CHAINED = (
     "seq",
@@ -104,28 +110,72 @@ def link(previous: str, row: Mapping[Any, Any]) -> str:
 
 
 def append(conn: Connection | Session, access: Access, at: datetime | None = None) -> int:
-    """Append one row to the chain in the caller's transaction; returns its ``seq``.
+    """Write one unsealed row in the caller's transaction (a plain INSERT: no chain lock);
+    returns its ``pk``. :func:`seal` gives it its chain position later."""
+    row = insert(AuditEvent).values(**row_values(access, at)).returning(AuditEvent.pk)
+    return int(conn.execute(row).scalar_one())
 
-    On SQLite the caller's transaction must not have read before (or must be a write
-    transaction already): the head update is what takes the write lock."""
-    head = _advance(conn)
+
+def seal(conn: Connection | Session, limit: int = 1000) -> int:
+    """Chain up to ``limit`` unsealed rows, in ``pk`` order, in the caller's transaction:
+    lock the head, give each row the next ``seq`` and its hash, advance the head. Returns the
+    number sealed; the caller commits. Two sealers are serialised by the head lock (the
+    second, after the first commits, reads the advanced head and finds the next rows).
+
+    On SQLite the head update must be the transaction's first statement (or the transaction
+    a write transaction already): it is what takes the write lock."""
+    head = _lock(conn)
     if head is None:  # a database created without the migration's head row
         conn.execute(insert(AuditChain).values(pk=HEAD, seq=0, hash=""))
-        head = _advance(conn)
+        head = _lock(conn)
         assert head is not None
     seq, previous = head
-    values = {**row_values(access, at), "seq": seq}
-    values["hash"] = link(previous, values)
-    conn.execute(insert(AuditEvent).values(**values))
-    conn.execute(update(AuditChain).where(AuditChain.pk == HEAD).values(hash=values["hash"]))
-    return seq
+    columns = [getattr(AuditEvent, name) for name in CHAINED if name != "seq"]
+    rows = conn.execute(
+        select(AuditEvent.pk, *columns)
+        .where(AuditEvent.seq.is_(None), AuditEvent.hash.is_(None))
+        .order_by(AuditEvent.pk)
+        .limit(limit)
+    ).all()
+    if not rows:
+        return 0
+    sealed = []
+    for row in rows:
+        seq += 1
+        previous = link(previous, {**row._mapping, "seq": seq})
+        sealed.append({"row": row.pk, "new_seq": seq, "new_hash": previous})
+    table = AuditEvent.__table__
+    assert isinstance(table, Table)
+    conn.execute(
+        update(table)
+        .where(table.c.pk == bindparam("row"))
+        .values(seq=bindparam("new_seq"), hash=bindparam("new_hash")),
+        sealed,
+    )
+    conn.execute(update(AuditChain).where(AuditChain.pk == HEAD).values(seq=seq, hash=previous))
+    return len(rows)
 
 
-def _advance(conn: Connection | Session) -> tuple[int, str] | None:
+def seal_on(engine: Engine, limit: int = 1000) -> int:
+    """Seal every row written so far through ``engine``, ``limit`` rows per transaction;
+    returns the number sealed (the background sealer, ``pacs audit verify``)."""
+    total = 0
+    while True:
+        with writer_turn(engine), engine.execution_options(**WRITE).begin() as conn:
+            count = seal(conn, limit)
+        total += count
+        if count < limit:
+            return total
+
+
+def _lock(conn: Connection | Session) -> tuple[int, str] | None:
+    """The head (``seq``, ``hash``), locked: a no-op ``UPDATE`` takes the row lock on
+    PostgreSQL (a concurrent sealer waits, then reads the committed head) and the write lock
+    on SQLite."""
     row = conn.execute(
         update(AuditChain)
         .where(AuditChain.pk == HEAD)
-        .values(seq=AuditChain.seq + 1)
+        .values(seq=AuditChain.seq)
         .returning(AuditChain.seq, AuditChain.hash)
     ).one_or_none()
     return None if row is None else (int(row[0]), str(row[1]))
@@ -147,16 +197,28 @@ class Verification:
 
 
 def verify(conn: Connection | Session, batch: int = 1000) -> Verification:
-    """Walk the chain in ``seq`` order, recomputing every hash: a modified row breaks its
-    hash, a deleted row a gap in ``seq`` (or the head, for the last row), a row inserted
-    around :func:`append` has no ``seq`` after the chain began."""
+    """Seal the rows written so far (committing ``conn``'s transaction, then one per
+    ``batch`` rows), then walk the chain in ``seq`` order, recomputing every hash: a modified
+    row breaks its hash, a deleted row a gap in ``seq`` (or the head, for the last row), a
+    row marked as older than the chain (or given a hash by hand) after the chain began has no
+    chain position."""
+    conn.commit()
+    while seal(conn, batch) == batch:
+        conn.commit()
+    conn.commit()
     first = conn.scalar(select(func.min(AuditEvent.pk)).where(AuditEvent.seq.is_not(None)))
-    unchained_query = select(func.count()).where(AuditEvent.seq.is_(None))
-    unchained = int(conn.scalar(unchained_query) or 0)
+    unchained = int(
+        conn.scalar(select(func.count()).where(AuditEvent.seq.is_(None), AuditEvent.hash == LEGACY))
+        or 0
+    )
+    stray = AuditEvent.hash != LEGACY
     if first is not None:
-        late = conn.scalar(unchained_query.where(AuditEvent.pk > first))
-        if late:
-            return Verification(0, unchained, f"{late} row(s) without a chain position")
+        stray = or_(stray, AuditEvent.pk > first)
+    late = conn.scalar(
+        select(func.count()).where(AuditEvent.seq.is_(None), AuditEvent.hash.is_not(None), stray)
+    )
+    if late:
+        return Verification(0, unchained, f"{late} row(s) without a chain position")
     previous, expected, checked = "", 1, 0
     for row in _rows(conn, batch):
         if row["seq"] != expected:

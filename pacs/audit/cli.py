@@ -18,8 +18,8 @@ DataDir = Annotated[
 
 @audit_app.command("verify")
 def verify_command(data_dir: DataDir = None) -> None:
-    """Recompute the hash chain of every audit record; exit 1 when a record was modified,
-    deleted or inserted around the archive."""
+    """Seal the audit records written so far, then recompute the hash chain of every one;
+    exit 1 when a sealed record was modified, deleted or inserted around the archive."""
     from pacs.audit.chain import verify
     from pacs.index.engine import create_index_engine
 

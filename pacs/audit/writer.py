@@ -26,9 +26,9 @@ def record(session: Session, access: Access) -> None:
     bind = session.get_bind()
     with writer_turn(bind if isinstance(bind, Engine) else bind.engine):
         session.connection(execution_options=WRITE)
-        seq = append(session, access)
+        pk = append(session, access)
         session.commit()
-    _export(session, seq)
+    _export(session, pk)
 
 
 def record_on(engine: Engine, access: Access) -> None:
@@ -37,14 +37,14 @@ def record_on(engine: Engine, access: Access) -> None:
     try:
         with writer_turn(engine), Session(engine) as session:
             session.connection(execution_options=WRITE)
-            seq = append(session, access)
+            pk = append(session, access)
             session.commit()
-            _export(session, seq)
+            _export(session, pk)
     except Exception as exc:  # the type only: the SQL parameters name the patient
         log.error("audit record could not be written: %s", type(exc).__name__)
 
 
-def _export(session: Session, seq: int) -> None:
+def _export(session: Session, pk: int) -> None:
     if export.installed():
-        row = session.execute(select(AuditEvent.__table__).where(AuditEvent.seq == seq)).one()
+        row = session.execute(select(AuditEvent.__table__).where(AuditEvent.pk == pk)).one()
         export.emit(row._mapping)

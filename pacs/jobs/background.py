@@ -1,4 +1,5 @@
-"""The background work every archive process runs: sweeper, reaper, webhooks, a worker.
+"""The background work every archive process runs: sweeper, reaper, audit sealer, webhooks,
+a worker.
 
 ``pacs serve``, ``pacs scp`` and ``pacs worker`` each start one ``Background``. Its threads
 poll the index; the database (row locks, ``SKIP LOCKED``, leases) decides which process does
@@ -16,6 +17,7 @@ import uuid
 
 from sqlalchemy import Engine
 
+from pacs.audit import seal_on
 from pacs.changes import publish
 from pacs.config import Settings
 from pacs.index.engine import create_index_engine
@@ -40,7 +42,7 @@ def check_settings(settings: Settings) -> RuleBook:
 
 
 class Background:
-    """Sweeper + reaper thread, webhook sender and (optionally) a job worker."""
+    """Sweeper + reaper + audit sealer thread, webhook sender and (optionally) a job worker."""
 
     def __init__(
         self,
@@ -72,6 +74,7 @@ class Background:
             )
         self._stop = threading.Event()
         self._next_publish = 0.0
+        self._next_seal = 0.0
         self._thread = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
 
     def start(self) -> None:
@@ -106,6 +109,9 @@ class Background:
             if self.worker is not None and any(item.job_ids for item in done):
                 self.worker.wake()
         reap(self.engine, backoff_of(self.settings))
+        if time.monotonic() >= self._next_seal:
+            seal_on(self.engine)  # chain the audit records written since (any process's)
+            self._next_seal = time.monotonic() + self.settings.audit_seal_interval
 
     def _sweep_loop(self) -> None:
         next_stats = 0.0
