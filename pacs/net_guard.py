@@ -22,13 +22,14 @@ import httpcore
 import httpx
 
 from pacs.config import IPNetwork, Settings
+from pacs.errors import PacsError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 SCHEMES = ("http", "https")
 
 
-class ForbiddenDestination(ValueError):
+class ForbiddenDestination(PacsError, ValueError):
     """A URL whose scheme or resolved address the archive refuses to send to."""
 
 

@@ -19,6 +19,7 @@ from pacs.emr.identifiers import (
     accession_identifier,
     patient_system,
 )
+from pacs.errors import PacsError
 from pacs.fhir.resources import found
 from pacs.fhir.store import FhirStore
 from pacs.fhir.values import escape_search_value
@@ -40,7 +41,7 @@ _GENDER = {"M": "male", "F": "female", "O": "other"}
 _SYSTEMS = {scheme: system for system, scheme in SCHEMES.items()}
 
 
-class OrderError(ValueError):
+class OrderError(PacsError, ValueError):
     """An item that cannot become a ServiceRequest (what is missing is named)."""
 
 
