@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from pacs.security.errors import SecurityError
 from pacs.security.subject import Role, Subject, SubjectKind
 
 
@@ -234,7 +235,7 @@ EVERYTHING = None
 """The reach of an unrestricted subject (``reach`` answers None)."""
 
 
-class NoReach(Exception):
+class NoReach(SecurityError):
     """The subject reaches no patient data at all (e.g. a clinician without organisation)."""
 
 

@@ -23,12 +23,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
+from pacs.errors import PacsError
 from pacs.query.matching import values_of
 from pacs.worklist.items import Code, WorklistItem
 from pacs.worklist.matching import STEP_KEYS, TOP_KEYS, Key
 
 
-class WorklistFileError(ValueError):
+class WorklistFileError(PacsError, ValueError):
     """A file that is neither a DICOM data set nor dcmdump text (the line is named)."""
 
 
