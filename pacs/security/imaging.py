@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, Table, and_, exists, false, not_, or_
 
 from pacs.index.models import Patient, Series, Study
 from pacs.security.care import in_care
-from pacs.security.consent import identified, refuses, withholds
+from pacs.security.consent import identifying, refusing, withholding
 from pacs.security.frozen import Frozen
 from pacs.security.policy import NoReach, Reach, reach
 from pacs.security.subject import Subject
@@ -42,8 +42,10 @@ class ImagingScope:
 
     ``patients()`` needs ``patient`` in the query, ``studies()`` ``patient`` and ``study``,
     ``series()`` all three (every query of the index joins them down to its level). The
-    organisation, care and consent tests are correlated ``EXISTS``: indexed lookups per
-    candidate row, whatever the size of the archive."""
+    organisation test is a correlated ``EXISTS`` on ``series.study_pk`` (an indexed lookup
+    per candidate row); the care and consent tests are uncorrelated ``IN``/``NOT IN`` over
+    the PatientIDs of the patients in care or refusing, which the database computes once
+    per statement (a small hashed set), whatever the number of candidates."""
 
     reach: Reach | None  # None: the subject reaches nothing
 
@@ -96,16 +98,16 @@ class ImagingScope:
         organisation = r.organisation
         reached = [stored_by(lambda column: column == organisation)]
         if r.care:
-            reached.append(identified(patient_id, lambda fhir_id: in_care(fhir_id, organisation)))
+            reached.append(patient_id.in_(identifying(in_care(organisation))))
         if r.reads_for:
             others = sorted(r.reads_for)
             reached.append(
                 and_(
                     stored_by(lambda column: column.in_(others)),
-                    not_(identified(patient_id, withholds)),
+                    patient_id.not_in(identifying(withholding())),
                 )
             )
-        refused = identified(patient_id, lambda fhir_id: refuses(fhir_id, organisation))
+        refused = patient_id.in_(identifying(refusing(organisation)))
         return and_(or_(*reached), not_(refused))
 
 
