@@ -29,10 +29,12 @@ _CACHE: dict[tuple[str, str], tuple[Any, tuple[str, ...] | None]] = {}
 """(database, organisation or '' for the withholding patients) -> (FHIR version, PatientIDs)."""
 
 
+_VERSION = select(_HISTORY.c.pk, _HISTORY.c.last_updated).order_by(_HISTORY.c.pk.desc()).limit(1)
+"""The newest FHIR history row (built once: a Core statement from the statement cache)."""
+
+
 def _version(session: Session) -> Any:
-    row = session.execute(
-        select(_HISTORY.c.pk, _HISTORY.c.last_updated).order_by(_HISTORY.c.pk.desc()).limit(1)
-    ).first()
+    row = session.connection().execute(_VERSION).first()
     return None if row is None else tuple(row)
 
 
