@@ -79,8 +79,8 @@ class FindService:
         subject = self.callers.of(event)
         if not permitted(subject, "C-FIND"):
             return
-        scope = imaging_scope(subject)
         with self.sessions() as session:
+            scope = imaging_scope(subject, session)
             yield from find(session, identifier, model, options=self.options, scope=scope)
 
 

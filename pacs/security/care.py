@@ -8,7 +8,9 @@ each by an ``Organization`` reference (id, or identifier value, see
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, and_, exists, or_
+from typing import Any
+
+from sqlalchemy import Select, and_, or_, select
 
 from pacs.security.consent import REF, is_organisation
 
@@ -22,16 +24,20 @@ CARE_REFERENCES = (
 _PATIENT, _PROVIDER = REF.alias("care_patient"), REF.alias("care_provider")
 
 
-def in_care(patient_id: ColumnElement[str], organisation: str) -> ColumnElement[bool]:
-    """Whether the FHIR Patient ``patient_id`` is in care at ``organisation``."""
+def in_care(organisation: str) -> Select[Any]:
+    """FHIR ids of the Patients in care at ``organisation`` (an uncorrelated subquery the
+    database runs once per statement)."""
     patient, provider = _PATIENT, _PROVIDER
     kinds = [and_(provider.c.resource_type == t, provider.c.param == p) for t, p in CARE_REFERENCES]
-    return exists().where(
-        patient.c.target_type == "Patient",
-        patient.c.target_id == patient_id,
-        patient.c.resource_type.in_(sorted({t for t, _ in CARE_REFERENCES})),
-        patient.c.param == "patient",
-        provider.c.resource_pk == patient.c.resource_pk,
-        or_(*kinds),
-        is_organisation(provider, organisation),
+    return (
+        select(patient.c.target_id)
+        .where(
+            patient.c.target_type == "Patient",
+            patient.c.resource_type.in_(sorted({t for t, _ in CARE_REFERENCES})),
+            patient.c.param == "patient",
+            provider.c.resource_pk == patient.c.resource_pk,
+            or_(*kinds),
+            is_organisation(provider, organisation),
+        )
+        .correlate(None)
     )

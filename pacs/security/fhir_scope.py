@@ -26,8 +26,8 @@ from pacs.security.consent import (
     R,
     is_organisation,
     patients_identified_by,
-    refuses,
-    withholds,
+    refusing,
+    withholding,
 )
 from pacs.security.frozen import Frozen
 from pacs.security.imaging import PATIENT, SERIES, STUDY
@@ -77,10 +77,10 @@ def reached_patients(found: Reach, patient_id: ColumnElement[str]) -> ColumnElem
     reached = [_stored_by(patient_id, [organisation])]
     if found.reads_for:
         others = _stored_by(patient_id, sorted(found.reads_for))
-        reached.append(and_(others, not_(withholds(patient_id))))
+        reached.append(and_(others, patient_id.not_in(withholding())))
     if found.care:
-        reached.append(in_care(patient_id, organisation))
-    return and_(or_(*reached), not_(refuses(patient_id, organisation)))
+        reached.append(patient_id.in_(in_care(organisation)))
+    return and_(or_(*reached), patient_id.not_in(refusing(organisation)))
 
 
 def _stored_by(patient_id: ColumnElement[str], organisations: list[str]) -> ColumnElement[bool]:
@@ -135,7 +135,7 @@ def worklist_scope(subject: Subject) -> ColumnElement[bool] | None:
                 patient.c.resource_pk == R.c.pk,
                 patient.c.resource_type == "ServiceRequest",
                 patient.c.param == "patient",
-                refuses(patient.c.target_id, found.organisation),
+                patient.c.target_id.in_(refusing(found.organisation)),
             )
         ),
     )

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, exists, false, not_, or_
+from sqlalchemy.orm import Session
 
 from pacs.index.models import Patient, Series, Study
 from pacs.security.care import in_care
-from pacs.security.consent import identified, refuses, withholds
+from pacs.security.consent import identifying, refusing, withholding
 from pacs.security.frozen import Frozen
 from pacs.security.policy import NoReach, Reach, reach
+from pacs.security.resolved import consent_lists
 from pacs.security.subject import Subject
 
 PATIENT: Table = Patient.__table__  # type: ignore[assignment]
@@ -42,10 +44,14 @@ class ImagingScope:
 
     ``patients()`` needs ``patient`` in the query, ``studies()`` ``patient`` and ``study``,
     ``series()`` all three (every query of the index joins them down to its level). The
-    organisation, care and consent tests are correlated ``EXISTS``: indexed lookups per
-    candidate row, whatever the size of the archive."""
+    organisation test is a correlated ``EXISTS`` on ``series.study_pk`` (an indexed lookup
+    per candidate row); the care and consent tests are uncorrelated ``IN``/``NOT IN`` over
+    the PatientIDs of the patients in care or refusing, which the database computes once
+    per statement (a small hashed set), whatever the number of candidates."""
 
     reach: Reach | None  # None: the subject reaches nothing
+    refused: tuple[str, ...] | None = None  # PatientIDs refusing the organisation, if listed
+    withheld: tuple[str, ...] | None = None  # PatientIDs withholding their record, if listed
 
     def patients(self) -> ColumnElement[bool]:
         """Condition on ``patient`` rows."""
@@ -96,17 +102,23 @@ class ImagingScope:
         organisation = r.organisation
         reached = [stored_by(lambda column: column == organisation)]
         if r.care:
-            reached.append(identified(patient_id, lambda fhir_id: in_care(fhir_id, organisation)))
+            reached.append(patient_id.in_(identifying(in_care(organisation))))
         if r.reads_for:
             others = sorted(r.reads_for)
             reached.append(
                 and_(
                     stored_by(lambda column: column.in_(others)),
-                    not_(identified(patient_id, withholds)),
+                    patient_id.not_in(_listed(self.withheld, withholding)),
                 )
             )
-        refused = identified(patient_id, lambda fhir_id: refuses(fhir_id, organisation))
+        refused = patient_id.in_(_listed(self.refused, lambda: refusing(organisation)))
         return and_(or_(*reached), not_(refused))
+
+
+def _listed(values: tuple[str, ...] | None, fhir_ids: Any) -> Any:
+    """``values`` when resolved for the request, else the subquery of the PatientIDs of the
+    FHIR Patients ``fhir_ids()`` names."""
+    return identifying(fhir_ids()) if values is None else values
 
 
 @functools.lru_cache(maxsize=4096)
@@ -116,13 +128,20 @@ def _condition(scope: ImagingScope, level: str) -> ColumnElement[bool]:
     return Frozen(built)
 
 
-def imaging_scope(subject: Subject) -> ImagingScope | None:
-    """The subject's conditions on the DICOM index; None when it reaches every patient."""
+def imaging_scope(subject: Subject, session: Session | None = None) -> ImagingScope | None:
+    """The subject's conditions on the DICOM index; None when it reaches every patient. With
+    ``session``, the consent refusals are resolved now (:mod:`pacs.security.resolved`) and
+    the conditions carry them as lists, not subqueries: call it once per request."""
     try:
         found = reach(subject)
     except NoReach:
         return ImagingScope(None)
-    return None if found is None else ImagingScope(found)
+    if found is None:
+        return None
+    if session is None or found.patient:
+        return ImagingScope(found)
+    refused, withheld = consent_lists(session, found.organisation)
+    return ImagingScope(found, refused, withheld)
 
 
 def study_scope(subject: Subject) -> ColumnElement[bool] | None:

@@ -102,7 +102,7 @@ def _endpoint(level: str, scope: SearchScope) -> Callable[..., Response]:
         target: Target = Depends(scope),
     ) -> Response:
         try:
-            reach = imaging_scope(subject)
+            reach = imaging_scope(subject, session)
             response = _answer(request, session, settings, level, target.keys(), reach)
         except QidoError as exc:
             response = JSONResponse({"detail": exc.detail}, status_code=exc.status)

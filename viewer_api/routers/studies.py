@@ -58,7 +58,7 @@ def list_studies(
 ) -> StudyPage:
     """Stored studies the caller reaches, most recently updated first (stable order:
     updated_at, pk)."""
-    page = catalog.recent_studies(session, limit, offset, imaging_scope(subject))
+    page = catalog.recent_studies(session, limit, offset, imaging_scope(subject, session))
     audit("search")
     items = [StudySummary.model_validate(row, from_attributes=True) for row in page.rows]
     return StudyPage(total=page.total, offset=offset, limit=limit, items=items)
@@ -69,7 +69,7 @@ def get_study(
     study_instance_uid: str, session: SessionDep, audit: AuditDep, subject: SubjectDep
 ) -> StudyDetail:
     """One study with its series (404 when not stored or not within the caller's reach)."""
-    scope = imaging_scope(subject)
+    scope = imaging_scope(subject, session)
     study = catalog.find_study(session, study_instance_uid, scope)
     if study is None:
         audit("read", 404, study=study_instance_uid)
