@@ -64,7 +64,9 @@ def findscu(archive: RunningArchive, aet: str) -> set[str]:
     args += ["127.0.0.1", str(archive.dicom_port)]
     run = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
-    found = set(re.findall(r"\(0020,000d\) UI \[([0-9.]+)\]", run.stdout + run.stderr))
+    # an odd-length UID arrives padded with NUL, which findscu prints inside the brackets
+    pattern = r"\(0020,000d\) UI \[([0-9.]+)\x00?\]"
+    found = set(re.findall(pattern, run.stdout + run.stderr))
     return found
 
 
