@@ -17,15 +17,15 @@ from collections.abc import Callable
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from sqlalchemy import Engine, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from pacs.changes import read_since
 from pacs.config import Settings
 from pacs.dimse.scu import archive_ae
-from pacs.emr.tables import FeedPosition
-from pacs.index.engine import WRITE, create_index_engine, writer_turn
-from pacs.index.models import Instance, RemoteAE, Series, Study, utcnow
+from pacs.emr.positions import load_position, save_position
+from pacs.index.engine import create_index_engine
+from pacs.index.models import Instance, RemoteAE, Series, Study
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,7 @@ class IanFeed:
 
     def position(self) -> int:
         """The last handled change ``seq``."""
-        with self.engine.connect() as conn:
-            seq = conn.scalar(select(FeedPosition.seq).where(FeedPosition.consumer == CONSUMER))
-        return int(seq or 0)
+        return load_position(self.engine, CONSUMER)
 
     def run_once(self) -> int:
         """Notify the next stable studies; how many events were handled (stops at the first
@@ -94,7 +92,7 @@ class IanFeed:
                 break
             handled, count = event.seq, count + 1
         if handled != since:
-            self._save(since, handled)
+            save_position(self.engine, CONSUMER, since, handled)
         return count
 
     def _notify(self, study_instance_uid: str) -> bool:
@@ -127,24 +125,6 @@ class IanFeed:
         if not ok:
             log.warning("IAN to %s answered %s", title, status.get("Status") if status else None)
         return ok
-
-    def _save(self, before: int, after: int) -> None:
-        with writer_turn(self.engine), self.engine.execution_options(**WRITE).begin() as conn:
-            changed = conn.execute(
-                update(FeedPosition)
-                .where(FeedPosition.consumer == CONSUMER, FeedPosition.seq == before)
-                .values(seq=after, updated_at=utcnow())
-            ).rowcount
-            if not changed and before == 0:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            insert(FeedPosition).values(
-                                consumer=CONSUMER, seq=after, updated_at=utcnow()
-                            )
-                        )
-                except IntegrityError:
-                    pass  # another node saved a position first
 
     def run(self, stop: threading.Event, interval: float) -> None:
         """Poll until ``stop`` is set."""

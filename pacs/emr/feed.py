@@ -16,20 +16,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
-from sqlalchemy import Engine, insert, select, text, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from pacs.changes import ChangeEvent, read_since
 from pacs.config import Settings
 from pacs.emr import EmrLinkError
+from pacs.emr.positions import load_position, save_position
 from pacs.emr.projection import dicomweb_endpoint, project_study
 from pacs.emr.report import publish_result
-from pacs.emr.tables import FeedPosition
 from pacs.fhir.errors import FhirError
 from pacs.fhir.store import FhirStore
-from pacs.index.engine import WRITE, create_index_engine, writer_turn
-from pacs.index.models import utcnow
+from pacs.index.engine import create_index_engine
 
 log = logging.getLogger(__name__)
 
@@ -57,27 +56,7 @@ class EmrFeed:
 
     def position(self) -> int:
         """The last handled ``seq``."""
-        with self.engine.connect() as conn:
-            seq = conn.scalar(select(FeedPosition.seq).where(FeedPosition.consumer == CONSUMER))
-        return int(seq or 0)
-
-    def _save(self, before: int, after: int) -> None:
-        with writer_turn(self.engine), self.engine.execution_options(**WRITE).begin() as conn:
-            changed = conn.execute(
-                update(FeedPosition)
-                .where(FeedPosition.consumer == CONSUMER, FeedPosition.seq == before)
-                .values(seq=after, updated_at=utcnow())
-            ).rowcount
-            if not changed and before == 0:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            insert(FeedPosition).values(
-                                consumer=CONSUMER, seq=after, updated_at=utcnow()
-                            )
-                        )
-                except IntegrityError:
-                    pass  # another node saved a position first: its position stands
+        return load_position(self.engine, CONSUMER)
 
     @contextmanager
     def _turn(self) -> Iterator[bool]:
@@ -109,7 +88,7 @@ class EmrFeed:
         if not events:
             return 0
         self.handle(events)
-        self._save(since, events[-1].seq)
+        save_position(self.engine, CONSUMER, since, events[-1].seq)
         return len(events)
 
     def handle(self, events: list[ChangeEvent]) -> None:
